@@ -1,0 +1,244 @@
+"""The artifact contract: one folder per version, written atomically, verified on load.
+
+``DIR/<version>/`` holds the weights, the model config, vocabulary, labels, preprocessing
+settings (with the stopword list), metrics, any plots, and ``manifest.json`` with the sha256
+of every other file. ``load_artifact`` rebuilds the model from the folder alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.model import ModelConfig, TextClassifier
+from training.text import LabelEncoder, PreprocessSettings, TextEncoder, Vocabulary
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.pt"
+MODEL_CONFIG = "model_config.json"
+VOCAB = "vocab.json"
+LABELS = "labels.json"
+PREPROCESSING = "preprocessing.json"
+METRICS = "metrics.json"
+TRAIN_CONFIG = "train_config.json"
+MANIFEST = "manifest.json"
+REQUIRED_FILES = (WEIGHTS, MODEL_CONFIG, VOCAB, LABELS, PREPROCESSING, METRICS, TRAIN_CONFIG)
+TMP_PREFIX = ".tmp-"
+
+
+class ArtifactError(Exception):
+    """An artifact folder is missing, incomplete, tampered with or unreadable."""
+
+
+@dataclass
+class Artifact:
+    """A verified, loaded model version: everything the server needs, nothing else."""
+
+    path: Path
+    version: str
+    model: TextClassifier
+    config: ModelConfig
+    vocab: Vocabulary
+    labels: LabelEncoder
+    preprocessing: PreprocessSettings
+    metrics: dict[str, Any]
+    train_config: dict[str, Any]
+    manifest: dict[str, Any] = field(repr=False)
+
+    def text_encoder(self) -> TextEncoder:
+        return TextEncoder(self.preprocessing, self.vocab)
+
+
+def new_version(now: datetime | None = None) -> str:
+    """Sortable by creation time, unique thanks to a random suffix: ``20261129T105000Z-3f2a1c``."""
+    now = now or datetime.now(UTC)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
+def write_artifact(
+    artifacts_dir: str | os.PathLike[str],
+    *,
+    model: TextClassifier,
+    vocab: Vocabulary,
+    labels: LabelEncoder,
+    preprocessing: PreprocessSettings,
+    metrics: dict[str, Any],
+    train_config: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
+    provenance: dict[str, Any] | None = None,
+    version: str | None = None,
+) -> Path:
+    """Write a new version into ``artifacts_dir`` and return its folder.
+
+    Everything goes into a hidden temporary folder that is renamed into place only once
+    complete, so a crash at any point leaves no half-written version behind.
+    """
+    root = Path(artifacts_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    version = version or new_version()
+    final = root / version
+    if final.exists():
+        raise ArtifactError(f"version already exists: {final}")
+    tmp = root / f"{TMP_PREFIX}{version}"
+    try:
+        tmp.mkdir()
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        torch.save(state, tmp / WEIGHTS)
+        files: dict[str, bytes] = {
+            MODEL_CONFIG: _json_bytes(model.config.to_dict()),
+            VOCAB: _json_bytes(vocab.to_dict()),
+            LABELS: _json_bytes(labels.to_dict()),
+            PREPROCESSING: _json_bytes(preprocessing.to_dict()),
+            METRICS: _json_bytes(metrics),
+            TRAIN_CONFIG: _json_bytes(train_config),
+        }
+        for name, content in (extra_files or {}).items():
+            if name in files or name in (WEIGHTS, MANIFEST) or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ArtifactError(f"invalid extra artifact file name: {name!r}")
+            files[name] = content
+        for name, content in files.items():
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        checksums = {
+            p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": checksums,
+            "libraries": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+            },
+            **(provenance or {}),
+        }
+        (tmp / MANIFEST).write_bytes(_json_bytes(manifest))
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _read_json(folder: Path, name: str) -> Any:
+    try:
+        return json.loads((folder / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{folder / name}: cannot read JSON ({exc})") from exc
+
+
+def verify_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check the folder against its manifest; return the manifest or raise ArtifactError."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ArtifactError(f"artifact folder not found: {folder}")
+    if not (folder / MANIFEST).is_file():
+        raise ArtifactError(f"{folder}: no {MANIFEST} (incomplete or not an artifact)")
+    manifest = _read_json(folder, MANIFEST)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ArtifactError(f"{folder / MANIFEST}: malformed manifest (no 'files' table)")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{folder / MANIFEST}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
+    listed: dict[str, str] = manifest["files"]
+    missing_from_manifest = [name for name in REQUIRED_FILES if name not in listed]
+    if missing_from_manifest:
+        raise ArtifactError(f"{folder / MANIFEST}: does not list {', '.join(missing_from_manifest)}")
+    for name, expected in listed.items():
+        file = folder / name
+        if not file.is_file():
+            raise ArtifactError(f"{folder}: missing file {name}")
+        if sha256_file(file) != expected:
+            raise ArtifactError(f"{file}: checksum mismatch (file changed since the artifact was written)")
+    return manifest
+
+
+def load_artifact(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Artifact:
+    """Verify checksums, then rebuild model, vocabulary, labels and preprocessing from the folder."""
+    folder = Path(path)
+    manifest = verify_artifact(folder)
+    try:
+        config = ModelConfig.from_dict(_read_json(folder, MODEL_CONFIG))
+        vocab = Vocabulary.from_dict(_read_json(folder, VOCAB))
+        labels = LabelEncoder.from_dict(_read_json(folder, LABELS))
+        preprocessing = PreprocessSettings.from_dict(_read_json(folder, PREPROCESSING))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{folder}: invalid artifact contents ({exc})") from exc
+    if len(vocab) != config.vocab_size or len(labels) != config.num_classes:
+        raise ArtifactError(
+            f"{folder}: vocabulary ({len(vocab)}) or labels ({len(labels)}) disagree with the model config"
+        )
+    try:
+        state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+        model = TextClassifier(config)
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means unusable weights
+        raise ArtifactError(f"{folder / WEIGHTS}: cannot load weights ({exc})") from exc
+    model.to(device).eval()
+    return Artifact(
+        path=folder,
+        version=str(manifest.get("version", folder.name)),
+        model=model,
+        config=config,
+        vocab=vocab,
+        labels=labels,
+        preprocessing=preprocessing,
+        metrics=_read_json(folder, METRICS),
+        train_config=_read_json(folder, TRAIN_CONFIG),
+        manifest=manifest,
+    )
+
+
+def list_versions(artifacts_dir: str | os.PathLike[str]) -> list[str]:
+    """Version folder names, oldest first (temporary folders excluded)."""
+    root = Path(artifacts_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def resolve_version(artifacts_dir: str | os.PathLike[str], version: str = "latest") -> Path:
+    """Folder of ``version``, or of the newest version that passes verification for ``latest``."""
+    root = Path(artifacts_dir)
+    if not root.is_dir():
+        raise ArtifactError(f"artifacts folder not found: {root}")
+    if version != "latest":
+        if "/" in version or version.startswith("."):
+            raise ArtifactError(f"invalid version name: {version!r}")
+        return root / version
+    reasons = []
+    for name in reversed(list_versions(root)):
+        try:
+            verify_artifact(root / name)
+            return root / name
+        except ArtifactError as exc:
+            reasons.append(str(exc))
+    detail = f" ({'; '.join(reasons)})" if reasons else ""
+    raise ArtifactError(f"no valid artifact version in {root}{detail}")

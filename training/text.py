@@ -1,0 +1,228 @@
+"""The text half of the artifact contract: normalisation, vocabulary and labels.
+
+Pure Python (no torch, no NLTK at import time) so the service can load it cheaply and
+serving never needs NLTK data: the stopword list travels inside the artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PAD_TOKEN = "<PAD>"
+UNK_TOKEN = "<UNK>"
+PAD_INDEX = 0
+UNK_INDEX = 1
+
+_PARENTHESISED = re.compile(r"\([^)]*\)")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+class StopwordsUnavailableError(RuntimeError):
+    """NLTK's stopword corpus could not be found or downloaded."""
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """How raw titles become token strings; saved in the artifact verbatim.
+
+    ``stopwords`` is the exact list used at training time (empty when removal is off), so a
+    server reproduces training-time preprocessing without NLTK.
+    """
+
+    lowercase: bool = True
+    remove_stopwords: bool = True
+    stopwords: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stopwords"] = list(self.stopwords)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSettings:
+        return cls(
+            lowercase=bool(data["lowercase"]),
+            remove_stopwords=bool(data["remove_stopwords"]),
+            stopwords=tuple(str(w) for w in data["stopwords"]),
+        )
+
+
+class Normalizer:
+    """Compiled form of :class:`PreprocessSettings`, built once per process.
+
+    The lesson removes stopwords with one regex alternation of ~180 words before splitting
+    punctuation. Here the text is split into ``[a-z0-9]+`` tokens first and stopwords are
+    dropped by set membership, which is an order of magnitude faster and gives the same
+    output except where the lesson's ``\\b`` word boundaries disagree with our tokens:
+    a stopword glued to ``_`` or to a non-ASCII letter (``the_best``, ``theé``) survives
+    the regex but is removed here (tested against a copy of the lesson's regex in
+    tests/training/test_text.py).
+    """
+
+    def __init__(self, settings: PreprocessSettings) -> None:
+        self.settings = settings
+        # Stopwords with apostrophes ("don't") reach us as separate tokens ("don", "t");
+        # we only ever compare whole [a-z0-9]+ tokens, so keep the pieces that are words.
+        words: set[str] = set()
+        if settings.remove_stopwords:
+            for word in settings.stopwords:
+                words.update(_WORD.findall(word.lower()))
+        self._stopwords = frozenset(words)
+
+    def tokens(self, text: str) -> list[str]:
+        """Token list for one raw title (possibly empty)."""
+        if self.settings.lowercase:
+            text = text.lower()
+        text = _PARENTHESISED.sub(" ", text)
+        # Tokens are the ASCII alphanumeric runs; with lowercase off, upper case letters
+        # still count as word characters but are kept as they are.
+        found = _WORD.findall(text) if self.settings.lowercase else _ASCII_WORD.findall(text)
+        if self._stopwords:
+            stop = self._stopwords
+            return [t for t in found if t.lower() not in stop]
+        return found
+
+    def normalize(self, text: str) -> str:
+        """The lesson's preprocessed string: tokens joined by single spaces."""
+        return " ".join(self.tokens(text))
+
+
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+def normalize(text: str, settings: PreprocessSettings) -> str:
+    """Convenience wrapper; build a :class:`Normalizer` once for bulk work."""
+    return Normalizer(settings).normalize(text)
+
+
+def load_stopwords(nltk_data: str | os.PathLike[str] | None = None, download: bool = True) -> tuple[str, ...]:
+    """NLTK's English stopwords, from ``nltk_data``/``NLTK_DATA`` or a download.
+
+    Raises :class:`StopwordsUnavailableError` with the fix when neither works, instead of
+    NLTK's long LookupError.
+    """
+    try:
+        import nltk
+        from nltk.corpus import stopwords as corpus
+    except ImportError as exc:  # pragma: no cover - nltk is a training dependency
+        raise StopwordsUnavailableError(
+            "stopword removal needs NLTK: pip install nltk (or run with --no-stopwords)"
+        ) from exc
+    if nltk_data is not None:
+        path = os.fspath(nltk_data)
+        if not os.path.isdir(path):
+            raise StopwordsUnavailableError(f"NLTK data folder not found: {path}")
+        if path not in nltk.data.path:
+            nltk.data.path.insert(0, path)
+    try:
+        return tuple(corpus.words("english"))
+    except LookupError:
+        pass
+    if download:
+        try:
+            if nltk.download("stopwords", quiet=True, raise_on_error=True):
+                return tuple(corpus.words("english"))
+        except Exception:  # noqa: BLE001 - any network failure means "offline"
+            pass
+    raise StopwordsUnavailableError(
+        "NLTK's English stopword corpus is not installed and could not be downloaded. "
+        "Fix: set NLTK_DATA (or --nltk-data) to a folder holding corpora/stopwords/english, "
+        "or run `python -m nltk.downloader stopwords` while online, or pass --no-stopwords."
+    )
+
+
+class Vocabulary:
+    """Word → index map with ``<PAD>``=0 and ``<UNK>``=1, fitted on training text only."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        if list(tokens[:2]) != [PAD_TOKEN, UNK_TOKEN]:
+            raise ValueError("vocabulary must start with <PAD>, <UNK>")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("vocabulary has duplicate tokens")
+        self.itos: list[str] = list(tokens)
+        self.stoi: dict[str, int] = {t: i for i, t in enumerate(self.itos)}
+
+    @classmethod
+    def fit(cls, token_lists: Iterable[Sequence[str]], max_size: int | None = None, min_freq: int = 1) -> Vocabulary:
+        """Most frequent words first (ties broken alphabetically, so fitting is deterministic)."""
+        counts: Counter[str] = Counter()
+        for tokens in token_lists:
+            counts.update(tokens)
+        words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+        if max_size is not None:
+            words = words[: max(0, max_size - 2)]
+        return cls([PAD_TOKEN, UNK_TOKEN, *words])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """Indices for tokens; an empty input becomes ``[UNK]`` so every text has length ≥ 1."""
+        if not tokens:
+            return [UNK_INDEX]
+        get = self.stoi.get
+        return [get(t, UNK_INDEX) for t in tokens]
+
+    def decode(self, indices: Iterable[int]) -> list[str]:
+        return [self.itos[i] for i in indices]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tokens": self.itos}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Vocabulary:
+        return cls([str(t) for t in data["tokens"]])
+
+
+class LabelEncoder:
+    """Category name ↔ class index, in sorted order so it is independent of row order."""
+
+    def __init__(self, classes: Sequence[str]) -> None:
+        if len(set(classes)) != len(classes):
+            raise ValueError("duplicate class names")
+        self.classes: list[str] = list(classes)
+        self.index: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
+
+    @classmethod
+    def fit(cls, labels: Iterable[str]) -> LabelEncoder:
+        return cls(sorted(set(labels)))
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def encode(self, labels: Iterable[str]) -> list[int]:
+        try:
+            return [self.index[label] for label in labels]
+        except KeyError as exc:
+            raise ValueError(f"unknown label {exc.args[0]!r}; known: {self.classes}") from None
+
+    def decode(self, indices: Iterable[int]) -> list[str]:
+        return [self.classes[i] for i in indices]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": self.classes}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabelEncoder:
+        return cls([str(c) for c in data["classes"]])
+
+
+class TextEncoder:
+    """Raw title → token indices, exactly as at training time. Shared by trainer and server."""
+
+    def __init__(self, settings: PreprocessSettings, vocab: Vocabulary) -> None:
+        self.normalizer = Normalizer(settings)
+        self.vocab = vocab
+
+    def encode(self, text: str) -> tuple[list[int], bool]:
+        """Indices and whether the text had no tokens left after preprocessing."""
+        tokens = self.normalizer.tokens(text)
+        return self.vocab.encode(tokens), not tokens
+
+    def encode_many(self, texts: Iterable[str]) -> list[list[int]]:
+        return [self.encode(t)[0] for t in texts]
