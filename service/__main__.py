@@ -1,0 +1,81 @@
+"""``python -m service --artifacts-dir DIR ...``: validate settings, load the model, serve.
+
+The model is loaded before uvicorn starts so that a missing or broken artifact ends the
+process with one ``error: ...`` line and exit status 1 instead of a lifespan traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.settings import format_validation_error, load_settings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's graceful shutdown, plus: readiness turns 503 at once, and a clean exit status 0.
+
+    (uvicorn re-raises the captured SIGTERM after shutting down, which would end the process
+    with -15 even after a perfect drain.)
+    """
+
+    def __init__(self, config: uvicorn.Config, on_exit: object) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()  # type: ignore[operator]
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ValidationError as exc:
+        print(f"error: {format_validation_error(exc)}", file=sys.stderr)
+        return 2
+
+    # Imported after settings so `--help` and bad flags answer without loading torch.
+    from service.app import create_app
+    from service.logs import setup_logging
+    from service.predictor import Predictor, configure_torch_threads
+    from training.artifact import ArtifactError
+
+    setup_logging(settings.log_level)
+    configure_torch_threads(settings.torch_threads)
+    try:
+        predictor = Predictor.load(settings.artifacts_dir, settings.version, settings.device)
+    except ArtifactError as exc:
+        print(f"error: cannot load model from {settings.artifacts_dir}: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(settings, predictor=predictor)
+    state = app.state.service
+
+    def on_exit() -> None:
+        state.draining = True
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        lifespan="on",
+        server_header=False,
+    )
+    server = _Server(config, on_exit)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""create_app(settings): the FastAPI app, its lifespan and a pure-ASGI observability layer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.batching import Batcher
+from service.errors import ServiceError, error_body, jsonable
+from service.metrics import Metrics
+from service.predictor import Predictor
+from service.routes import ANNOUNCED, router
+from service.settings import Settings
+from service.state import ServiceState
+
+log = logging.getLogger("service")
+access_log = logging.getLogger("service.access")
+
+ROUTES = frozenset(
+    {"/predict", "/health/live", "/health/ready", "/model", "/metrics", "/admin/reload", "/docs", "/openapi.json"}
+)
+_MAX_REQUEST_ID = 128
+
+
+class ObservabilityMiddleware:
+    """Request id, metrics and one access-log line per request, without BaseHTTPMiddleware's overhead."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable():
+                    request_id = value.decode()
+                break
+        request_id = request_id or uuid.uuid4().hex
+        header = (b"x-request-id", request_id.encode())
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        path = scope["path"]
+        batcher = self.state.batcher
+        if path == "/predict" and scope["method"] == "POST" and batcher is not None:
+            batcher.announce()
+            scope[ANNOUNCED] = True
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if scope.get(ANNOUNCED) and batcher is not None:
+                batcher.withdraw()
+            elapsed = time.perf_counter() - started
+            route = path if path in ROUTES else "unmatched"
+            metrics = self.state.metrics
+            metrics.requests.labels(route, scope["method"], str(status)).inc()
+            metrics.latency.labels(route).observe(elapsed)
+            if self.state.settings.access_log and access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": path,
+                        "status": status,
+                        "latency_ms": round(elapsed * 1000, 3),
+                        "request_id": request_id,
+                    },
+                )
+
+
+def _error_response(exc: ServiceError) -> Response:
+    return Response(
+        error_body(exc.error_type, exc.message, exc.details),
+        status_code=exc.status_code,
+        media_type="application/json",
+        headers=exc.headers,
+    )
+
+
+def _validation_response(exc: RequestValidationError) -> Response:
+    errors = exc.errors()
+    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+    if any(e.get("type") == "json_invalid" for e in errors):
+        reason = next((e.get("ctx", {}).get("error") for e in errors if e.get("type") == "json_invalid"), None)
+        return _error_response(_malformed(f"body is not valid JSON ({reason or 'decode error'})", details))
+    message = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details) or "invalid request"
+    err = ServiceError(message, jsonable(details))
+    err.status_code, err.error_type = 422, "invalid_request"
+    return _error_response(err)
+
+
+def _malformed(message: str, details: list[Any] | None = None) -> ServiceError:
+    err = ServiceError(message, jsonable(details or []))
+    err.status_code, err.error_type = 400, "malformed_body"
+    return err
+
+
+def _http_error_response(exc: StarletteHTTPException) -> Response:
+    kinds = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    message = str(exc.detail)
+    if exc.status_code == 400 and "parsing the body" in message:
+        message = "could not parse the body (it must be UTF-8 encoded JSON)"
+    err = ServiceError(message, headers=dict(exc.headers or {}))
+    err.status_code, err.error_type = exc.status_code, kinds.get(exc.status_code, "http_error")
+    return _error_response(err)
+
+
+def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
+    """The app for ``settings``; ``predictor`` may be preloaded (``python -m service`` does, to fail early)."""
+    state = ServiceState(settings=settings, metrics=Metrics())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = predictor or await asyncio.to_thread(
+            Predictor.load, settings.artifacts_dir, settings.version, settings.device
+        )
+        state.set_predictor(loaded)
+        state.batcher = Batcher(
+            state.current_predictor,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue_size=settings.max_queue_size,
+            metrics=state.metrics,
+        )
+        state.batcher.start()
+        warmup = asyncio.create_task(_warm_up(state), name="warmup")
+        log.info(
+            "serving model %s on %s (max_batch_size=%d, max_wait_ms=%g)",
+            loaded.version,
+            loaded.device,
+            settings.max_batch_size,
+            settings.max_wait_ms,
+        )
+        try:
+            yield
+        finally:
+            state.draining = True
+            warmup.cancel()
+            await state.batcher.stop(timeout=settings.shutdown_timeout_s)
+            log.info("batcher drained; shutdown complete")
+
+    app = FastAPI(
+        title="Headline classifier",
+        version="1.0",
+        description="Classifies news headlines into topics with a bidirectional GRU; GET /model names the version.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    app.include_router(router)
+    app.add_middleware(ObservabilityMiddleware, state=state)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
+        if exc.status_code >= 500 and exc.status_code not in (503, 504):
+            log.error("request failed: %s", exc.message)
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return _validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _http_error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return _error_response(ServiceError(f"internal error: {type(exc).__name__}"))
+
+    return app
+
+
+async def _warm_up(state: ServiceState) -> None:
+    predictor = state.current_predictor()
+    if state.settings.warmup:
+        started = time.monotonic()
+        try:
+            assert state.batcher is not None and state.batcher.executor is not None
+            await asyncio.get_running_loop().run_in_executor(state.batcher.executor, predictor.warmup)
+        except Exception:  # noqa: BLE001 - stay unready, keep the process up for inspection
+            log.exception("warm-up failed; readiness stays 503")
+            return
+        log.info("warm-up done in %.2fs", time.monotonic() - started)
+    state.ready = True

@@ -1,0 +1,250 @@
+"""The dynamic batcher: one Future per request, one consumer task, model work in one thread.
+
+How a batch forms: the consumer takes the oldest waiting request, then everything already
+queued up to ``max_batch_size`` texts. It waits for more (at most until ``max_wait_ms``
+after the first request arrived; the deadline is computed once) only while requests are
+known to be on their way: the HTTP layer announces a /predict request when it starts
+reading it (:meth:`Batcher.announce`) and the announcement is withdrawn when it is
+submitted or fails validation. An idle server therefore never waits. Under load, batches
+form naturally: while one batch runs in the worker thread, new requests queue up and become
+the next batch.
+
+A request is never split: its texts stay together. ``max_batch_size=1`` runs every request
+alone (the no-batching baseline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from service.predictor import Prediction, Predictor
+
+log = logging.getLogger("service.batching")
+
+
+class Overloaded(Exception):
+    """The queue is full (or the batcher is draining); the caller should retry later."""
+
+
+class BatchMetrics(Protocol):
+    def observe_batch(self, texts: int, requests: int, compute_s: float) -> None: ...
+    def observe_queue_wait(self, seconds: float) -> None: ...
+    def set_queue_depth(self, texts: int) -> None: ...
+
+
+@dataclass
+class _Request:
+    texts: Sequence[str]
+    future: asyncio.Future[Prediction]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+def split_prediction(prediction: Prediction, sizes: Sequence[int]) -> list[Prediction]:
+    """Cut a merged batch result back into one result per request, in order."""
+    parts = []
+    start = 0
+    for size in sizes:
+        stop = start + size
+        parts.append(
+            Prediction(
+                prediction.probabilities[start:stop],
+                prediction.empty[start:stop],
+                prediction.version,
+                prediction.classes,
+            )
+        )
+        start = stop
+    return parts
+
+
+def merge_texts(requests: Sequence[_Request]) -> list[str]:
+    return [text for request in requests for text in request.texts]
+
+
+class Batcher:
+    """Queue + consumer task. ``get_predictor`` is read once per batch, so a reload swaps models between batches."""
+
+    def __init__(
+        self,
+        get_predictor: Callable[[], Predictor],
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue_size: int,
+        metrics: BatchMetrics | None = None,
+    ) -> None:
+        self._get_predictor = get_predictor
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self._metrics = metrics
+        self._queue: deque[_Request] = deque()
+        self._queued_texts = 0
+        self._announced = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._running = 0  # requests in the batch being computed
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._task = asyncio.get_running_loop().create_task(self._consume(), name="batcher")
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Refuse new work, answer everything queued or running, then stop the consumer."""
+        self._closing = True
+        if self._task is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while (self._queue or self._running) and not self._task.done():
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.01)
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for request in self._queue:
+            if not request.future.done():
+                request.future.set_exception(Overloaded("server is shutting down"))
+        self._queue.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
+    @property
+    def executor(self) -> ThreadPoolExecutor | None:
+        """The model thread; other model work (warm-up) may use it to stay off concurrent batches."""
+        return self._executor
+
+    # -- producers -----------------------------------------------------------------------
+    def announce(self) -> None:
+        """A /predict request has started arriving: a small batch may wait for it."""
+        self._announced += 1
+
+    def withdraw(self) -> None:
+        """An announced request was submitted, or will never be."""
+        if self._announced > 0:
+            self._announced -= 1
+            if self._announced == 0 and self._wakeup is not None:
+                self._wakeup.set()
+
+    async def submit(self, texts: Sequence[str], timeout: float | None = None) -> Prediction:
+        """Queue ``texts`` and wait for their result. Raises Overloaded, TimeoutError or the model's error."""
+        if self._closing or self._task is None:
+            raise Overloaded("server is shutting down")
+        if self._queued_texts + len(texts) > self.max_queue_size:
+            raise Overloaded(f"queue full ({self._queued_texts} texts waiting, limit {self.max_queue_size})")
+        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(texts, future))
+        self._queued_texts += len(texts)
+        self._set_depth()
+        assert self._wakeup is not None
+        self._wakeup.set()
+        # wait_for cancels the future on timeout; the consumer skips cancelled requests.
+        return await asyncio.wait_for(future, timeout)
+
+    # -- consumer ------------------------------------------------------------------------
+    def _pop(self) -> _Request:
+        request = self._queue.popleft()
+        self._queued_texts -= len(request.texts)
+        return request
+
+    def _take_queued(self, batch: list[_Request], size: int) -> int:
+        """Move queued requests into ``batch`` while they fit; returns the new text count."""
+        while self._queue and (size + len(self._queue[0].texts) <= self.max_batch_size):
+            request = self._pop()
+            if not request.future.done():  # timed out / cancelled callers are skipped
+                batch.append(request)
+                size += len(request.texts)
+        return size
+
+    async def _next_batch(self) -> list[_Request]:
+        assert self._wakeup is not None
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            first = self._pop()
+            if not first.future.done():
+                break
+        batch = [first]
+        size = len(first.texts)
+        deadline = first.enqueued + self.max_wait_s  # computed once
+        while True:
+            size = self._take_queued(batch, size)
+            if size >= self.max_batch_size or (self._queue and size + len(self._queue[0].texts) > self.max_batch_size):
+                break
+            remaining = deadline - time.monotonic()
+            if self._announced <= 0 or remaining <= 0:
+                break
+            # Requests are being read right now: give them until the deadline to join.
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                self._take_queued(batch, size)
+                break
+        self._set_depth()
+        return batch
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            self._running = len(batch)
+            started = time.monotonic()
+            for request in batch:
+                self._observe_wait(started - request.enqueued)
+            try:
+                predictor = self._get_predictor()
+                texts = merge_texts(batch)
+                prediction = await loop.run_in_executor(self._executor, predictor.predict, texts)
+            except asyncio.CancelledError:
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(Overloaded("server is shutting down"))
+                self._running = 0
+                raise
+            except Exception as exc:  # noqa: BLE001 - delivered to this batch's callers only
+                log.exception("batch of %d texts failed", sum(len(r.texts) for r in batch))
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+            else:
+                compute_s = time.monotonic() - started
+                if self._metrics is not None:
+                    self._metrics.observe_batch(len(texts), len(batch), compute_s)
+                for request, part in zip(
+                    batch, split_prediction(prediction, [len(r.texts) for r in batch]), strict=True
+                ):
+                    if not request.future.done():
+                        request.future.set_result(part)
+            finally:
+                self._running = 0
+
+    def _observe_wait(self, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_queue_wait(seconds)
+
+    def _set_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.set_queue_depth(self._queued_texts)
+
+
+__all__ = ["Batcher", "Overloaded", "Prediction", "merge_texts", "split_prediction"]

@@ -1,0 +1,190 @@
+"""Thin HTTP handlers. Problems are raised as typed ServiceErrors; app.py renders them."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.batching import Overloaded
+from service.errors import (
+    InvalidRequest,
+    NotFound,
+    ReloadFailed,
+    ServiceError,
+    ServiceUnavailable,
+    Timeout,
+    Unauthorized,
+)
+from service.predictor import Prediction, Predictor
+from service.schemas import (
+    ErrorResponse,
+    HealthResponse,
+    ModelInfo,
+    PredictRequest,
+    PredictResponse,
+    ReloadRequest,
+    ReloadResponse,
+)
+from service.state import ServiceState
+from training.artifact import ArtifactError
+
+log = logging.getLogger("service")
+router = APIRouter()
+
+ANNOUNCED = "hc.announced"
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Body is not valid JSON",
+        422: "Body is valid JSON but not a valid request (empty text, too long, too many, extra fields...)",
+        503: "Overloaded or shutting down; retry after the Retry-After header",
+        504: "The prediction did not finish within the request timeout",
+    }.items()
+}
+
+
+def withdraw_announcement(request: Request, state: ServiceState) -> None:
+    """The request is no longer 'arriving' (see Batcher.announce)."""
+    if request.scope.get(ANNOUNCED):
+        request.scope[ANNOUNCED] = False
+        if state.batcher is not None:
+            state.batcher.withdraw()
+
+
+def render_predictions(prediction: Prediction) -> bytes:
+    classes = prediction.classes
+    indices = range(len(classes))
+    items = []
+    for row, empty in zip(prediction.probabilities.tolist(), prediction.empty, strict=True):
+        order = sorted(indices, key=row.__getitem__, reverse=True)
+        items.append({"label": classes[order[0]], "probabilities": {classes[i]: row[i] for i in order}, "empty": empty})
+    return json.dumps({"model_version": prediction.version, "predictions": items}).encode()
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    summary="Classify one headline or a list of headlines",
+)
+async def predict(body: PredictRequest, request: Request, state: State) -> Response:
+    withdraw_announcement(request, state)
+    settings = state.settings
+    texts = body.all_texts()
+    if len(texts) > settings.max_texts_per_request:
+        raise InvalidRequest(f"too many texts: {len(texts)} given, at most {settings.max_texts_per_request} allowed")
+    too_long = [
+        {"loc": ["body", "text"] if body.text is not None else ["body", "texts", i], "chars": len(t)}
+        for i, t in enumerate(texts)
+        if len(t) > settings.max_text_chars
+    ]
+    if too_long:
+        raise InvalidRequest(
+            f"text too long: {len(too_long)} text(s) over {settings.max_text_chars} characters", details=too_long
+        )
+    if state.batcher is None:
+        raise ServiceUnavailable("model not loaded yet", headers={"Retry-After": str(settings.retry_after_s)})
+    try:
+        prediction = await state.batcher.submit(texts, timeout=settings.request_timeout_s)
+    except Overloaded as exc:
+        state.metrics.rejected.labels("overloaded").inc()
+        raise ServiceUnavailable(str(exc), headers={"Retry-After": str(settings.retry_after_s)}) from None
+    except TimeoutError:
+        state.metrics.rejected.labels("timeout").inc()
+        raise Timeout(f"prediction did not finish within {settings.request_timeout_s:g} s") from None
+    except Exception as exc:  # noqa: BLE001 - a failed batch: tell its callers, keep serving
+        raise ServiceError(f"prediction failed: {type(exc).__name__}: {exc}") from exc
+    return Response(render_predictions(prediction), media_type="application/json")
+
+
+@router.get("/health/live", response_model=HealthResponse, summary="Liveness: 200 while the process runs")
+async def live() -> Response:
+    return JSONResponse({"status": "alive"})
+
+
+@router.get(
+    "/health/ready",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse, "description": "Loading, warming up or draining"}},
+    summary="Readiness: 200 when the model is loaded and warm and the server is not draining",
+)
+async def ready(state: State) -> Response:
+    predictor = state.predictor
+    if state.draining:
+        return JSONResponse({"status": "draining", "model_version": predictor and predictor.version}, 503)
+    if predictor is None or not state.ready:
+        return JSONResponse({"status": "starting", "model_version": predictor and predictor.version}, 503)
+    return JSONResponse({"status": "ready", "model_version": predictor.version})
+
+
+@router.get("/model", response_model=ModelInfo, summary="The model being served: version, categories, metrics")
+async def model_info(state: State) -> Response:
+    if state.predictor is None:
+        raise ServiceUnavailable("model not loaded yet")
+    return JSONResponse(state.predictor.describe())
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(state: State) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post(
+    "/admin/reload",
+    response_model=ReloadResponse,
+    responses={
+        401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"},
+        404: {"model": ErrorResponse, "description": "Admin endpoint disabled (no admin token configured)"},
+        409: {"model": ErrorResponse, "description": "The new version failed to load; the old one keeps serving"},
+    },
+    summary="Load, verify and warm another model version, then swap it in atomically",
+)
+async def reload(
+    state: State, body: ReloadRequest | None = None, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    token = state.settings.admin_token
+    if token is None:
+        raise NotFound("admin endpoint disabled: no admin token configured")
+    expected = f"Bearer {token.get_secret_value()}"
+    if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
+        raise Unauthorized("missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    version = body.version if body is not None else "latest"
+    async with state.reload_lock:
+        previous = state.predictor
+        started = time.monotonic()
+        try:
+            device = str(previous.device) if previous is not None else state.settings.device
+            new = await asyncio.to_thread(Predictor.load, state.settings.artifacts_dir, version, device)
+            if state.settings.warmup:
+                await asyncio.to_thread(new.warmup)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the old model serving
+            state.metrics.reloads.labels("failed").inc()
+            if not isinstance(exc, ArtifactError):
+                exc = f"{type(exc).__name__}: {exc}"  # type: ignore[assignment]
+            log.warning("reload of %r failed: %s", version, exc)
+            raise ReloadFailed(f"reload failed, still serving {previous and previous.version}: {exc}") from None
+        state.set_predictor(new)
+        state.metrics.reloads.labels("ok").inc()
+        log.info(
+            "reloaded model %s -> %s in %.2fs",
+            previous and previous.version,
+            new.version,
+            time.monotonic() - started,
+        )
+    return JSONResponse({"previous_version": previous and previous.version, "model_version": new.version})

@@ -1,0 +1,161 @@
+"""Request and response models for the HTTP API (separate, with OpenAPI examples)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+
+EXAMPLE_PROBABILITIES = {"Sports": 0.9412, "World": 0.0311, "Business": 0.0170, "Sci/Tech": 0.0107}
+
+
+def _check_text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text must not be empty or whitespace only")
+    return text
+
+
+class PredictRequest(BaseModel):
+    """Exactly one of ``text`` (one headline) or ``texts`` (a list of headlines)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "Federer wins his fifth Wimbledon title"},
+                {"texts": ["Oil prices climb as OPEC cuts output", "NASA probe sends first images from Mars"]},
+            ]
+        },
+    )
+
+    text: StrictStr | None = Field(None, description="One headline.")
+    texts: list[StrictStr] | None = Field(None, description="Several headlines, answered in the same order.")
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str | None) -> str | None:
+        return None if value is None else _check_text(value)
+
+    @field_validator("texts")
+    @classmethod
+    def _texts_not_blank(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("texts must not be an empty list")
+        for i, text in enumerate(value):
+            if not text.strip():
+                raise ValueError(f"texts[{i}] must not be empty or whitespace only")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PredictRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class TextPrediction(BaseModel):
+    label: str = Field(description="The most probable category.")
+    probabilities: dict[str, float] = Field(
+        description="Every category with its probability, most probable first; sums to 1."
+    )
+    empty: bool = Field(
+        description="True when nothing was left of the text after preprocessing (the answer is then a prior guess)."
+    )
+
+
+class PredictResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_version": "20261129T105000Z-3f2a1c",
+                    "predictions": [{"label": "Sports", "probabilities": EXAMPLE_PROBABILITIES, "empty": False}],
+                }
+            ]
+        }
+    )
+
+    model_version: str = Field(description="Version of the model that produced these predictions.")
+    predictions: list[TextPrediction] = Field(description="One prediction per input text, in request order.")
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": "latest"}]})
+
+    version: StrictStr = Field("latest", description="Version folder name to load, or `latest`.")
+
+
+class ReloadResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"previous_version": "20261128T090000Z-aa11bb", "model_version": "20261129T105000Z-3f2a1c"}]
+        }
+    )
+
+    previous_version: str
+    model_version: str
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": "20261129T105000Z-3f2a1c",
+                    "created_at": "2026-11-29T10:50:00+00:00",
+                    "categories": ["Business", "Sci/Tech", "Sports", "World"],
+                    "metrics": {"test": {"accuracy": 0.89, "macro_f1": 0.89}},
+                    "model_config": {"vocab_size": 20000, "num_classes": 4, "rnn_type": "bigru"},
+                    "preprocessing": {"lowercase": True, "remove_stopwords": True, "stopword_count": 179},
+                    "device": "cpu",
+                }
+            ]
+        },
+    )
+
+    version: str
+    created_at: str | None
+    categories: list[str]
+    metrics: dict[str, Any]
+    model_config_: dict[str, Any] = Field(alias="model_config")
+    preprocessing: dict[str, Any]
+    device: str
+
+
+class HealthResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ready", "model_version": "20261129T105000Z-3f2a1c"}]}
+    )
+
+    status: str
+    model_version: str | None = None
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="Machine-readable error kind, e.g. `invalid_request`, `overloaded`.")
+    message: str = Field(description="What went wrong, in words.")
+    details: list[Any] = Field(default_factory=list, description="Per-field problems, when there are several.")
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "type": "invalid_request",
+                        "message": "body.text: Value error, text must not be empty or whitespace only",
+                        "details": [{"loc": ["body", "text"], "msg": "text must not be empty or whitespace only"}],
+                    }
+                }
+            ]
+        }
+    )
+
+    error: ErrorBody

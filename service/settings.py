@@ -1,0 +1,103 @@
+"""Service settings: one pydantic-settings class, every field a CLI flag and an ``HC_`` env var.
+
+Precedence: command-line flag > environment variable > default. The flags are generated from
+the fields below, so the README table, ``--help`` and the env vars never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "HC_"
+
+
+class Settings(BaseSettings):
+    """Inference service configuration (validated once at startup)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    artifacts_dir: Path = Field(description="Folder holding one sub-folder per model version (the training output).")
+    version: str = Field(
+        "latest", description="Model version to serve: a version folder name, or `latest` for the newest valid one."
+    )
+    host: str = Field("127.0.0.1", description="Interface to bind (use 0.0.0.0 inside a container).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model runs: `auto` picks CUDA when available, else CPU."
+    )
+    max_batch_size: int = Field(
+        64, ge=1, description="Most texts merged into one forward pass; 1 disables dynamic batching."
+    )
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="Longest a small batch waits for requests that are already arriving; never waits when idle.",
+    )
+    max_queue_size: int = Field(
+        1024, ge=1, description="Most texts waiting for the model; beyond it requests get 503 with Retry-After."
+    )
+    max_texts_per_request: int = Field(256, ge=1, description="Most texts accepted in one /predict request.")
+    max_text_chars: int = Field(1000, ge=1, description="Longest accepted text, in characters.")
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="Longest a /predict request may wait for its result before a 504."
+    )
+    retry_after_s: int = Field(1, ge=0, description="Value of the Retry-After header sent with 503 responses.")
+    torch_threads: int = Field(
+        0, ge=0, description="Torch intra-op threads; 0 = the CPUs this process may use (affinity and cgroup quota)."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token that enables POST /admin/reload; unset disables the admin endpoint."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the JSON logs.")
+    access_log: bool = Field(True, description="Write one JSON log line per request.")
+    warmup: bool = Field(True, description="Run a few forward passes at startup before reporting ready.")
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="On SIGTERM, how long in-flight requests may take before they are cancelled."
+    )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse front end generated from :class:`Settings` (defaults stay with pydantic)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Headline classifier inference server. Every flag also reads from the env var shown.",
+    )
+    for name, field in Settings.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        default = "required" if field.is_required() else f"default {field.default!r}"
+        if name == "admin_token":
+            default = "default unset"
+        help_text = f"{field.description} [env {env}; {default}]".replace("%", "%%")
+        if field.annotation is bool:
+            parser.add_argument(
+                _flag(name), dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(_flag(name), dest=name, default=argparse.SUPPRESS, help=help_text, metavar=name.upper())
+    return parser
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line: ``max_batch_size (--max-batch-size / HC_MAX_BATCH_SIZE): Input should be ...``."""
+    parts = []
+    for err in exc.errors():
+        loc = str(err["loc"][0]) if err["loc"] else "settings"
+        where = f"{loc} ({_flag(loc)} / {ENV_PREFIX}{loc.upper()})" if loc in Settings.model_fields else loc
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid settings: " + "; ".join(parts)
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Parse flags over env vars; raises ValidationError on bad values, SystemExit on bad flags."""
+    args: dict[str, Any] = vars(build_parser().parse_args(argv))
+    return Settings(**args)

@@ -1,0 +1,32 @@
+"""What the app holds between requests (on ``app.state.service``)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from service.batching import Batcher
+from service.metrics import Metrics
+from service.predictor import Predictor
+from service.settings import Settings
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    predictor: Predictor | None = None
+    batcher: Batcher | None = None
+    ready: bool = False  # loaded and warm
+    draining: bool = False  # shutdown started: readiness answers 503
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def set_predictor(self, predictor: Predictor) -> None:
+        # One attribute assignment: the batcher reads it once per batch, so the swap is atomic.
+        self.predictor = predictor
+        self.metrics.set_model(predictor.version, str(predictor.device))
+
+    def current_predictor(self) -> Predictor:
+        if self.predictor is None:
+            raise RuntimeError("no model loaded")
+        return self.predictor
