@@ -1,0 +1,214 @@
+"""Every endpoint and every kind of bad input, through the real app over HTTP (in-process)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.service.conftest import CATEGORIES, TOKEN_TEXTS, make_artifact, make_settings
+from training.artifact import load_artifact, resolve_version
+from training.model import pad_batch, predict_proba
+
+
+def check_error(response, status: int | tuple[int, ...], error_type: str | None = None) -> dict:
+    statuses = status if isinstance(status, tuple) else (status,)
+    assert response.status_code in statuses, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"type", "message", "details"}
+    assert body["error"]["message"]
+    if error_type:
+        assert body["error"]["type"] == error_type
+    return body["error"]
+
+
+def test_predict_single_text(client: TestClient) -> None:
+    r = client.post("/predict", json={"text": "Federer wins the final"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model_version"] == "20260101T000000Z-000001"
+    [pred] = body["predictions"]
+    probs = pred["probabilities"]
+    assert set(probs) == set(CATEGORIES)
+    values = list(probs.values())
+    assert values == sorted(values, reverse=True)
+    assert pred["label"] == next(iter(probs))
+    assert math.isclose(sum(values), 1.0, abs_tol=1e-5)
+    assert pred["empty"] is False
+
+
+def test_predict_many_in_order_with_empty_flag(client: TestClient) -> None:
+    r = client.post("/predict", json={"texts": TOKEN_TEXTS})
+    assert r.status_code == 200
+    preds = r.json()["predictions"]
+    assert len(preds) == len(TOKEN_TEXTS)
+    assert [p["empty"] for p in preds] == [t == "the of and" for t in TOKEN_TEXTS]
+    for text, pred in zip(TOKEN_TEXTS, preds, strict=True):
+        alone = client.post("/predict", json={"text": text}).json()["predictions"][0]
+        assert alone["label"] == pred["label"]
+        for c in CATEGORIES:
+            assert math.isclose(alone["probabilities"][c], pred["probabilities"][c], abs_tol=1e-6)
+
+
+def test_output_equals_training_predict_proba(client: TestClient, artifacts_dir: Path) -> None:
+    artifact = load_artifact(resolve_version(artifacts_dir))
+    encoder = artifact.text_encoder()
+    ids, lengths = pad_batch(encoder.encode_many(TOKEN_TEXTS))
+    expected = predict_proba(artifact.model, ids, lengths).numpy()
+    preds = client.post("/predict", json={"texts": TOKEN_TEXTS}).json()["predictions"]
+    got = np.array([[p["probabilities"][c] for c in artifact.labels.classes] for p in preds])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"text": ""}, "empty"),
+        ({"text": "   \n\t"}, "empty"),
+        ({"texts": ["ok", " "]}, "texts[1]"),
+        ({"texts": []}, "empty list"),
+        ({"text": 12}, "string"),
+        ({"text": None}, "exactly one"),
+        ({"texts": "not a list"}, "list"),
+        ({"texts": ["ok", 3]}, "string"),
+        ({}, "exactly one"),
+        ({"text": "a", "texts": ["b"]}, "exactly one"),
+        ({"text": "a", "extra": 1}, "extra"),
+        ([{"text": "a"}], "dictionary"),
+        ("just a string", "dictionary"),
+        ({"text": "x" * 501}, "too long"),
+        ({"texts": ["x"] * 17}, "too many"),
+    ],
+)
+def test_invalid_requests_are_422(client: TestClient, body: object, fragment: str) -> None:
+    error = check_error(client.post("/predict", json=body), 422, "invalid_request")
+    assert fragment.lower() in error["message"].lower()
+
+
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [
+        (b'{"text": "abc', {"content-type": "application/json"}),  # truncated
+        (b"not json at all", {"content-type": "application/json"}),
+        (b'{"text": "\xff\xfe bad utf-8"}', {"content-type": "application/json"}),
+        (b"\xc3\x28", {"content-type": "application/json"}),
+    ],
+)
+def test_malformed_bodies_are_400(client: TestClient, content: bytes, headers: dict[str, str]) -> None:
+    check_error(client.post("/predict", content=content, headers=headers), 400, "malformed_body")
+
+
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [(b"", {"content-type": "application/json"}), (b"text=hello", {"content-type": "text/plain"}), (b"{}", {})],
+)
+def test_missing_or_non_json_body_is_4xx(client: TestClient, content: bytes, headers: dict[str, str]) -> None:
+    check_error(client.post("/predict", content=content, headers=headers), (400, 415, 422))
+
+
+def test_unknown_route_and_method(client: TestClient) -> None:
+    check_error(client.get("/nope"), 404, "not_found")
+    check_error(client.get("/predict"), 405, "method_not_allowed")
+
+
+def test_health_model_and_docs(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "alive"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    info = client.get("/model").json()
+    assert info["version"] == "20260101T000000Z-000001"
+    assert info["categories"] == CATEGORIES
+    assert info["metrics"] == {"test": {"accuracy": 0.25, "macro_f1": 0.2}}
+    assert info["model_config"]["rnn_type"] == "bigru"
+    assert info["preprocessing"]["remove_stopwords"] is True
+    assert info["created_at"]
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["schemas"]["PredictRequest"]["examples"]
+    assert schema["components"]["schemas"]["PredictResponse"]["examples"]
+
+
+def test_request_id_echoed_or_generated(client: TestClient) -> None:
+    r = client.post("/predict", json={"text": "Oil"}, headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    generated = client.get("/health/live").headers["x-request-id"]
+    assert len(generated) == 32
+    assert client.get("/nope", headers={"X-Request-ID": "e1"}).headers["x-request-id"] == "e1"
+
+
+def test_metrics_exposition(client: TestClient) -> None:
+    client.post("/predict", json={"text": "Oil"})
+    client.post("/predict", json={"text": ""})
+    text = client.get("/metrics").text
+    assert 'hc_http_requests_total{method="POST",route="/predict",status="200"}' in text
+    assert 'hc_http_requests_total{method="POST",route="/predict",status="422"}' in text
+    for name in (
+        "hc_http_request_duration_seconds_bucket",
+        "hc_batch_queue_wait_seconds_bucket",
+        "hc_batch_compute_seconds_bucket",
+        "hc_batch_size_texts_bucket",
+        "hc_queue_depth_texts",
+        'hc_model_info{device="cpu",version="20260101T000000Z-000001"} 1.0',
+    ):
+        assert name in text
+
+
+def test_admin_disabled_without_token(client: TestClient) -> None:
+    check_error(client.post("/admin/reload", headers={"Authorization": "Bearer x"}), 404, "not_found")
+
+
+@pytest.fixture()
+def reload_env(tmp_path: Path) -> tuple[TestClient, Path]:
+    make_artifact(tmp_path, seed=0, version="20260101T000000Z-aaaaaa")
+    settings = make_settings(tmp_path, admin_token="s3cret")
+    with TestClient(create_app(settings)) as c:
+        yield c, tmp_path
+
+
+def test_reload_auth(reload_env: tuple[TestClient, Path]) -> None:
+    client, _ = reload_env
+    check_error(client.post("/admin/reload"), 401, "unauthorized")
+    check_error(client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+    check_error(client.post("/admin/reload", headers={"Authorization": "s3cret"}), 401)
+
+
+def test_reload_swaps_model(reload_env: tuple[TestClient, Path]) -> None:
+    client, root = reload_env
+    auth = {"Authorization": "Bearer s3cret"}
+    before = client.post("/predict", json={"text": "Stocks rally"}).json()
+    make_artifact(root, seed=7, version="20260102T000000Z-bbbbbb")
+    r = client.post("/admin/reload", headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"previous_version": "20260101T000000Z-aaaaaa", "model_version": "20260102T000000Z-bbbbbb"}
+    after = client.post("/predict", json={"text": "Stocks rally"}).json()
+    assert after["model_version"] == "20260102T000000Z-bbbbbb"
+    assert after["predictions"][0]["probabilities"] != before["predictions"][0]["probabilities"]
+    assert client.get("/model").json()["version"] == "20260102T000000Z-bbbbbb"
+    # An explicit older version can be loaded back.
+    r = client.post("/admin/reload", headers=auth, json={"version": "20260101T000000Z-aaaaaa"})
+    assert r.status_code == 200 and r.json()["model_version"] == "20260101T000000Z-aaaaaa"
+    check_error(client.post("/admin/reload", headers=auth, json={"version": 3}), 422)
+
+
+def test_failed_reload_keeps_old_model(reload_env: tuple[TestClient, Path]) -> None:
+    client, root = reload_env
+    auth = {"Authorization": "Bearer s3cret"}
+    error = check_error(client.post("/admin/reload", headers=auth, json={"version": "nope"}), 409, "reload_failed")
+    assert "nope" in error["message"]
+    # A tampered newer version: checksum mismatch is reported, old model keeps serving.
+    broken = make_artifact(root, seed=3, version="20260103T000000Z-cccccc")
+    (broken / "vocab.json").write_text('{"tokens": ["<PAD>", "<UNK>", "x"]}\n')
+    error = check_error(
+        client.post("/admin/reload", headers=auth, json={"version": broken.name}), 409, "reload_failed"
+    )
+    assert "checksum" in error["message"]
+    shutil.rmtree(broken)
+    r = client.post("/predict", json={"text": "Stocks rally"})
+    assert r.status_code == 200 and r.json()["model_version"] == "20260101T000000Z-aaaaaa"
+    assert 'hc_model_reloads_total{outcome="failed"} 2.0' in client.get("/metrics").text
