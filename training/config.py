@@ -1,0 +1,170 @@
+"""TrainConfig: every hyperparameter and path of one training run, and the CLI that fills it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from training.model import POOLINGS, RNN_TYPES
+
+DEFAULT_DATA_URL = "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/main/datasets/news.csv"
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters and paths; stored in the artifact as ``train_config.json``.
+
+    Defaults were chosen on the 10K sample with several seeds (see the README's training
+    section): a compact BiGRU with max+last pooling, word dropout so ``<UNK>`` is learnt,
+    embedding dropout, label smoothing and AdamW, trained in length-sorted batches of 128.
+    """
+
+    # Paths
+    data: str = DEFAULT_DATA_URL
+    artifacts_dir: str = "artifacts"
+    cache_dir: str | None = None
+    nltk_data: str | None = None
+    # Data
+    limit_rows: int | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    remove_stopwords: bool = False
+    max_vocab: int | None = 20000
+    min_freq: int = 2
+    # Model
+    model: str = "bigru"
+    embedding_dim: int = 100
+    hidden_dim: int = 64
+    fc_dim: int = 64
+    dropout: float = 0.5
+    embedding_dropout: float = 0.3
+    pooling: str = "last_max"
+    # Optimisation
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    word_dropout: float = 0.1
+    grad_clip: float = 1.0
+    class_weights: bool = False
+    patience: int = 3
+    lr_patience: int = 1
+    lr_factor: float = 0.5
+    early_stopping_metric: str = "val_loss"
+    baseline_c: float | None = None
+    # Runtime
+    seed: int = 42
+    device: str = "auto"
+    threads: int | None = None
+    quiet: bool = False
+    plots: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> TrainConfig:
+        """Parse command-line arguments (``sys.argv[1:]`` when ``argv`` is None)."""
+        args = build_parser().parse_args(argv)
+        values = vars(args)
+        values["remove_stopwords"] = values.pop("stopwords")
+        values["plots"] = not values.pop("no_plots")
+        return cls(**values)
+
+    def validate(self) -> None:
+        """Raise ValueError for values no run could use."""
+        if self.model not in RNN_TYPES:
+            raise ValueError(f"model must be one of {RNN_TYPES}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError("device must be auto, cpu or cuda")
+        if self.early_stopping_metric not in ("val_loss", "val_f1"):
+            raise ValueError("early_stopping_metric must be val_loss or val_f1")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError("epochs, batch_size and patience must be at least 1")
+        val, test = self.val_fraction, self.test_fraction
+        if not 0 < val < 1 or not 0 < test < 1 or val + test >= 1:
+            raise ValueError("val and test fractions must be in (0, 1) and sum to less than 1")
+        if not 0 <= self.word_dropout < 1:
+            raise ValueError("word_dropout must be in [0, 1)")
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "0", "") else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train the headline classifier and write a versioned artifact to ARTIFACTS_DIR/<version>/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("paths")
+    g.add_argument("--data", default=d.data, help="CSV path or http(s) URL with title,category columns")
+    g.add_argument("--artifacts-dir", default=d.artifacts_dir, help="where the new version folder is created")
+    g.add_argument(
+        "--cache-dir", default=d.cache_dir, help="download cache for URL data (None: ~/.cache/headline-classifier)"
+    )
+    g.add_argument("--nltk-data", default=d.nltk_data, help="NLTK data folder with the stopwords (None: NLTK_DATA)")
+    g = p.add_argument_group("data")
+    g.add_argument("--limit-rows", type=_optional_int, default=d.limit_rows, help="use a seeded sample of N rows")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation share (stratified)")
+    g.add_argument("--test-fraction", type=float, default=d.test_fraction, help="test share (stratified)")
+    g.add_argument(
+        "--stopwords",
+        action=argparse.BooleanOptionalAction,
+        default=d.remove_stopwords,
+        help="remove NLTK English stopwords (--no-stopwords keeps them)",
+    )
+    g.add_argument("--max-vocab", type=_optional_int, default=d.max_vocab, help="vocabulary size cap incl. PAD/UNK")
+    g.add_argument("--min-freq", type=int, default=d.min_freq, help="minimum training-split count for a word")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=RNN_TYPES, default=d.model, help="recurrent layer")
+    g.add_argument("--embedding-dim", type=int, default=d.embedding_dim, help="word embedding size")
+    g.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="recurrent hidden size per direction")
+    g.add_argument("--fc-dim", type=int, default=d.fc_dim, help="hidden dense layer size")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the output layer")
+    g.add_argument("--embedding-dropout", type=float, default=d.embedding_dropout, help="dropout on embeddings")
+    g.add_argument("--pooling", choices=POOLINGS, default=d.pooling, help="how recurrent states become features")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size (per process)")
+    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="cross-entropy label smoothing")
+    g.add_argument("--word-dropout", type=float, default=d.word_dropout, help="share of training tokens set to <UNK>")
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
+    g.add_argument(
+        "--class-weights",
+        action=argparse.BooleanOptionalAction,
+        default=d.class_weights,
+        help="weight the loss by inverse class frequency",
+    )
+    g.add_argument("--patience", type=int, default=d.patience, help="epochs without improvement before stopping")
+    g.add_argument("--lr-patience", type=int, default=d.lr_patience, help="ReduceLROnPlateau patience")
+    g.add_argument("--lr-factor", type=float, default=d.lr_factor, help="ReduceLROnPlateau factor")
+    g.add_argument(
+        "--early-stopping-metric",
+        choices=("val_loss", "val_f1"),
+        default=d.early_stopping_metric,
+        help="metric that selects the best epoch",
+    )
+    g.add_argument(
+        "--baseline-c", type=float, default=d.baseline_c, help="TF-IDF baseline C (None: tuned on validation)"
+    )
+    g = p.add_argument_group("runtime")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed for the split, initialisation and batches")
+    g.add_argument("--device", default=d.device, help="auto, cpu or cuda (auto picks CUDA when available)")
+    g.add_argument("--threads", type=_optional_int, default=d.threads, help="torch CPU threads (None: torch default)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p

@@ -1,0 +1,237 @@
+"""Training and evaluation steps, early stopping and the epoch loop (no file I/O)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+
+from training.data import BucketBatcher, slice_batch
+from training.distributed import DistContext
+from training.text import PAD_INDEX, UNK_INDEX
+
+log = logging.getLogger("training")
+
+
+def apply_word_dropout(ids: torch.Tensor, p: float) -> torch.Tensor:
+    """Replace a share ``p`` of real tokens with ``<UNK>`` so its embedding learns "unknown word"."""
+    if p <= 0:
+        return ids
+    drop = (torch.rand(ids.shape, device=ids.device) < p) & (ids != PAD_INDEX)
+    return ids.masked_fill(drop, UNK_INDEX)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    targets: torch.Tensor,
+    word_dropout: float = 0.0,
+    grad_clip: float = 0.0,
+) -> float:
+    """One optimisation step on one batch; returns the batch's mean loss."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(apply_word_dropout(ids, word_dropout), lengths)
+    loss = loss_fn(logits, targets)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+@torch.inference_mode()
+def eval_step(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Logits for one batch with dropout off."""
+    model.eval()
+    return model(ids, lengths)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, ids: np.ndarray, lengths: np.ndarray, device: torch.device, batch_size: int = 1024
+) -> torch.Tensor:
+    """Logits (CPU, float32) for every row of a padded matrix, in row order."""
+    batcher = BucketBatcher(lengths, batch_size, seed=0, shuffle=False)
+    out = torch.empty((len(lengths), model.config.num_classes), dtype=torch.float32)
+    for rows in batcher:
+        b_ids, b_len = slice_batch(ids, lengths, rows)
+        logits = eval_step(model, torch.from_numpy(b_ids).to(device), torch.from_numpy(b_len))
+        out[torch.from_numpy(rows)] = logits.float().cpu()
+    return out
+
+
+def evaluate_split(
+    model: nn.Module,
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    targets: np.ndarray,
+    device: torch.device,
+    loss_fn: nn.Module,
+) -> tuple[float, float, np.ndarray]:
+    """Mean loss, weighted F1 and predictions on one split."""
+    logits = predict_logits(model, ids, lengths, device)
+    y = torch.from_numpy(targets)
+    loss = float(loss_fn(logits, y))
+    pred = logits.argmax(dim=1).numpy()
+    return loss, float(f1_score(targets, pred, average="weighted", zero_division=0)), pred
+
+
+class EarlyStopping:
+    """Keeps a private copy of the best weights; ``step`` says whether to stop."""
+
+    def __init__(self, patience: int, mode: str = "min") -> None:
+        self.patience = patience
+        self.mode = mode
+        self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+
+    def improved(self, value: float) -> bool:
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def step(self, value: float, epoch: int, model: nn.Module) -> bool:
+        if self.improved(value):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            # A deep copy: state_dict() returns references that later steps overwrite.
+            self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def fit(
+    model: nn.Module,
+    train_ids: np.ndarray,
+    train_lengths: np.ndarray,
+    train_targets: np.ndarray,
+    val_ids: np.ndarray,
+    val_lengths: np.ndarray,
+    val_targets: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    label_smoothing: float,
+    word_dropout: float,
+    grad_clip: float,
+    patience: int,
+    lr_patience: int,
+    lr_factor: float,
+    early_stopping_metric: str,
+    class_weights: torch.Tensor | None,
+    seed: int,
+    device: torch.device,
+    dist: DistContext,
+    progress: bool,
+    log_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train ``model`` (the bare module) in place and leave the best epoch's weights in it.
+
+    Under DDP the wrapped model steps on this rank's shard of the batches; losses and
+    validation metrics are averaged over ranks so every rank stops and decays together.
+    """
+    net = dist.wrap(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=lr_factor, patience=lr_patience
+    )
+    weight = class_weights.to(device) if class_weights is not None else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+    # Validation loss without smoothing or weights, so it is comparable across configs.
+    val_loss_fn = nn.CrossEntropyLoss()
+    batcher = BucketBatcher(train_lengths, batch_size, seed=seed, rank=dist.rank, world_size=dist.world_size)
+    stopper = EarlyStopping(patience, mode="min" if early_stopping_metric == "val_loss" else "max")
+    result = FitResult()
+    ids_t = torch.from_numpy(train_ids)
+    len_t = torch.from_numpy(train_lengths)
+    y_t = torch.from_numpy(train_targets)
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        batcher.set_epoch(epoch)
+        batches = batcher.batches()
+        bar = _progress(len(batches), f"epoch {epoch}/{epochs}", progress)
+        loss_sum, seen = 0.0, 0
+        for rows in batches:
+            rows_t = torch.from_numpy(rows)
+            b_len = len_t[rows_t]
+            b_ids = ids_t[rows_t, : int(b_len.max())].to(device, non_blocking=True)
+            b_y = y_t[rows_t].to(device, non_blocking=True)
+            loss = train_step(net, optimizer, loss_fn, b_ids, b_len, b_y, word_dropout, grad_clip)
+            loss_sum += loss * len(rows)
+            seen += len(rows)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        if bar is not None:
+            bar.close()
+        train_loss = dist.all_reduce_sum([loss_sum, float(seen)])
+        train_loss = train_loss[0] / train_loss[1]
+        val_loss, val_f1, _ = evaluate_split(model, val_ids, val_lengths, val_targets, device, val_loss_fn)
+        val_loss, val_f1 = dist.all_reduce_mean([val_loss, val_f1])
+        lr_now = optimizer.param_groups[0]["lr"]
+        seconds = time.perf_counter() - t0
+        record = {
+            "epoch": epoch,
+            "train_loss": round(train_loss, 6),
+            "val_loss": round(val_loss, 6),
+            "val_f1": round(val_f1, 6),
+            "lr": lr_now,
+            "seconds": round(seconds, 3),
+        }
+        result.history.append(record)
+        if log_epoch is not None:
+            log_epoch(record)
+        scheduler.step(val_loss)
+        if stopper.step(val_loss if early_stopping_metric == "val_loss" else val_f1, epoch, model):
+            break
+    stopper.restore(model)
+    result.best_epoch = stopper.best_epoch
+    result.train_seconds = time.perf_counter() - started
+    return result
+
+
+def format_epoch(record: dict[str, Any]) -> str:
+    return (
+        f"epoch {record['epoch']:>3}  train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+        f"val_f1 {record['val_f1']:.4f}  lr {record['lr']:.2e}  {record['seconds']:.1f}s"
+    )
+
+
+def progress_enabled(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()

@@ -1,0 +1,107 @@
+"""Test-split metrics in the lesson's shape, confusion matrix, TF-IDF baseline and PNG plots."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+BASELINE_NAME = "tfidf_logreg"
+BASELINE_CS = (1.0, 3.0, 10.0, 30.0)
+
+
+def performance(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
+    """``{"overall": {precision, recall, f1, num_samples}, "class": {name: {...}}}``, weighted overall."""
+    labels = list(range(len(classes)))
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
+    overall = {"precision": float(p), "recall": float(r), "f1": float(f), "num_samples": int(len(y_true))}
+    ps, rs, fs, ss = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    per_class = {
+        name: {"precision": float(ps[i]), "recall": float(rs[i]), "f1": float(fs[i]), "num_samples": int(ss[i])}
+        for i, name in enumerate(classes)
+    }
+    return {"overall": overall, "class": per_class}
+
+
+def confusion(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
+    """Rows are true classes, columns predictions, both in ``labels`` order."""
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
+    return {"labels": list(classes), "matrix": matrix.tolist()}
+
+
+def tfidf_baseline(
+    train_texts: Sequence[str],
+    train_y: np.ndarray,
+    val_texts: Sequence[str],
+    val_y: np.ndarray,
+    test_texts: Sequence[str],
+    c: float | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """TF-IDF word 1-2 grams + logistic regression on the raw titles; C tuned on val unless given.
+
+    Returns test predictions and ``{"C": ..., "val_f1": ...}``.
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    x_train = vectorizer.fit_transform(train_texts)
+    x_val = vectorizer.transform(val_texts)
+    best: tuple[float, float, Any] | None = None
+    for candidate in (c,) if c is not None else BASELINE_CS:
+        clf = LogisticRegression(C=candidate, max_iter=1000)
+        clf.fit(x_train, train_y)
+        score = f1_score(val_y, clf.predict(x_val), average="weighted")
+        if best is None or score > best[0]:
+            best = (float(score), candidate, clf)
+    assert best is not None
+    val_f1, chosen, clf = best
+    return clf.predict(vectorizer.transform(test_texts)), {"C": chosen, "val_f1": val_f1}
+
+
+def _figure_bytes(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def plot_files(history: list[dict[str, Any]], cm: dict[str, Any], best_epoch: int) -> dict[str, bytes]:
+    """PNG bytes for the loss curves, learning rate and confusion matrix, keyed by artifact path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train (with regularisation)")
+    ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
+    if best_epoch:
+        ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch {best_epoch}")
+    ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    ax.legend()
+    loss_png = _figure_bytes(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(epochs, [h["lr"] for h in history], marker="o")
+    ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate", yscale="log")
+    lr_png = _figure_bytes(fig)
+
+    labels, matrix = cm["labels"], np.asarray(cm["matrix"])
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test)")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            color = "white" if matrix[i, j] > matrix.max() / 2 else "black"
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=color)
+    cm_png = _figure_bytes(fig)
+    return {"plots/loss.png": loss_png, "plots/lr.png": lr_png, "plots/confusion_matrix.png": cm_png}

@@ -1,0 +1,215 @@
+"""One training run: config → data → engine → evaluate → artifact."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import distributed
+from training.artifact import sha256_file, write_artifact
+from training.config import TrainConfig
+from training.data import encode_matrix, fetch_data, read_dataset, sample_rows, stratified_split
+from training.engine import fit, format_epoch, predict_logits, progress_enabled
+from training.evaluate import BASELINE_NAME, confusion, performance, plot_files, tfidf_baseline
+from training.model import ModelConfig, TextClassifier
+from training.text import LabelEncoder, Normalizer, PreprocessSettings, Vocabulary, load_stopwords
+
+
+@dataclass
+class RunResult:
+    """What a run produced; ``artifact_path`` is None on ranks other than 0."""
+
+    artifact_path: Path | None
+    metrics: dict[str, Any]
+    model: TextClassifier | None = field(default=None, repr=False)
+    vocab: Vocabulary | None = field(default=None, repr=False)
+    labels: LabelEncoder | None = field(default=None, repr=False)
+    preprocessing: PreprocessSettings | None = field(default=None, repr=False)
+
+
+def git_commit(where: Path | None = None) -> str | None:
+    """Commit of the repository holding the training code, or None outside git."""
+    folder = where or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def class_weight_tensor(targets: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, normalised to mean 1."""
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    weights = counts.sum() / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+
+def build_model_config(config: TrainConfig, vocab_size: int, num_classes: int) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=vocab_size,
+        num_classes=num_classes,
+        rnn_type=config.model,
+        embedding_dim=config.embedding_dim,
+        hidden_dim=config.hidden_dim,
+        fc_dim=config.fc_dim,
+        dropout=config.dropout,
+        embedding_dropout=config.embedding_dropout,
+        pooling=config.pooling,
+    )
+
+
+def run(config: TrainConfig) -> RunResult:
+    """Train, evaluate and (on rank 0) write a new artifact version; see ``python -m training -h``."""
+    config.validate()
+    started = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dist = distributed.setup(config.device)
+    try:
+        return _run(config, dist, started)
+    finally:
+        dist.close()
+
+
+def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> RunResult:
+    say = print if dist.is_main and not config.quiet else (lambda *a, **k: None)
+    timing: dict[str, Any] = {}
+
+    t0 = time.perf_counter()
+    path = fetch_data(config.data, config.cache_dir) if dist.is_main else None
+    if dist.enabled:
+        dist.barrier()  # rank 0 downloads; the others then find the file in the cache
+        path = fetch_data(config.data, config.cache_dir)
+    assert path is not None
+    dataset = read_dataset(path)
+    keep = sample_rows(len(dataset), config.limit_rows, config.seed)
+    titles = [dataset.titles[i] for i in keep]
+    raw_labels = [dataset.labels[i] for i in keep]
+    fractions = (1 - config.val_fraction - config.test_fraction, config.val_fraction, config.test_fraction)
+    train_idx, val_idx, test_idx = stratified_split(raw_labels, config.seed, fractions)
+    say(
+        f"data: {path} — {len(dataset)} usable rows, {dataset.dropped_empty} dropped (empty title or category); "
+        f"using {len(titles)}: train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)}"
+    )
+    timing["load_s"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    stopwords = load_stopwords(config.nltk_data, download=dist.is_main) if config.remove_stopwords else ()
+    preprocessing = PreprocessSettings(remove_stopwords=config.remove_stopwords, stopwords=tuple(stopwords))
+    normalizer = Normalizer(preprocessing)
+    tokens = [normalizer.tokens(t) for t in titles]
+    labels = LabelEncoder.fit(raw_labels)
+    targets = np.asarray(labels.encode(raw_labels), dtype=np.int64)
+    vocab = Vocabulary.fit((tokens[i] for i in train_idx), max_size=config.max_vocab, min_freq=config.min_freq)
+    ids, lengths = encode_matrix(tokens, vocab)
+    timing["preprocess_s"] = round(time.perf_counter() - t0, 3)
+    say(f"vocabulary: {len(vocab)} tokens (min_freq {config.min_freq}, max {config.max_vocab}); {labels.classes}")
+
+    torch.manual_seed(config.seed)
+    model_config = build_model_config(config, len(vocab), len(labels))
+    model = TextClassifier(model_config).to(dist.device)
+    # Same initial weights everywhere (DDP broadcasts rank 0's anyway); per-rank dropout noise.
+    torch.manual_seed(config.seed + dist.rank)
+    weights = class_weight_tensor(targets[train_idx], len(labels)) if config.class_weights else None
+    say(f"training {config.model} on {dist.device} x{dist.world_size}, {torch.get_num_threads()} CPU thread(s)")
+    fit_result = fit(
+        model,
+        ids[train_idx],
+        lengths[train_idx],
+        targets[train_idx],
+        ids[val_idx],
+        lengths[val_idx],
+        targets[val_idx],
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        word_dropout=config.word_dropout,
+        grad_clip=config.grad_clip,
+        patience=config.patience,
+        lr_patience=config.lr_patience,
+        lr_factor=config.lr_factor,
+        early_stopping_metric=config.early_stopping_metric,
+        class_weights=weights,
+        seed=config.seed,
+        device=dist.device,
+        dist=dist,
+        progress=dist.is_main and progress_enabled(config.quiet),
+        log_epoch=lambda record: say(format_epoch(record)),
+    )
+    epoch_seconds = [h["seconds"] for h in fit_result.history]
+    timing.update(
+        train_s=round(fit_result.train_seconds, 3),
+        epochs_run=len(epoch_seconds),
+        seconds_per_epoch=round(float(np.mean(epoch_seconds)), 3),
+        seconds_per_epoch_min=round(float(np.min(epoch_seconds)), 3),
+        threads=torch.get_num_threads(),
+        device=str(dist.device),
+        world_size=dist.world_size,
+    )
+
+    t0 = time.perf_counter()
+    model.eval()
+    test_pred = predict_logits(model, ids[test_idx], lengths[test_idx], dist.device).argmax(dim=1).numpy()
+    test_true = targets[test_idx]
+    test_perf = performance(test_true, test_pred, labels.classes)
+    cm = confusion(test_true, test_pred, labels.classes)
+    timing["eval_s"] = round(time.perf_counter() - t0, 3)
+
+    metrics: dict[str, Any] = {
+        "test": test_perf,
+        "confusion_matrix": cm,
+        "history": fit_result.history,
+        "best_epoch": fit_result.best_epoch,
+        "data": {
+            "rows": len(titles),
+            "dropped_empty_titles": dataset.dropped_empty,
+            "train": len(train_idx),
+            "val": len(val_idx),
+            "test": len(test_idx),
+        },
+        "timing": timing,
+    }
+    if not dist.is_main:
+        return RunResult(None, metrics, model, vocab, labels, preprocessing)
+
+    t0 = time.perf_counter()
+    base_pred, base_info = tfidf_baseline(
+        [titles[i] for i in train_idx],
+        targets[train_idx],
+        [titles[i] for i in val_idx],
+        targets[val_idx],
+        [titles[i] for i in test_idx],
+        c=config.baseline_c,
+    )
+    base_perf = performance(test_true, base_pred, labels.classes)
+    metrics["baseline"] = {"name": BASELINE_NAME, **base_info, "test": base_perf}
+    timing["baseline_s"] = round(time.perf_counter() - t0, 3)
+    extra = plot_files(fit_result.history, cm, fit_result.best_epoch) if config.plots else {}
+    timing["total_s"] = round(time.perf_counter() - started, 3)
+    artifact_path = write_artifact(
+        config.artifacts_dir,
+        model=model,
+        vocab=vocab,
+        labels=labels,
+        preprocessing=preprocessing,
+        metrics=metrics,
+        train_config=config.to_dict(),
+        extra_files=extra,
+        provenance={"data_sha256": sha256_file(path), "git_commit": git_commit()},
+    )
+    say(
+        f"test weighted F1 {test_perf['overall']['f1']:.4f} (best epoch {fit_result.best_epoch}); "
+        f"TF-IDF baseline {metrics['baseline']['test']['overall']['f1']:.4f}"
+    )
+    print(f"artifact written to {artifact_path}", flush=True)
+    return RunResult(artifact_path, metrics, model, vocab, labels, preprocessing)
