@@ -10,7 +10,7 @@ DATA ?= ../shared/data/news_10k.csv
 NLTK_DATA ?= ../shared/nltk_data
 export NLTK_DATA
 
-.PHONY: install run test lint train default-model bench clean
+.PHONY: install run test lint train default-model bench clean docker-build docker-build-train compose-config compose-up
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,29 @@ lint: install
 
 test: install lint
 	$(BIN)/python -m pytest -q
+
+# Regenerate the committed default model: a fixed seed on the 10K sample (DATA). It adds a new
+# version folder next to the old ones; delete the older folder before committing the new one.
+default-model: install
+	$(BIN)/python -m training --data $(DATA) --artifacts-dir $(ARTIFACTS_DIR) --seed 1234
+
+# Images (need a Docker engine). TORCH_INDEX_URL picks the torch wheel index (CPU by default).
+IMAGE ?= headline-classifier
+TAG ?= latest
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+
+docker-build:
+	docker build --target api --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) -t $(IMAGE):$(TAG) .
+
+docker-build-train:
+	docker build --target train --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) -t $(IMAGE)-train:$(TAG) .
+
+# Validates docker-compose.yml without an engine (docker compose v2, else Debian's docker-compose).
+compose-config:
+	docker compose config -q 2>/dev/null || docker-compose config -q
+
+compose-up:
+	docker compose up --build -d
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
