@@ -63,6 +63,10 @@ class ObservabilityMiddleware:
             await send(message)
 
         path = scope["path"]
+        route = path if path in ROUTES else "unmatched"
+        metrics = self.state.metrics
+        in_flight = metrics.in_flight.labels(route)
+        in_flight.inc()
         batcher = self.state.batcher
         if path == "/predict" and scope["method"] == "POST" and batcher is not None:
             batcher.announce()
@@ -73,8 +77,7 @@ class ObservabilityMiddleware:
             if scope.get(ANNOUNCED) and batcher is not None:
                 batcher.withdraw()
             elapsed = time.perf_counter() - started
-            route = path if path in ROUTES else "unmatched"
-            metrics = self.state.metrics
+            in_flight.dec()
             metrics.requests.labels(route, scope["method"], str(status)).inc()
             metrics.latency.labels(route).observe(elapsed)
             if self.state.settings.access_log and access_log.isEnabledFor(logging.INFO):

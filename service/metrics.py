@@ -21,6 +21,7 @@ class Metrics:
         self.latency = Histogram(
             "hc_http_request_duration_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
+        self.in_flight = Gauge("hc_http_requests_in_flight", "HTTP requests being handled", ["route"], registry=r)
         self.queue_wait = Histogram(
             "hc_batch_queue_wait_seconds",
             "Time a request waited before its batch started",

@@ -71,8 +71,13 @@ def _cgroup_cpu_quota() -> float | None:
 
 
 def configure_torch_threads(requested: int) -> int:
-    """Size torch's intra-op pool to the usable CPUs (or ``requested`` when > 0); returns the count."""
-    threads = requested or available_cpus()
+    """Size torch's intra-op pool (``requested`` when > 0); returns the count.
+
+    Auto leaves one usable CPU to the event loop (HTTP parsing, JSON), which runs alongside
+    the model thread: on a 2-CPU box two intra-op threads plus the loop oversubscribe the
+    CPUs and a single short request got ~3x slower in our measurements.
+    """
+    threads = requested or max(1, available_cpus() - 1)
     torch.set_num_threads(threads)
     return threads
 

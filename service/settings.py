@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(1, ge=0, description="Value of the Retry-After header sent with 503 responses.")
     torch_threads: int = Field(
-        0, ge=0, description="Torch intra-op threads; 0 = the CPUs this process may use (affinity and cgroup quota)."
+        0,
+        ge=0,
+        description="Torch intra-op threads; 0 = usable CPUs (affinity, cgroup quota) minus one for the event loop.",
     )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token that enables POST /admin/reload; unset disables the admin endpoint."

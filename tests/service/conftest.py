@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from fastapi.testclient import TestClient
+
+with warnings.catch_warnings():  # starlette's TestClient nags about httpx vs httpx2; httpx is what we have
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
@@ -38,9 +42,7 @@ TOKEN_TEXTS = [
 ]
 
 
-def make_artifact(
-    artifacts_dir: Path, *, seed: int = 0, version: str | None = None, size: str = "tiny"
-) -> Path:
+def make_artifact(artifacts_dir: Path, *, seed: int = 0, version: str | None = None, size: str = "tiny") -> Path:
     """Write one real artifact (random weights) and return its folder."""
     pre = PreprocessSettings(stopwords=STOPWORDS)
     normalizer = Normalizer(pre)

@@ -204,9 +204,7 @@ def test_failed_reload_keeps_old_model(reload_env: tuple[TestClient, Path]) -> N
     # A tampered newer version: checksum mismatch is reported, old model keeps serving.
     broken = make_artifact(root, seed=3, version="20260103T000000Z-cccccc")
     (broken / "vocab.json").write_text('{"tokens": ["<PAD>", "<UNK>", "x"]}\n')
-    error = check_error(
-        client.post("/admin/reload", headers=auth, json={"version": broken.name}), 409, "reload_failed"
-    )
+    error = check_error(client.post("/admin/reload", headers=auth, json={"version": broken.name}), 409, "reload_failed")
     assert "checksum" in error["message"]
     shutil.rmtree(broken)
     r = client.post("/predict", json={"text": "Stocks rally"})

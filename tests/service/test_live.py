@@ -1,0 +1,130 @@
+"""A real ``python -m service`` (uvicorn) subprocess and real concurrent HTTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.predictor import Predictor
+from tests.service.live_server import LiveServer, launch_server, start_server
+
+LONG = "Intel unveils a faster chip for laptops while NASA probe sends images of Mars craters " * 3
+
+
+def metric(text: str, name: str, default: float | None = None) -> float:
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    if match is None and default is not None:
+        return default
+    assert match, name
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def server(artifacts_dir: Path) -> Iterator[LiveServer]:
+    with launch_server(artifacts_dir, "--max-wait-ms", "5", "--torch-threads", "1") as s:
+        yield s
+
+
+async def hammer(url: str, bodies: list[dict], concurrency: int) -> list[httpx.Response]:
+    """Send ``bodies`` from ``concurrency`` clients at once; responses in body order."""
+    results: list[httpx.Response | None] = [None] * len(bodies)
+    next_index = iter(range(len(bodies)))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            for i in next_index:
+                results[i] = await client.post("/predict", json=bodies[i])
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results  # type: ignore[return-value]
+
+
+def test_concurrent_clients_are_batched_and_get_their_own_answers(server: LiveServer, artifacts_dir: Path) -> None:
+    texts = [f"story {i}: " + " ".join(["oil stocks chip Mars final"][0].split()[: 1 + i % 5]) for i in range(256)]
+    responses = asyncio.run(hammer(server.url, [{"text": t} for t in texts], concurrency=32))
+    assert [r.status_code for r in responses] == [200] * len(texts)
+    expected = Predictor.load(artifacts_dir, device="cpu").predict(texts)
+    for i, r in enumerate(responses):
+        probs = r.json()["predictions"][0]["probabilities"]
+        got = [probs[c] for c in expected.classes]
+        np.testing.assert_allclose(got, expected.probabilities[i], atol=1e-6)
+    text = httpx.get(f"{server.url}/metrics").text
+    batches = metric(text, "hc_batch_size_requests_count")
+    requests = metric(text, "hc_batch_size_requests_sum")
+    assert requests >= 256
+    assert requests / batches > 1.2, f"{requests} requests in {batches} batches: no batching observed"
+
+
+def test_access_log_is_json_with_request_id(server: LiveServer) -> None:
+    httpx.post(f"{server.url}/predict", json={"text": "Oil"}, headers={"X-Request-ID": "log-me-42"})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in server.log().splitlines() if "log-me-42" in line]
+        if lines:
+            break
+        time.sleep(0.05)
+    [entry] = lines
+    assert entry["method"] == "POST" and entry["path"] == "/predict" and entry["status"] == 200
+    assert entry["latency_ms"] > 0
+
+
+def test_overload_gives_503_with_retry_after(big_artifacts_dir: Path) -> None:
+    args = ("--max-batch-size", "1", "--max-queue-size", "16", "--torch-threads", "1", "--no-warmup")
+    with launch_server(big_artifacts_dir, *args) as s:
+        bodies = [{"texts": [LONG] * 8} for _ in range(48)]
+        responses = asyncio.run(hammer(s.url, bodies, concurrency=48))
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 503}, codes
+        assert codes.count(503) > 0 and codes.count(200) > 0, codes
+        rejected = next(r for r in responses if r.status_code == 503)
+        assert rejected.headers["retry-after"] == "1"
+        assert rejected.json()["error"]["type"] == "overloaded"
+        text = httpx.get(f"{s.url}/metrics").text
+        assert 'hc_rejected_requests_total{reason="overloaded"}' in text
+        assert httpx.get(f"{s.url}/health/live").status_code == 200
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(big_artifacts_dir: Path) -> None:
+    s = start_server(big_artifacts_dir, "--max-batch-size", "1", "--torch-threads", "1", "--no-warmup")
+    try:
+        bodies = [{"texts": [LONG] * 64} for _ in range(8)]
+
+        async def scenario() -> tuple[list[object], list[int | str]]:
+            load = asyncio.create_task(asyncio.to_thread(lambda: asyncio.run(hammer(s.url, bodies, 8))))
+            # Wait until all 8 requests are inside the server (queued or running), then SIGTERM.
+            async with httpx.AsyncClient(base_url=s.url) as probe:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    text = (await probe.get("/metrics")).text
+                    if metric(text, 'hc_http_requests_in_flight{route="/predict"}', 0) >= 8:
+                        break
+                    await asyncio.sleep(0.02)
+                s.process.send_signal(signal.SIGTERM)
+                after: list[int | str] = []
+                for _ in range(5):
+                    try:
+                        after.append((await probe.get("/health/ready")).status_code)
+                    except httpx.TransportError as exc:
+                        after.append(type(exc).__name__)
+                    await asyncio.sleep(0.05)
+            return await load, after
+
+        responses, after = asyncio.run(scenario())
+        assert [r.status_code for r in responses] == [200] * 8  # type: ignore[attr-defined]
+        print("readiness after SIGTERM:", after)
+        assert 200 not in after, after  # readiness is 503 (or the socket is closed) once draining
+        assert s.process.wait(30) == 0, s.log()
+        assert "batcher drained" in s.log()
+    finally:
+        if s.process.poll() is None:
+            s.process.kill()
