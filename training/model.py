@@ -105,7 +105,9 @@ class TextClassifier(nn.Module):
         return self.fc2(self.dropout(torch.relu(self.fc1(features))))
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    sequences: Sequence[Sequence[int]], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad index lists into ``[B, T]`` with ``<PAD>``, plus their lengths."""
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     if len(sequences) == 0 or lengths.min() < 1:

@@ -1,0 +1,87 @@
+"""Engine units: word dropout, early stopping's private copy, best-weight restore, devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from training.data import encode_matrix
+from training.distributed import DistContext, resolve_device
+from training.engine import EarlyStopping, apply_word_dropout, evaluate_split, fit
+from training.model import ModelConfig, TextClassifier
+from training.text import PAD_INDEX, UNK_INDEX, Vocabulary
+
+
+def test_word_dropout_only_replaces_real_tokens_with_unk():
+    torch.manual_seed(0)
+    ids = torch.tensor([[5, 6, 7, 8, PAD_INDEX, PAD_INDEX]] * 200)
+    out = apply_word_dropout(ids, 0.5)
+    assert torch.equal(out[:, 4:], ids[:, 4:])
+    changed = out != ids
+    assert changed.any() and (out[changed] == UNK_INDEX).all()
+    share = changed[:, :4].float().mean().item()
+    assert 0.4 < share < 0.6
+    assert apply_word_dropout(ids, 0.0) is ids
+
+
+def test_early_stopping_keeps_a_private_copy_of_the_best_weights():
+    model = nn.Linear(3, 2)
+    stopper = EarlyStopping(patience=2, mode="min")
+    assert not stopper.step(1.0, 1, model)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)  # in place, as optimizer steps do
+    assert not stopper.step(2.0, 2, model)
+    assert stopper.step(3.0, 3, model)  # patience exhausted
+    stopper.restore(model)
+    assert stopper.best_epoch == 1
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in best.items())
+
+
+def test_early_stopping_max_mode():
+    stopper = EarlyStopping(patience=1, mode="max")
+    model = nn.Linear(1, 1)
+    assert not stopper.step(0.5, 1, model)
+    assert not stopper.step(0.7, 2, model)
+    assert stopper.step(0.6, 3, model) and stopper.best_epoch == 2
+
+
+def _toy_split(n: int, seed: int):
+    """Class k's texts contain word "wk" among noise words, so the task is learnable."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=n)
+    texts = [[f"n{rng.integers(0, 20)}" for _ in range(rng.integers(1, 6))] + [f"w{k}"] for k in y]
+    return texts, y.astype(np.int64)
+
+
+def test_fit_learns_and_restores_the_best_epoch():
+    train_texts, train_y = _toy_split(300, 0)
+    val_texts, val_y = _toy_split(100, 1)
+    vocab = Vocabulary.fit(train_texts)
+    tr_ids, tr_len = encode_matrix(train_texts, vocab)
+    va_ids, va_len = encode_matrix(val_texts, vocab)
+    torch.manual_seed(0)
+    model = TextClassifier(ModelConfig(len(vocab), 3, embedding_dim=8, hidden_dim=8, fc_dim=8, pooling="last_max"))
+    result = fit(
+        model, tr_ids, tr_len, train_y, va_ids, va_len, val_y,
+        epochs=6, batch_size=32, lr=0.01, weight_decay=0.0, label_smoothing=0.0, word_dropout=0.1, grad_clip=1.0,
+        patience=10, lr_patience=1, lr_factor=0.5, early_stopping_metric="val_loss", class_weights=None,
+        seed=0, device=torch.device("cpu"), dist=DistContext(), progress=False,
+    )  # fmt: skip
+    assert [h["epoch"] for h in result.history] == list(range(1, 7))
+    best = min(result.history, key=lambda h: h["val_loss"])
+    assert result.best_epoch == best["epoch"]
+    loss, f1, _ = evaluate_split(model, va_ids, va_len, val_y, torch.device("cpu"), nn.CrossEntropyLoss())
+    assert loss == pytest.approx(best["val_loss"], abs=1e-5)  # the best weights, not the last
+    assert f1 > 0.9
+
+
+def test_device_auto_and_cuda_request():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            resolve_device("cuda")

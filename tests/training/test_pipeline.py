@@ -1,0 +1,162 @@
+"""End to end on a slice of the 10K sample: artifact round trip, determinism, atomic writes, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.conftest import small_csv
+from training import artifact as artifact_module
+from training.__main__ import main
+from training.artifact import ArtifactError, load_artifact, write_artifact
+from training.config import DEFAULT_DATA_URL, TrainConfig, build_parser
+from training.model import pad_batch, predict_proba
+from training.pipeline import run
+
+ROOT = Path(__file__).resolve().parents[2]
+TITLES = ["Stocks rally as oil prices fall", "Yankees beat Red Sox in extra innings", "New chip doubles battery life"]
+
+
+def tiny_config(data: Path, artifacts: Path, **overrides) -> TrainConfig:
+    values = dict(
+        data=str(data), artifacts_dir=str(artifacts), epochs=2, batch_size=32, embedding_dim=16, hidden_dim=16,
+        fc_dim=16, threads=1, quiet=True, baseline_c=10.0, seed=3,
+    )  # fmt: skip
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny_csv(news_csv, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+    small_csv(news_csv, path, 600, extra=[("", "World"), ("   ", "Sports"), ("Orphan title", "")])
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_csv, tmp_path_factory):
+    return run(tiny_config(tiny_csv, tmp_path_factory.mktemp("artifacts")))
+
+
+def test_artifact_reproduces_the_in_memory_model(tiny_run):
+    loaded = load_artifact(tiny_run.artifact_path)
+    encoder = loaded.text_encoder()
+    ids, lengths = pad_batch(encoder.encode_many(TITLES))
+    tiny_run.model.eval()
+    expected = predict_proba(tiny_run.model, ids, lengths)
+    assert torch.allclose(predict_proba(loaded.model, ids, lengths), expected, atol=1e-6)
+    assert loaded.vocab.itos == tiny_run.vocab.itos
+    assert loaded.labels.classes == ["Business", "Sci/Tech", "Sports", "World"]
+
+
+def test_metrics_report_shape_and_dropped_rows(tiny_run):
+    metrics = json.loads((tiny_run.artifact_path / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(tiny_run.metrics))
+    assert metrics["data"] == {"rows": 600, "dropped_empty_titles": 3, "train": 420, "val": 90, "test": 90}
+    for perf in (metrics["test"], metrics["baseline"]["test"]):
+        assert set(perf) == {"overall", "class"}
+        assert set(perf["overall"]) == {"precision", "recall", "f1", "num_samples"}
+        assert perf["overall"]["num_samples"] == 90
+        assert sum(c["num_samples"] for c in perf["class"].values()) == 90
+    assert metrics["baseline"]["name"] == "tfidf_logreg"
+    cm = metrics["confusion_matrix"]
+    assert cm["labels"] == list(metrics["test"]["class"]) and sum(map(sum, cm["matrix"])) == 90
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert set(metrics["history"][0]) == {"epoch", "train_loss", "val_loss", "val_f1", "lr", "seconds"}
+    assert 1 <= metrics["best_epoch"] <= 2
+    assert metrics["timing"]["threads"] == 1
+
+
+def test_artifact_holds_config_plots_and_provenance(tiny_run, tiny_csv):
+    folder = tiny_run.artifact_path
+    for name in ("plots/loss.png", "plots/lr.png", "plots/confusion_matrix.png"):
+        assert (folder / name).read_bytes().startswith(b"\x89PNG")
+    assert TrainConfig.from_dict(json.loads((folder / "train_config.json").read_text())).hidden_dim == 16
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["data_sha256"] == artifact_module.sha256_file(tiny_csv)
+    assert "git_commit" in manifest
+
+
+def test_same_seed_gives_identical_metrics(tiny_run, tiny_csv, tmp_path):
+    again = run(tiny_config(tiny_csv, tmp_path, plots=False))
+
+    def strip_time(metrics):
+        history = [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]
+        return history, metrics["test"], metrics["best_epoch"]
+
+    assert strip_time(again.metrics) == strip_time(tiny_run.metrics)
+    for name, tensor in tiny_run.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+
+
+def test_interrupted_write_leaves_nothing(tiny_run, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    # Fails after every file is in the temporary folder, before the manifest and rename.
+    monkeypatch.setattr(artifact_module, "sha256_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_artifact(
+            tmp_path, model=tiny_run.model, vocab=tiny_run.vocab, labels=tiny_run.labels,
+            preprocessing=tiny_run.preprocessing, metrics=tiny_run.metrics, train_config={},
+        )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tampered_artifact_is_refused(tiny_run, tmp_path):
+    copy = tmp_path / tiny_run.artifact_path.name
+    shutil.copytree(tiny_run.artifact_path, copy)
+    metrics = copy / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"best_epoch"', '"best_epoch_"'))
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        load_artifact(copy)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "file not found"),
+        (b"title,category\nok,A\nbad \xff,B\n", "line 3, column 5"),
+        (b"headline,category\nx,A\n", "missing column(s) title"),
+        (b"title,category\n" + b"x,A\n" * 20 + b"y,B\n", "category 'B' has only 1 row(s)"),
+    ],
+)
+def test_cli_reports_data_errors_in_one_line(tmp_path, capsys, content, message):
+    data = tmp_path / "data.csv"
+    if content is not None:
+        data.write_bytes(content)
+    code = main(["--data", str(data), "--artifacts-dir", str(tmp_path / "a"), "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert not (tmp_path / "a").exists()
+
+
+def test_cli_process_exits_2_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "--data", str(tmp_path / "missing.csv"), "--artifacts-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == f"error: {tmp_path / 'missing.csv'}: file not found\n"
+
+
+def test_cli_help_documents_defaults(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    text = build_parser().format_help()
+    for flag in ("--data", "--artifacts-dir", "--model", "--epochs", "--seed", "--device", "--threads", "--patience"):
+        assert flag in text
+    assert f"(default: {DEFAULT_DATA_URL})" in text and "(default: bigru)" in text and "(default: artifacts)" in text
+
+
+def test_config_from_args_round_trip():
+    config = TrainConfig.from_args(["--data", "x.csv", "--model", "gru", "--no-stopwords", "--max-vocab", "none"])
+    assert (config.data, config.model, config.remove_stopwords, config.max_vocab) == ("x.csv", "gru", False, None)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert TrainConfig.from_args(["--stopwords"]).remove_stopwords is True
