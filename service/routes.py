@@ -42,7 +42,8 @@ router = APIRouter()
 ANNOUNCED = "hc.announced"
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    # async on purpose: FastAPI runs a plain-def dependency in a worker thread, per request.
     return request.app.state.service
 
 

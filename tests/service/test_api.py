@@ -210,3 +210,10 @@ def test_failed_reload_keeps_old_model(reload_env: tuple[TestClient, Path]) -> N
     r = client.post("/predict", json={"text": "Stocks rally"})
     assert r.status_code == 200 and r.json()["model_version"] == "20260101T000000Z-aaaaaa"
     assert 'hc_model_reloads_total{outcome="failed"} 2.0' in client.get("/metrics").text
+
+
+def test_request_timeout_is_504(artifacts_dir: Path) -> None:
+    with TestClient(create_app(make_settings(artifacts_dir, request_timeout_s=1e-6))) as c:
+        error = check_error(c.post("/predict", json={"texts": TOKEN_TEXTS * 4}), 504, "timeout")
+        assert "within" in error["message"]
+        assert c.get("/health/live").status_code == 200
