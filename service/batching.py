@@ -91,7 +91,7 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._running = 0  # requests in the batch being computed
+        self._current: list[_Request] = []  # the batch being formed or computed
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -103,9 +103,11 @@ class Batcher:
     async def stop(self, timeout: float | None = None) -> None:
         """Refuse new work, answer everything queued or running, then stop the consumer."""
         self._closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()  # a batch waiting for announced requests runs now
         if self._task is not None:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while (self._queue or self._running) and not self._task.done():
+            while (self._queue or self._current) and not self._task.done():
                 if deadline is not None and time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.01)
@@ -165,33 +167,31 @@ class Batcher:
         self._queued_texts -= len(request.texts)
         return request
 
-    def _take_queued(self, batch: list[_Request], size: int) -> int:
-        """Move queued requests into ``batch`` while they fit; returns the new text count."""
-        while self._queue and (size + len(self._queue[0].texts) <= self.max_batch_size):
+    def _take_queued(self, batch: list[_Request], size: int, first: bool = False) -> int:
+        """Move queued requests into ``batch`` while they fit (``first``: take one whatever its size)."""
+        while self._queue and ((first and not batch) or size + len(self._queue[0].texts) <= self.max_batch_size):
             request = self._pop()
             if not request.future.done():  # timed out / cancelled callers are skipped
                 batch.append(request)
                 size += len(request.texts)
         return size
 
-    async def _next_batch(self) -> list[_Request]:
+    async def _fill_batch(self, batch: list[_Request]) -> None:
+        """Fill ``batch`` (initially empty) in place, so a cancellation never loses a request."""
         assert self._wakeup is not None
-        while True:
+        while not batch:
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            first = self._pop()
-            if not first.future.done():
-                break
-        batch = [first]
-        size = len(first.texts)
-        deadline = first.enqueued + self.max_wait_s  # computed once
+            self._take_queued(batch, 0, first=True)
+        size = sum(len(r.texts) for r in batch)
+        deadline = batch[0].enqueued + self.max_wait_s  # computed once
         while True:
             size = self._take_queued(batch, size)
             if size >= self.max_batch_size or (self._queue and size + len(self._queue[0].texts) > self.max_batch_size):
                 break
             remaining = deadline - time.monotonic()
-            if self._announced <= 0 or remaining <= 0:
+            if self._announced <= 0 or remaining <= 0 or self._closing:
                 break
             # Requests are being read right now: give them until the deadline to join.
             self._wakeup.clear()
@@ -201,17 +201,17 @@ class Batcher:
                 self._take_queued(batch, size)
                 break
         self._set_depth()
-        return batch
 
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
-            self._running = len(batch)
-            started = time.monotonic()
-            for request in batch:
-                self._observe_wait(started - request.enqueued)
+            batch: list[_Request] = []
+            self._current = batch
             try:
+                await self._fill_batch(batch)
+                started = time.monotonic()
+                for request in batch:
+                    self._observe_wait(started - request.enqueued)
                 predictor = self._get_predictor()
                 texts = merge_texts(batch)
                 prediction = await loop.run_in_executor(self._executor, predictor.predict, texts)
@@ -219,7 +219,6 @@ class Batcher:
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(Overloaded("server is shutting down"))
-                self._running = 0
                 raise
             except Exception as exc:  # noqa: BLE001 - delivered to this batch's callers only
                 log.exception("batch of %d texts failed", sum(len(r.texts) for r in batch))
@@ -227,16 +226,15 @@ class Batcher:
                     if not request.future.done():
                         request.future.set_exception(exc)
             else:
-                compute_s = time.monotonic() - started
                 if self._metrics is not None:
-                    self._metrics.observe_batch(len(texts), len(batch), compute_s)
+                    self._metrics.observe_batch(len(texts), len(batch), time.monotonic() - started)
                 for request, part in zip(
                     batch, split_prediction(prediction, [len(r.texts) for r in batch]), strict=True
                 ):
                     if not request.future.done():
                         request.future.set_result(part)
             finally:
-                self._running = 0
+                self._current = []
 
     def _observe_wait(self, seconds: float) -> None:
         if self._metrics is not None:

@@ -186,6 +186,23 @@ def test_stop_answers_queued_requests_then_refuses(predictor: Predictor) -> None
     asyncio.run(main())
 
 
+def test_stop_while_a_batch_waits_for_announced_requests(predictor: Predictor) -> None:
+    slow = SlowPredictor(predictor, delay=0.0)
+
+    async def main() -> float:
+        batcher = make_batcher(slow, max_wait_ms=2000.0)
+        batcher.start()
+        batcher.announce()  # never arrives: the batch would wait up to 2 s
+        pending = asyncio.create_task(batcher.submit(["forming"]))
+        await asyncio.sleep(0.02)
+        started = time.monotonic()
+        await batcher.stop()
+        assert pending.done() and len(pending.result().probabilities) == 1
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 1.0
+
+
 def test_length_groups_bucket_similar_lengths() -> None:
     lengths = [3, 40, 4, 3, 12, 41, 5]
     groups = length_groups(lengths, max_group=256)
