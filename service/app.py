@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batching import Batcher
-from service.errors import ServiceError, error_body, jsonable
+from service.errors import PayloadTooLarge, ServiceError, error_body, jsonable
 from service.metrics import Metrics
 from service.predictor import Predictor
 from service.routes import ANNOUNCED, router
@@ -34,11 +34,16 @@ _MAX_REQUEST_ID = 128
 
 
 class ObservabilityMiddleware:
-    """Request id, metrics and one access-log line per request, without BaseHTTPMiddleware's overhead."""
+    """Request id, body-size guard, metrics and one access-log line per request, as plain ASGI
+    (BaseHTTPMiddleware would add a task and stream copies per request)."""
 
     def __init__(self, app: ASGIApp, state: ServiceState) -> None:
         self.app = app
         self.state = state
+        settings = state.settings
+        # The largest valid body: every text at full length, each character escaped (worst
+        # case 12 bytes: a surrogate pair), plus room for the JSON around them.
+        self.max_body = settings.max_texts_per_request * (settings.max_text_chars * 12 + 8) + 65536
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,11 +51,13 @@ class ObservabilityMiddleware:
             return
         started = time.perf_counter()
         request_id = ""
+        length: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable():
                     request_id = value.decode()
-                break
+            elif name == b"content-length":
+                length = value
         request_id = request_id or f"{random.getrandbits(128):032x}"  # not security-relevant; uuid4 is slower
         header = (b"x-request-id", request_id.encode())
         status = 500
@@ -72,7 +79,12 @@ class ObservabilityMiddleware:
             batcher.announce()
             scope[ANNOUNCED] = True
         try:
-            await self.app(scope, receive, send_with_id)
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                await _error_response(self._too_large())(scope, receive, send_with_id)
+            elif length is None and scope["method"] == "POST":
+                await self.app(scope, self._limit(receive), send_with_id)
+            else:  # the server reads exactly Content-Length bytes
+                await self.app(scope, receive, send_with_id)
         finally:
             if scope.get(ANNOUNCED) and batcher is not None:
                 batcher.withdraw()
@@ -91,6 +103,23 @@ class ObservabilityMiddleware:
                         "request_id": request_id,
                     },
                 )
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body over {self.max_body} bytes")
+
+    def _limit(self, receive: Receive) -> Receive:
+        """Bodies without Content-Length (chunked) are counted as they arrive."""
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise self._too_large()
+            return message
+
+        return limited
 
 
 def _error_response(exc: ServiceError) -> Response:
@@ -122,6 +151,8 @@ def _malformed(message: str, details: list[Any] | None = None) -> ServiceError:
 
 def _http_error_response(exc: StarletteHTTPException) -> Response:
     kinds = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    if isinstance(exc.__cause__, ServiceError):  # raised while FastAPI read the body (size guard)
+        return _error_response(exc.__cause__)
     message = str(exc.detail)
     if exc.status_code == 400 and "parsing the body" in message:
         message = "could not parse the body (it must be UTF-8 encoded JSON)"

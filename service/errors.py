@@ -39,6 +39,11 @@ class NotFound(ServiceError):
     error_type = "not_found"
 
 
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
 class ReloadFailed(ServiceError):
     status_code = 409
     error_type = "reload_failed"

@@ -217,3 +217,21 @@ def test_request_timeout_is_504(artifacts_dir: Path) -> None:
         error = check_error(c.post("/predict", json={"texts": TOKEN_TEXTS * 4}), 504, "timeout")
         assert "within" in error["message"]
         assert c.get("/health/live").status_code == 200
+
+
+def test_oversized_body_is_413(artifacts_dir: Path) -> None:
+    settings = make_settings(artifacts_dir, max_texts_per_request=2, max_text_chars=10)
+    with TestClient(create_app(settings)) as c:
+        big = b'{"texts": ["' + b"x" * 200_000 + b'"]}'
+        check_error(c.post("/predict", content=big, headers={"content-type": "application/json"}), 413)
+
+        def chunks():
+            yield b'{"texts": ["'
+            for _ in range(50):
+                yield b"y" * 4096
+            yield b'"]}'
+
+        r = c.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+        check_error(r, 413, "payload_too_large")
+        ok = c.post("/predict", json={"texts": ["short", "also short"]})
+        assert ok.status_code == 200
