@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: our pipeline against reference implementations."""
