@@ -8,7 +8,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batching import Batcher
-from service.errors import PayloadTooLarge, ServiceError, error_body, jsonable
+from service.errors import InvalidRequest, MalformedBody, PayloadTooLarge, ServiceError, error_body, jsonable
 from service.metrics import Metrics
 from service.predictor import Predictor
 from service.routes import ANNOUNCED, router
@@ -136,17 +135,9 @@ def _validation_response(exc: RequestValidationError) -> Response:
     details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
     if any(e.get("type") == "json_invalid" for e in errors):
         reason = next((e.get("ctx", {}).get("error") for e in errors if e.get("type") == "json_invalid"), None)
-        return _error_response(_malformed(f"body is not valid JSON ({reason or 'decode error'})", details))
+        return _error_response(MalformedBody(f"body is not valid JSON ({reason or 'decode error'})", jsonable(details)))
     message = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details) or "invalid request"
-    err = ServiceError(message, jsonable(details))
-    err.status_code, err.error_type = 422, "invalid_request"
-    return _error_response(err)
-
-
-def _malformed(message: str, details: list[Any] | None = None) -> ServiceError:
-    err = ServiceError(message, jsonable(details or []))
-    err.status_code, err.error_type = 400, "malformed_body"
-    return err
+    return _error_response(InvalidRequest(message, jsonable(details)))
 
 
 def _http_error_response(exc: StarletteHTTPException) -> Response:

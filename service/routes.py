@@ -176,10 +176,9 @@ async def reload(
                 await asyncio.to_thread(new.warmup)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the old model serving
             state.metrics.reloads.labels("failed").inc()
-            if not isinstance(exc, ArtifactError):
-                exc = f"{type(exc).__name__}: {exc}"  # type: ignore[assignment]
-            log.warning("reload of %r failed: %s", version, exc)
-            raise ReloadFailed(f"reload failed, still serving {previous and previous.version}: {exc}") from None
+            reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+            log.warning("reload of %r failed: %s", version, reason)
+            raise ReloadFailed(f"reload failed, still serving {previous and previous.version}: {reason}") from None
         state.set_predictor(new)
         state.metrics.reloads.labels("ok").inc()
         log.info(
