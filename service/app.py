@@ -132,7 +132,14 @@ def _error_response(exc: ServiceError) -> Response:
 
 def _validation_response(exc: RequestValidationError) -> Response:
     errors = exc.errors()
-    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+    details = [
+        {
+            "loc": list(e.get("loc", ())),
+            "msg": str(e.get("msg", "")).removeprefix("Value error, "),
+            "type": e.get("type", ""),
+        }
+        for e in errors
+    ]
     if any(e.get("type") == "json_invalid" for e in errors):
         reason = next((e.get("ctx", {}).get("error") for e in errors if e.get("type") == "json_invalid"), None)
         return _error_response(MalformedBody(f"body is not valid JSON ({reason or 'decode error'})", jsonable(details)))
