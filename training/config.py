@@ -30,8 +30,8 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     remove_stopwords: bool = False
-    max_vocab: int | None = 20000
-    min_freq: int = 2
+    max_vocab: int | None = 30000
+    min_freq: int = 1
     # Model
     model: str = "bigru"
     embedding_dim: int = 100
@@ -40,16 +40,17 @@ class TrainConfig:
     dropout: float = 0.5
     embedding_dropout: float = 0.3
     pooling: str = "last_max"
+    embedding_init_std: float | None = 0.1
     # Optimisation
     epochs: int = 15
     batch_size: int = 128
     lr: float = 2e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-2
     label_smoothing: float = 0.1
-    word_dropout: float = 0.1
+    word_dropout: float = 0.2
     grad_clip: float = 1.0
     class_weights: bool = False
-    patience: int = 3
+    patience: int = 4
     lr_patience: int = 1
     lr_factor: float = 0.5
     early_stopping_metric: str = "val_loss"
@@ -101,6 +102,10 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "0", "") else int(text)
 
 
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "") else float(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
@@ -135,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the output layer")
     g.add_argument("--embedding-dropout", type=float, default=d.embedding_dropout, help="dropout on embeddings")
     g.add_argument("--pooling", choices=POOLINGS, default=d.pooling, help="how recurrent states become features")
+    g.add_argument(
+        "--embedding-init-std",
+        type=_optional_float,
+        default=d.embedding_init_std,
+        help="std of the initial embeddings (None: torch's N(0, 1))",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size (per process)")

@@ -18,7 +18,7 @@ from training.data import encode_matrix, fetch_data, read_dataset, sample_rows, 
 from training.engine import fit, format_epoch, predict_logits, progress_enabled
 from training.evaluate import BASELINE_NAME, confusion, performance, plot_files, tfidf_baseline
 from training.model import ModelConfig, TextClassifier
-from training.text import LabelEncoder, Normalizer, PreprocessSettings, Vocabulary, load_stopwords
+from training.text import PAD_INDEX, LabelEncoder, Normalizer, PreprocessSettings, Vocabulary, load_stopwords
 
 
 @dataclass
@@ -64,6 +64,16 @@ def build_model_config(config: TrainConfig, vocab_size: int, num_classes: int) -
         embedding_dropout=config.embedding_dropout,
         pooling=config.pooling,
     )
+
+
+def build_model(config: TrainConfig, vocab_size: int, num_classes: int) -> TextClassifier:
+    """A fresh classifier; embeddings start small (torch's N(0, 1) saturates the GRU early on)."""
+    model = TextClassifier(build_model_config(config, vocab_size, num_classes))
+    if config.embedding_init_std is not None:
+        with torch.no_grad():
+            model.embedding.weight.normal_(0.0, config.embedding_init_std)
+            model.embedding.weight[PAD_INDEX].zero_()
+    return model
 
 
 def run(config: TrainConfig) -> RunResult:
@@ -114,8 +124,7 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
     say(f"vocabulary: {len(vocab)} tokens (min_freq {config.min_freq}, max {config.max_vocab}); {labels.classes}")
 
     torch.manual_seed(config.seed)
-    model_config = build_model_config(config, len(vocab), len(labels))
-    model = TextClassifier(model_config).to(dist.device)
+    model = build_model(config, len(vocab), len(labels)).to(dist.device)
     # Same initial weights everywhere (DDP broadcasts rank 0's anyway); per-rank dropout noise.
     torch.manual_seed(config.seed + dist.rank)
     weights = class_weight_tensor(targets[train_idx], len(labels)) if config.class_weights else None
