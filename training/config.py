@@ -49,6 +49,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     word_dropout: float = 0.2
     grad_clip: float = 1.0
+    ema_decay: float | None = None
     class_weights: bool = False
     patience: int = 4
     lr_patience: int = 1
@@ -154,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="cross-entropy label smoothing")
     g.add_argument("--word-dropout", type=float, default=d.word_dropout, help="share of training tokens set to <UNK>")
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
+    g.add_argument(
+        "--ema-decay",
+        type=_optional_float,
+        default=d.ema_decay,
+        help="keep an exponential moving average of the weights with this decay per step (None: off)",
+    )
     g.add_argument(
         "--class-weights",
         action=argparse.BooleanOptionalAction,

@@ -159,11 +159,14 @@ def fit(
     dist: DistContext,
     progress: bool,
     log_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ema_decay: float | None = None,
 ) -> FitResult:
     """Train ``model`` (the bare module) in place and leave the best epoch's weights in it.
 
     Under DDP the wrapped model steps on this rank's shard of the batches; losses and
     validation metrics are averaged over ranks so every rank stops and decays together.
+    With ``ema_decay`` the weights that are validated, kept and returned are an exponential
+    moving average of the trained ones (smoother than any single step's weights).
     """
     net = dist.wrap(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -180,6 +183,12 @@ def fit(
     ids_t = torch.from_numpy(train_ids)
     len_t = torch.from_numpy(train_lengths)
     y_t = torch.from_numpy(train_targets)
+    ema = None
+    if ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+    scored = ema.module if ema is not None else model
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
@@ -193,6 +202,8 @@ def fit(
             b_ids = ids_t[rows_t, : int(b_len.max())].to(device, non_blocking=True)
             b_y = y_t[rows_t].to(device, non_blocking=True)
             loss = train_step(net, optimizer, loss_fn, b_ids, b_len, b_y, word_dropout, grad_clip)
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss * len(rows)
             seen += len(rows)
             if bar is not None:
@@ -202,7 +213,7 @@ def fit(
             bar.close()
         train_loss = dist.all_reduce_sum([loss_sum, float(seen)])
         train_loss = train_loss[0] / train_loss[1]
-        val_loss, val_f1, _ = evaluate_split(model, val_ids, val_lengths, val_targets, device, val_loss_fn)
+        val_loss, val_f1, _ = evaluate_split(scored, val_ids, val_lengths, val_targets, device, val_loss_fn)
         val_loss, val_f1 = dist.all_reduce_mean([val_loss, val_f1])
         lr_now = optimizer.param_groups[0]["lr"]
         seconds = time.perf_counter() - t0
@@ -218,7 +229,7 @@ def fit(
         if log_epoch is not None:
             log_epoch(record)
         scheduler.step(val_loss)
-        if stopper.step(val_loss if early_stopping_metric == "val_loss" else val_f1, epoch, model):
+        if stopper.step(val_loss if early_stopping_metric == "val_loss" else val_f1, epoch, scored):
             break
     stopper.restore(model)
     result.best_epoch = stopper.best_epoch

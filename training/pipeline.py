@@ -154,6 +154,7 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
         dist=dist,
         progress=dist.is_main and progress_enabled(config.quiet),
         log_epoch=lambda record: say(format_epoch(record)),
+        ema_decay=config.ema_decay,
     )
     epoch_seconds = [h["seconds"] for h in fit_result.history]
     timing.update(

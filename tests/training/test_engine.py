@@ -56,7 +56,8 @@ def _toy_split(n: int, seed: int):
     return texts, y.astype(np.int64)
 
 
-def test_fit_learns_and_restores_the_best_epoch():
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_fit_learns_and_restores_the_best_epoch(ema_decay):
     train_texts, train_y = _toy_split(300, 0)
     val_texts, val_y = _toy_split(100, 1)
     vocab = Vocabulary.fit(train_texts)
@@ -68,7 +69,7 @@ def test_fit_learns_and_restores_the_best_epoch():
         model, tr_ids, tr_len, train_y, va_ids, va_len, val_y,
         epochs=6, batch_size=32, lr=0.01, weight_decay=0.0, label_smoothing=0.0, word_dropout=0.1, grad_clip=1.0,
         patience=10, lr_patience=1, lr_factor=0.5, early_stopping_metric="val_loss", class_weights=None,
-        seed=0, device=torch.device("cpu"), dist=DistContext(), progress=False,
+        seed=0, device=torch.device("cpu"), dist=DistContext(), progress=False, ema_decay=ema_decay,
     )  # fmt: skip
     assert [h["epoch"] for h in result.history] == list(range(1, 7))
     best = min(result.history, key=lambda h: h["val_loss"])
