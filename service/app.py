@@ -8,6 +8,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -200,6 +201,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         lifespan=lifespan,
     )
     app.state.service = state
+    _document_limits(app, settings)
     app.include_router(router)
     app.add_middleware(ObservabilityMiddleware, state=state)
 
@@ -223,6 +225,22 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         return _error_response(ServiceError(f"internal error: {type(exc).__name__}"))
 
     return app
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Put this server's request limits into its OpenAPI schema (they are settings, not constants)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            props = schema["components"]["schemas"]["PredictRequest"]["properties"]
+            props["text"]["maxLength"] = settings.max_text_chars
+            props["texts"]["maxItems"] = settings.max_texts_per_request
+            props["texts"]["items"]["maxLength"] = settings.max_text_chars
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _warm_up(state: ServiceState) -> None:

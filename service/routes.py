@@ -53,6 +53,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "Body is not valid JSON",
+        413: "Body larger than any valid request",
         422: "Body is valid JSON but not a valid request (empty text, too long, too many, extra fields...)",
         503: "Overloaded or shutting down; retry after the Retry-After header",
         504: "The prediction did not finish within the request timeout",
@@ -150,9 +151,11 @@ async def metrics(state: State) -> Response:
     "/admin/reload",
     response_model=ReloadResponse,
     responses={
+        400: ERRORS[400],
         401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"},
         404: {"model": ErrorResponse, "description": "Admin endpoint disabled (no admin token configured)"},
         409: {"model": ErrorResponse, "description": "The new version failed to load; the old one keeps serving"},
+        422: {"model": ErrorResponse, "description": "Body is not a valid reload request"},
     },
     summary="Load, verify and warm another model version, then swap it in atomically",
 )

@@ -15,21 +15,46 @@ def _check_text(text: str) -> str:
     return text
 
 
+NOT_BLANK = r"\S"  # JSON-schema pattern (a search): at least one non-whitespace character
+
+
+def _predict_request_schema(schema: dict[str, Any]) -> None:
+    """State the rules the validators enforce, so the OpenAPI schema is exact (create_app adds the limits)."""
+    text = {"type": "string", "minLength": 1, "pattern": NOT_BLANK}
+    schema["properties"] = {
+        "text": {**text, "title": "Text", "description": "One headline (not blank)."},
+        "texts": {
+            "type": "array",
+            "minItems": 1,
+            "items": text,
+            "title": "Texts",
+            "description": "Several headlines (none blank), answered in the same order.",
+        },
+    }
+    schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
+    schema["examples"] = [
+        {"text": "Federer wins his fifth Wimbledon title"},
+        {"texts": ["Oil prices climb as OPEC cuts output", "NASA probe sends first images from Mars"]},
+    ]
+
+
 class PredictRequest(BaseModel):
     """Exactly one of ``text`` (one headline) or ``texts`` (a list of headlines)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"text": "Federer wins his fifth Wimbledon title"},
-                {"texts": ["Oil prices climb as OPEC cuts output", "NASA probe sends first images from Mars"]},
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_predict_request_schema)
 
-    text: StrictStr | None = Field(None, description="One headline.")
-    texts: list[StrictStr] | None = Field(None, description="Several headlines, answered in the same order.")
+    # None only means "absent": an explicit null is rejected below.
+    text: StrictStr | None = None
+    texts: list[StrictStr] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("text", "texts"):
+                if key in data and data[key] is None:
+                    raise ValueError(f"'{key}' must not be null")
+        return data
 
     @field_validator("text")
     @classmethod

@@ -74,7 +74,8 @@ def test_output_equals_training_predict_proba(client: TestClient, artifacts_dir:
         ({"texts": ["ok", " "]}, "texts[1]"),
         ({"texts": []}, "empty list"),
         ({"text": 12}, "string"),
-        ({"text": None}, "exactly one"),
+        ({"text": None}, "null"),
+        ({"text": None, "texts": ["a"]}, "null"),
         ({"texts": "not a list"}, "list"),
         ({"texts": ["ok", 3]}, "string"),
         ({}, "exactly one"),
@@ -132,6 +133,14 @@ def test_health_model_and_docs(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert schema["components"]["schemas"]["PredictRequest"]["examples"]
     assert schema["components"]["schemas"]["PredictResponse"]["examples"]
+    request = schema["components"]["schemas"]["PredictRequest"]
+    assert request["oneOf"] == [{"required": ["text"]}, {"required": ["texts"]}]
+    assert request["properties"]["text"]["maxLength"] == 500  # this app's max_text_chars
+    assert request["properties"]["texts"]["maxItems"] == 16
+    predict_responses = schema["paths"]["/predict"]["post"]["responses"]
+    assert predict_responses["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
 
 
 def test_request_id_echoed_or_generated(client: TestClient) -> None:
