@@ -15,9 +15,20 @@ DEFAULT_DATA_URL = "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/
 class TrainConfig:
     """Hyperparameters and paths; stored in the artifact as ``train_config.json``.
 
-    Defaults were chosen on the 10K sample with several seeds (see the README's training
-    section): a compact BiGRU with max+last pooling, word dropout so ``<UNK>`` is learnt,
-    embedding dropout, label smoothing and AdamW, trained in length-sorted batches of 128.
+    Defaults were chosen on the 10K sample over seeds 1, 2, 3 and 42 (not one split):
+
+    * a compact BiGRU (64 per direction) with last-state + max pooling, trained in
+      length-sorted batches of 128 with packed sequences: ~2.5x faster per epoch than the
+      lesson's batch-64 unpacked pipeline and more accurate;
+    * embeddings initialised with std 0.1 instead of torch's N(0, 1), the largest single
+      gain (about +0.03 weighted F1): unit-variance inputs saturate the GRU gates early;
+    * every training word in the vocabulary (``min_freq`` 1) plus word dropout 0.2, so
+      ``<UNK>`` is trained on real contexts and unseen words at serving time degrade softly;
+    * embedding dropout 0.3, dense dropout 0.5, AdamW weight decay 1e-2, label smoothing 0.1,
+      gradient clipping, ReduceLROnPlateau and early stopping on validation loss;
+    * stopwords are kept (``--stopwords`` removes them): removal gained +0.005 weighted F1 on
+      average over three seeds, below the seed-to-seed spread, and keeping them means a
+      local run needs no NLTK data.
     """
 
     # Paths

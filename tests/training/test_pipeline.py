@@ -160,3 +160,13 @@ def test_config_from_args_round_trip():
     assert (config.data, config.model, config.remove_stopwords, config.max_vocab) == ("x.csv", "gru", False, None)
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert TrainConfig.from_args(["--stopwords"]).remove_stopwords is True
+
+
+def test_class_weights_favour_rare_classes():
+    import numpy as np
+
+    from training.pipeline import class_weight_tensor
+
+    weights = class_weight_tensor(np.array([0, 0, 0, 1, 2, 2]), 3)
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert weights[1] > weights[2] > weights[0]
