@@ -60,8 +60,10 @@ class Normalizer:
     dropped by set membership, which is an order of magnitude faster and gives the same
     output except where the lesson's ``\\b`` word boundaries disagree with our tokens:
     a stopword glued to ``_`` or to a non-ASCII letter or digit (``the_best``, ``theé``,
-    ``the²``) survives the regex but is removed here. On the 10K sample the outputs are
-    identical (tested against a copy of the lesson's regex in tests/training/test_text.py).
+    ``the²``) survives the regex but is removed here; and a parenthesised aside with text
+    glued to both sides (``x(y)nyse``) leaves two tokens here (``x nyse``) where the lesson's
+    empty replacement merges them (``xnyse``). On the 10K sample the outputs are identical
+    (tested against a copy of the lesson's regex in tests/training/test_text.py).
     """
 
     def __init__(self, settings: PreprocessSettings) -> None:
