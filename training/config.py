@@ -22,6 +22,9 @@ class TrainConfig:
       lesson's batch-64 unpacked pipeline and more accurate;
     * embeddings initialised with std 0.1 instead of torch's N(0, 1), the largest single
       gain (about +0.03 weighted F1): unit-variance inputs saturate the GRU gates early;
+    * then overwritten by LSA vectors (truncated SVD of the training split's TF-IDF matrix,
+      same scale): words that share titles start close, which helps words seen once or
+      twice; about +0.012 weighted F1 on seeds 42, 1 and 2, on every seed;
     * every training word in the vocabulary (``min_freq`` 1) plus word dropout 0.2, so
       ``<UNK>`` is trained on real contexts and unseen words at serving time degrade softly;
     * embedding dropout 0.3, dense dropout 0.5, AdamW weight decay 1e-2, label smoothing 0.1,
@@ -51,6 +54,7 @@ class TrainConfig:
     dropout: float = 0.5
     embedding_dropout: float = 0.3
     pooling: str = "last_max"
+    embedding_init: str = "lsa"
     embedding_init_std: float | None = 0.1
     # Optimisation
     epochs: int = 15
@@ -99,6 +103,8 @@ class TrainConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError("device must be auto, cpu or cuda")
+        if self.embedding_init not in ("lsa", "normal"):
+            raise ValueError("embedding_init must be lsa or normal")
         if self.early_stopping_metric not in ("val_loss", "val_f1"):
             raise ValueError("early_stopping_metric must be val_loss or val_f1")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -153,10 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--embedding-dropout", type=float, default=d.embedding_dropout, help="dropout on embeddings")
     g.add_argument("--pooling", choices=POOLINGS, default=d.pooling, help="how recurrent states become features")
     g.add_argument(
+        "--embedding-init",
+        choices=("lsa", "normal"),
+        default=d.embedding_init,
+        help="lsa: SVD of the training split's TF-IDF matrix; normal: random with --embedding-init-std",
+    )
+    g.add_argument(
         "--embedding-init-std",
         type=_optional_float,
         default=d.embedding_init_std,
-        help="std of the initial embeddings (None: torch's N(0, 1))",
+        help="std of the initial embeddings (None: torch's N(0, 1); lsa vectors are scaled to it, else 0.1)",
     )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")

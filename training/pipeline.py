@@ -76,6 +76,32 @@ def build_model(config: TrainConfig, vocab_size: int, num_classes: int) -> TextC
     return model
 
 
+def lsa_embeddings(token_lists, vocab: Vocabulary, dim: int, std: float, seed: int) -> torch.Tensor:
+    """Word vectors from a truncated SVD of the training split's TF-IDF matrix, scaled to ``std``.
+
+    Words that share titles start close together, so a word seen once or twice in training
+    starts near the words it appeared with instead of at a random point.
+    """
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    words = {w: i - 2 for i, w in enumerate(vocab.itos) if i >= 2}
+    docs = [" ".join(tokens) for tokens in token_lists]
+    vectorizer = TfidfVectorizer(vocabulary=words, tokenizer=str.split, token_pattern=None, lowercase=False)
+    x = vectorizer.fit_transform(docs)
+    k = min(dim, x.shape[0] - 1, x.shape[1] - 1)
+    rng = np.random.default_rng(seed)
+    vectors = np.zeros((len(vocab), dim), dtype=np.float32)
+    if k < 1:  # a toy vocabulary: nothing to decompose
+        vectors[1:] = rng.normal(0.0, std, size=(len(vocab) - 1, dim))
+        return torch.from_numpy(vectors)
+    svd = TruncatedSVD(n_components=k, random_state=seed).fit(x)
+    vectors[2:, :k] = svd.components_.T * svd.singular_values_
+    vectors[2:] *= std / max(float(vectors[2:, :k].std()), 1e-12)
+    vectors[1] = rng.normal(0.0, std, size=dim)  # <UNK>: learnt through word dropout
+    return torch.from_numpy(vectors)
+
+
 def run(config: TrainConfig) -> RunResult:
     """Train, evaluate and (on rank 0) write a new artifact version; see ``python -m training -h``."""
     config.validate()
@@ -124,7 +150,15 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
     say(f"vocabulary: {len(vocab)} tokens (min_freq {config.min_freq}, max {config.max_vocab}); {labels.classes}")
 
     torch.manual_seed(config.seed)
-    model = build_model(config, len(vocab), len(labels)).to(dist.device)
+    model = build_model(config, len(vocab), len(labels))
+    if config.embedding_init == "lsa":
+        t0 = time.perf_counter()
+        std = config.embedding_init_std or 0.1
+        vectors = lsa_embeddings([tokens[i] for i in train_idx], vocab, config.embedding_dim, std, config.seed)
+        with torch.no_grad():
+            model.embedding.weight.copy_(vectors)
+        timing["embedding_init_s"] = round(time.perf_counter() - t0, 3)
+    model = model.to(dist.device)
     # Same initial weights everywhere (DDP broadcasts rank 0's anyway); per-rank dropout noise.
     torch.manual_seed(config.seed + dist.rank)
     weights = class_weight_tensor(targets[train_idx], len(labels)) if config.class_weights else None

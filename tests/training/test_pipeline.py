@@ -170,3 +170,20 @@ def test_class_weights_favour_rare_classes():
     weights = class_weight_tensor(np.array([0, 0, 0, 1, 2, 2]), 3)
     assert weights.mean().item() == pytest.approx(1.0)
     assert weights[1] > weights[2] > weights[0]
+
+
+def test_lsa_embeddings_put_co_occurring_words_together():
+    from training.pipeline import lsa_embeddings
+    from training.text import Vocabulary
+
+    docs = [["stocks", "shares", "market"], ["shares", "market"], ["goal", "match", "team"], ["match", "team"]] * 5
+    vocab = Vocabulary.fit(docs)
+    vectors = lsa_embeddings(docs, vocab, dim=4, std=0.1, seed=0)
+    assert vectors.shape == (len(vocab), 4)
+    assert torch.count_nonzero(vectors[0]) == 0  # <PAD>
+    assert vectors[2:].std().item() == pytest.approx(0.1, rel=0.05)
+
+    def cos(a, b):
+        return torch.cosine_similarity(vectors[vocab.stoi[a]], vectors[vocab.stoi[b]], dim=0).item()
+
+    assert cos("stocks", "shares") > cos("stocks", "team") + 0.5
