@@ -1,7 +1,9 @@
 """torchrun support: process group setup, DDP wrapping and cross-rank averaging.
 
 Without ``WORLD_SIZE`` > 1 in the environment everything here is a no-op, so a plain
-``python -m training`` and ``torchrun --nproc_per_node=N -m training`` run the same code.
+``python -m training`` and ``torchrun --nproc_per_node=N -m training ...`` (or
+``torchrun --no-python --nproc_per_node=N python -m training ...``) run the same code: gloo on
+CPU, nccl on CUDA, one shard of the batches per rank, rank 0 writes the artifact.
 """
 
 from __future__ import annotations
