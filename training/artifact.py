@@ -35,6 +35,7 @@ TRAIN_CONFIG = "train_config.json"
 MANIFEST = "manifest.json"
 REQUIRED_FILES = (WEIGHTS, MODEL_CONFIG, VOCAB, LABELS, PREPROCESSING, METRICS, TRAIN_CONFIG)
 TMP_PREFIX = ".tmp-"
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ArtifactError(Exception):
@@ -74,6 +75,26 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def round_weights_(model: torch.nn.Module, weights_dtype: str) -> None:
+    """Round floating weights to ``weights_dtype`` in place (kept in their own dtype).
+
+    Called before the final evaluation so the metrics describe exactly the weights that
+    :func:`write_artifact` stores, and a reloaded model matches the in-memory one bit for bit.
+    """
+    dtype = _weights_dtype(weights_dtype)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(dtype).to(tensor.dtype))
+
+
+def _weights_dtype(name: str) -> torch.dtype:
+    try:
+        return WEIGHT_DTYPES[name]
+    except KeyError:
+        raise ArtifactError(f"weights dtype must be one of {sorted(WEIGHT_DTYPES)}, got {name!r}") from None
+
+
 def _json_bytes(data: Any) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8")
 
@@ -90,12 +111,15 @@ def write_artifact(
     extra_files: dict[str, bytes] | None = None,
     provenance: dict[str, Any] | None = None,
     version: str | None = None,
+    weights_dtype: str = "float32",
 ) -> Path:
     """Write a new version into ``artifacts_dir`` and return its folder.
 
     Everything goes into a hidden temporary folder that is renamed into place only once
-    complete, so a crash at any point leaves no half-written version behind.
+    complete, so a crash at any point leaves no half-written version behind. Floating
+    weights are stored as ``weights_dtype`` (float16 halves the file; see round_weights_).
     """
+    store_dtype = _weights_dtype(weights_dtype)
     root = Path(artifacts_dir)
     root.mkdir(parents=True, exist_ok=True)
     version = version or new_version()
@@ -105,7 +129,10 @@ def write_artifact(
     tmp = root / f"{TMP_PREFIX}{version}"
     try:
         tmp.mkdir()
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        state = {
+            k: (v.detach().to("cpu", store_dtype) if v.is_floating_point() else v.detach().to("cpu")).contiguous()
+            for k, v in model.state_dict().items()
+        }
         torch.save(state, tmp / WEIGHTS)
         files: dict[str, bytes] = {
             MODEL_CONFIG: _json_bytes(model.config.to_dict()),
@@ -130,6 +157,7 @@ def write_artifact(
             "format_version": FORMAT_VERSION,
             "version": version,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "weights_dtype": weights_dtype,
             "files": checksums,
             "libraries": {
                 "python": platform.python_version(),
@@ -197,6 +225,8 @@ def load_artifact(path: str | os.PathLike[str], device: str | torch.device = "cp
         )
     try:
         state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+        # Compactly stored weights come back as float32, the dtype the model computes in.
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         model = TextClassifier(config)
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means unusable weights

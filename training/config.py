@@ -81,6 +81,7 @@ class TrainConfig:
     threads: int | None = None
     quiet: bool = False
     plots: bool = True
+    weights_dtype: str = "float16"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,4 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=_optional_int, default=d.threads, help="torch CPU threads (None: torch default)")
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    g.add_argument(
+        "--weights-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default=d.weights_dtype,
+        help="precision the artifact stores the weights in; metrics are measured on the rounded weights",
+    )
     return p

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from training import distributed
-from training.artifact import sha256_file, write_artifact
+from training.artifact import round_weights_, sha256_file, write_artifact
 from training.config import TrainConfig
 from training.data import encode_matrix, fetch_data, read_dataset, sample_rows, stratified_split
 from training.engine import fit, format_epoch, predict_logits, progress_enabled
@@ -203,6 +203,7 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
 
     t0 = time.perf_counter()
     model.eval()
+    round_weights_(model, config.weights_dtype)  # evaluate exactly what the artifact stores
     test_pred = predict_logits(model, ids[test_idx], lengths[test_idx], dist.device).argmax(dim=1).numpy()
     test_true = targets[test_idx]
     test_perf = performance(test_true, test_pred, labels.classes)
@@ -250,6 +251,7 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
         train_config=config.to_dict(),
         extra_files=extra,
         provenance={"data_sha256": sha256_file(path), "git_commit": git_commit()},
+        weights_dtype=config.weights_dtype,
     )
     say(
         f"test weighted F1 {test_perf['overall']['f1']:.4f} (best epoch {fit_result.best_epoch}); "
