@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batching import Batcher
 from service.errors import InvalidRequest, MalformedBody, PayloadTooLarge, ServiceError, error_body, jsonable
+from service.gc_tuning import settle_garbage_collector
 from service.metrics import Metrics
 from service.predictor import Predictor
 from service.routes import ANNOUNCED, router
@@ -254,4 +255,5 @@ async def _warm_up(state: ServiceState) -> None:
             log.exception("warm-up failed; readiness stays 503")
             return
         log.info("warm-up done in %.2fs", time.monotonic() - started)
+    settle_garbage_collector()
     state.ready = True
