@@ -10,7 +10,7 @@ DATA ?= ../shared/data/news_10k.csv
 NLTK_DATA ?= ../shared/nltk_data
 export NLTK_DATA
 
-.PHONY: install run test lint train default-model bench clean docker-build docker-build-train compose-config compose-up
+.PHONY: install run test test-fast lint train default-model bench clean docker-build docker-build-train compose-config compose-up
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,19 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 
+# The whole suite CI runs: lint, the fast tests, then the resilience suite against live
+# servers (overload, SIGTERM, faults, fuzzing, reload under load, a RESILIENCE_SOAK_S soak).
 test: install lint
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m resilience tests/resilience
+
+# The quick loop while developing: lint and the fast tests only (about a minute).
+test-fast: install lint
+	$(BIN)/python -m pytest -q
+
+# Every benchmark, one run, rewrites BENCHMARKS.md (about 15 minutes; wrk from Debian is used when installed).
+bench: install
+	$(BIN)/python -m bench.run_all
 
 # Regenerate the committed default model: the default config (fixed default seed) on the 10K
 # sample (DATA). Training is deterministic for a seed, so this reproduces the committed metrics;
