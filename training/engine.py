@@ -48,7 +48,7 @@ def train_step(
     loss = loss_fn(logits, targets)
     loss.backward()
     if grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
     optimizer.step()
     return float(loss.detach())
 
@@ -169,7 +169,11 @@ def fit(
     moving average of the trained ones (smoother than any single step's weights).
     """
     net = dist.wrap(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    # The fused kernel updates all parameters in one pass: on CPU the default per-tensor loop
+    # over the 1.5M-weight embedding took more time than forward and backward together.
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda")
+    )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=lr_factor, patience=lr_patience
     )

@@ -78,13 +78,18 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.fc2 = nn.Linear(config.fc_dim, config.num_classes)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, pack: bool = True) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, pack: bool | None = None) -> torch.Tensor:
         """``ids``: [B, T] token indices, ``lengths``: [B] true lengths (≥ 1, on any device).
 
-        ``pack=False`` runs the recurrence over the padded tensor; it is only correct when no
-        row is padded and exists so tests can check packing changes nothing there.
+        ``pack=None`` packs only when rows differ in length: a batch of equal-length rows (the
+        common case with length-bucketed batches) has no padding, so the plain recurrence gives
+        the same result without the packing overhead. ``pack=False`` forces the plain path and
+        is only correct when no row is padded.
         """
         x = self.embedding_dropout(self.embedding(ids))
+        if pack is None:
+            lengths_cpu = lengths.cpu()
+            pack = bool(lengths_cpu.min() != lengths_cpu.max()) or int(lengths_cpu[0]) != ids.shape[1]
         if pack:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             out_packed, h_n = self.rnn(packed)
