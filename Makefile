@@ -48,6 +48,7 @@ bench: install
 default-model: install
 	rm -rf .cache/default-model
 	$(BIN)/python -m training --data $(DATA) --artifacts-dir .cache/default-model --threads 2
+	mkdir -p $(ARTIFACTS_DIR)
 	find $(ARTIFACTS_DIR) -mindepth 1 -maxdepth 1 -type d -name '20*' -exec rm -rf {} +
 	mv .cache/default-model/20* $(ARTIFACTS_DIR)/
 	rm -rf .cache/default-model
