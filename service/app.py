@@ -60,6 +60,8 @@ class ObservabilityMiddleware:
             elif name == b"content-length":
                 length = value
         request_id = request_id or f"{random.getrandbits(128):032x}"  # not security-relevant; uuid4 is slower
+        if scope["method"] == "POST":
+            _read_body_as_json(scope)
         header = (b"x-request-id", request_id.encode())
         status = 500
 
@@ -121,6 +123,22 @@ class ObservabilityMiddleware:
             return message
 
         return limited
+
+
+def _read_body_as_json(scope: Scope) -> None:
+    """Every POST body here is JSON, whatever Content-Type says.
+
+    ``curl -d '{"text": ...}'`` sends ``application/x-www-form-urlencoded`` unless told
+    otherwise, and FastAPI would then refuse a perfectly good JSON body with a confusing 422.
+    A body that is not JSON still gets a 400 saying so.
+    """
+    headers = scope["headers"]
+    for name, value in headers:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            if media == b"application/json" or media.endswith(b"+json"):
+                return
+    scope["headers"] = [(n, v) for n, v in headers if n != b"content-type"] + [(b"content-type", b"application/json")]
 
 
 def _error_response(exc: ServiceError) -> Response:

@@ -113,6 +113,22 @@ def test_missing_or_non_json_body_is_4xx(client: TestClient, content: bytes, hea
     check_error(client.post("/predict", content=content, headers=headers), (400, 415, 422))
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "application/x-www-form-urlencoded"},  # what `curl -d` sends by default
+        {"content-type": "text/plain; charset=utf-8"},
+        {},
+    ],
+)
+def test_json_body_is_read_whatever_the_content_type(client: TestClient, headers: dict[str, str]) -> None:
+    response = client.post("/predict", content=b'{"text": "Stocks rally as oil prices fall"}', headers=headers)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 1
+    bad = client.post("/predict", content=b"text=hello", headers=headers)
+    check_error(bad, 400, "malformed_body")
+
+
 def test_unknown_route_and_method(client: TestClient) -> None:
     check_error(client.get("/nope"), 404, "not_found")
     check_error(client.get("/predict"), 405, "method_not_allowed")
