@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.batching import Batcher, Overloaded
-from service.predictor import Prediction, Predictor, available_cpus, length_groups
+from service.predictor import _GROUP_PAD_FACTOR, _GROUP_PAD_SLACK, Prediction, Predictor, available_cpus, length_groups
 
 
 class SlowPredictor:
@@ -204,12 +204,13 @@ def test_stop_while_a_batch_waits_for_announced_requests(predictor: Predictor) -
 
 
 def test_length_groups_bucket_similar_lengths() -> None:
-    lengths = [3, 40, 4, 3, 12, 41, 5]
+    lengths = [3, 200, 4, 3, 12, 210, 5]
     groups = length_groups(lengths, max_group=256)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert len(groups) == 2  # typical headlines together, the two long outliers apart
     for g in groups:
         lens = [lengths[i] for i in g]
-        assert max(lens) <= min(lens) * 1.5 + 2
+        assert max(lens) <= min(lens) * _GROUP_PAD_FACTOR + _GROUP_PAD_SLACK
     assert len(length_groups([5] * 10, max_group=4)) == 3
 
 
