@@ -27,6 +27,7 @@ run: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The whole suite CI runs: lint, the fast tests, then the resilience suite against live
 # servers (overload, SIGTERM, faults, fuzzing, reload under load, a RESILIENCE_SOAK_S soak).

@@ -6,6 +6,7 @@ process with one ``error: ...`` line and exit status 1 instead of a lifespan tra
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),  # uvicorn takes whole seconds
         lifespan="on",
         server_header=False,
     )

@@ -185,9 +185,9 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = predictor or await asyncio.to_thread(
-            Predictor.load, settings.artifacts_dir, settings.version, settings.device
-        )
+        loaded = predictor
+        if loaded is None:
+            loaded = await asyncio.to_thread(Predictor.load, settings.artifacts_dir, settings.version, settings.device)
         state.set_predictor(loaded)
         state.batcher = Batcher(
             state.current_predictor,

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
-EXAMPLE_PROBABILITIES = {"Sports": 0.9412, "World": 0.0311, "Business": 0.0170, "Sci/Tech": 0.0107}
+EXAMPLE_PROBABILITIES: dict[str, Any] = {"Sports": 0.9412, "World": 0.0311, "Business": 0.0170, "Sci/Tech": 0.0107}
 
 
 def _check_text(text: str) -> str:

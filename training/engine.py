@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 
 from training.data import BucketBatcher, slice_batch
 from training.distributed import DistContext
+from training.model import TextClassifier
 from training.text import PAD_INDEX, UNK_INDEX
 
 log = logging.getLogger("training")
@@ -62,7 +63,7 @@ def eval_step(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor) -> tor
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, ids: np.ndarray, lengths: np.ndarray, device: torch.device, batch_size: int = 1024
+    model: TextClassifier, ids: np.ndarray, lengths: np.ndarray, device: torch.device, batch_size: int = 1024
 ) -> torch.Tensor:
     """Logits (CPU, float32) for every row of a padded matrix, in row order."""
     batcher = BucketBatcher(lengths, batch_size, seed=0, shuffle=False)
@@ -75,7 +76,7 @@ def predict_logits(
 
 
 def evaluate_split(
-    model: nn.Module,
+    model: TextClassifier,
     ids: np.ndarray,
     lengths: np.ndarray,
     targets: np.ndarray,
@@ -192,7 +193,8 @@ def fit(
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-    scored = ema.module if ema is not None else model
+    # The model that is validated and kept: the EMA copy when there is one.
+    scored = cast(TextClassifier, ema.module if ema is not None else model)
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
@@ -215,8 +217,8 @@ def fit(
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
         if bar is not None:
             bar.close()
-        train_loss = dist.all_reduce_sum([loss_sum, float(seen)])
-        train_loss = train_loss[0] / train_loss[1]
+        loss_total, rows_total = dist.all_reduce_sum([loss_sum, float(seen)])
+        train_loss = loss_total / rows_total
         val_loss, val_f1, _ = evaluate_split(scored, val_ids, val_lengths, val_targets, device, val_loss_fn)
         val_loss, val_f1 = dist.all_reduce_mean([val_loss, val_f1])
         lr_now = optimizer.param_groups[0]["lr"]

@@ -13,7 +13,10 @@ BASELINE_NAME = "tfidf_logreg"
 BASELINE_CS = (1.0, 3.0, 10.0, 30.0)
 
 
-def performance(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
+# Class indices: a list or a numpy array.
+Labels = Sequence[int] | np.ndarray
+
+def performance(y_true: Labels, y_pred: Labels, classes: Sequence[str]) -> dict[str, Any]:
     """``{"overall": {precision, recall, f1, num_samples}, "class": {name: {...}}}``, weighted overall."""
     labels = list(range(len(classes)))
     p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
@@ -26,7 +29,7 @@ def performance(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[
     return {"overall": overall, "class": per_class}
 
 
-def confusion(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
+def confusion(y_true: Labels, y_pred: Labels, classes: Sequence[str]) -> dict[str, Any]:
     """Rows are true classes, columns predictions, both in ``labels`` order."""
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
     return {"labels": list(classes), "matrix": matrix.tolist()}
