@@ -37,6 +37,7 @@ COPY constraints.txt ./
 RUN pip install -c constraints.txt torch==2.13.0 \
         --index-url "${TORCH_INDEX_URL}" --extra-index-url "${PYPI_INDEX_URL}"
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY training ./training
 COPY service ./service
 

@@ -80,7 +80,7 @@ def find_artifacts(artifacts_dir: Path, titles: list[str], scratch: Path) -> tup
     Random weights cost exactly what trained ones do (same architecture, same vocabulary
     size), so the timing stays meaningful; the JSON says which one was used.
     """
-    from training.artifact import ArtifactError, resolve_version
+    from contract.artifact import ArtifactError, resolve_version
 
     try:
         folder = resolve_version(artifacts_dir)
@@ -89,9 +89,9 @@ def find_artifacts(artifacts_dir: Path, titles: list[str], scratch: Path) -> tup
         print(f"note: {exc}; benchmarking a default-size model with random weights instead", flush=True)
     import torch
 
-    from training.artifact import write_artifact
-    from training.model import ModelConfig, TextClassifier
-    from training.text import LabelEncoder, Normalizer, PreprocessSettings, Vocabulary
+    from contract.artifact import write_artifact
+    from contract.model import ModelConfig, TextClassifier
+    from contract.text import LabelEncoder, Normalizer, PreprocessSettings, Vocabulary
 
     pre = PreprocessSettings(stopwords=("the", "a", "an", "of", "to", "in", "on", "for", "and", "as", "at"))
     normalizer = Normalizer(pre)
@@ -123,8 +123,8 @@ def in_process_headlines_per_s(artifacts_dir: Path, titles: list[str], seconds: 
     """The service's Predictor (encode + length groups + forward) on 256-headline batches, one thread."""
     import torch
 
+    from contract.artifact import load_artifact, resolve_version
     from service.predictor import Predictor
-    from training.artifact import load_artifact, resolve_version
 
     torch.set_num_threads(1)
     predictor = Predictor(load_artifact(resolve_version(artifacts_dir)), torch.device("cpu"))

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from bench.lesson import LessonConfig, run_lesson
+from contract.text import load_stopwords
 from training.config import TrainConfig
 from training.data import read_dataset, sample_rows, stratified_split
 from training.pipeline import run
-from training.text import load_stopwords
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" / "news_10k.csv"))

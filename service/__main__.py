@@ -45,10 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     # Imported after settings so `--help` and bad flags answer without loading torch.
+    from contract.artifact import ArtifactError
     from service.app import create_app
     from service.logs import setup_logging
     from service.predictor import Predictor, configure_torch_threads
-    from training.artifact import ArtifactError
 
     setup_logging(settings.log_level)
     configure_torch_threads(settings.torch_threads)

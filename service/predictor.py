@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.artifact import Artifact, ArtifactError, load_artifact, resolve_version
-from training.model import pad_batch
+from contract.artifact import Artifact, ArtifactError, load_artifact, resolve_version
+from contract.model import pad_batch
 
 # Length groups inside a batch. The packed recurrence already runs every row only for its own
 # length, so a batch is split only around outliers: padding a row to more than this factor

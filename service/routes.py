@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from contract.artifact import ArtifactError
 from service.batching import Overloaded
 from service.errors import (
     InvalidRequest,
@@ -35,7 +36,6 @@ from service.schemas import (
     ReloadResponse,
 )
 from service.state import ServiceState
-from training.artifact import ArtifactError
 
 log = logging.getLogger("service")
 router = APIRouter()

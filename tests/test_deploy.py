@@ -210,7 +210,7 @@ def test_copy_from_names_earlier_stages(stages: list[Stage]) -> None:
 
 def test_project_sources_the_build_needs_are_not_ignored() -> None:
     # pyproject.toml names README.md as the readme: setuptools fails without it.
-    for path in ("pyproject.toml", "README.md", "constraints.txt", "service/__init__.py", "training/__init__.py"):
+    for path in ("pyproject.toml", "README.md", "constraints.txt", "service/__init__.py", "contract/__init__.py", "training/__init__.py"):
         assert not is_dockerignored(path), path
 
 
@@ -272,7 +272,7 @@ def test_artifacts_volume_holds_the_default_model(stages: list[Stage]) -> None:
 
 def test_default_model_is_committed() -> None:
     """The image copies artifacts/ as its default model: there must be a valid version in it."""
-    from training.artifact import ArtifactError, resolve_version
+    from contract.artifact import ArtifactError, resolve_version
 
     try:
         resolve_version(ROOT / "artifacts")
@@ -582,4 +582,5 @@ def test_service_imports_with_only_what_the_api_image_installs() -> None:
     assert result.returncode == 0, f"the API does not import with only the serve extra installed:\n{result.stderr}"
     imported = set(json.loads(result.stdout.strip().splitlines()[-1]))
     assert not imported & blocked
-    assert {"service", "training", "torch", "fastapi"} <= imported
+    assert {"service", "contract", "torch", "fastapi"} <= imported
+    assert "training" not in imported

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from training.artifact import ArtifactError
+from contract.artifact import ArtifactError
+from contract.text import StopwordsUnavailableError
 from training.config import TrainConfig
 from training.data import DataError
 from training.pipeline import run
-from training.text import StopwordsUnavailableError
 
 # Errors a user can fix from the command line: one line on stderr, exit status 2.
 USER_ERRORS = (DataError, StopwordsUnavailableError, ArtifactError, ValueError)

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from training.model import POOLINGS, RNN_TYPES
+from contract.model import POOLINGS, RNN_TYPES
 
 DEFAULT_DATA_URL = "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/main/datasets/news.csv"
 

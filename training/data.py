@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.text import PAD_INDEX, Vocabulary
+from contract.text import PAD_INDEX, Vocabulary
 
 REQUIRED_COLUMNS = ("title", "category")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "headline-classifier"

@@ -16,10 +16,10 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
+from contract.model import TextClassifier
+from contract.text import PAD_INDEX, UNK_INDEX
 from training.data import BucketBatcher, slice_batch
 from training.distributed import DistContext
-from training.model import TextClassifier
-from training.text import PAD_INDEX, UNK_INDEX
 
 log = logging.getLogger("training")
 

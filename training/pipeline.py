@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from contract.artifact import round_weights_, sha256_file, write_artifact
+from contract.model import ModelConfig, TextClassifier
+from contract.text import PAD_INDEX, LabelEncoder, Normalizer, PreprocessSettings, Vocabulary, load_stopwords
 from training import distributed
-from training.artifact import round_weights_, sha256_file, write_artifact
 from training.config import TrainConfig
 from training.data import encode_matrix, fetch_data, read_dataset, sample_rows, stratified_split
 from training.engine import fit, format_epoch, predict_logits, progress_enabled
 from training.evaluate import BASELINE_NAME, confusion, performance, plot_files, tfidf_baseline
-from training.model import ModelConfig, TextClassifier
-from training.text import PAD_INDEX, LabelEncoder, Normalizer, PreprocessSettings, Vocabulary, load_stopwords
 
 
 @dataclass

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contract.artifact import MANIFEST, VOCAB, WEIGHTS, sha256_file
 from tests.resilience.conftest import ROOT
 from tests.service.conftest import make_artifact
 from tests.service.live_server import LiveServer, free_port, launch_server
-from training.artifact import MANIFEST, VOCAB, WEIGHTS, sha256_file
 
 pytestmark = pytest.mark.resilience
 

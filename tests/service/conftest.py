@@ -13,11 +13,11 @@ with warnings.catch_warnings():  # starlette's TestClient nags about httpx vs ht
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from contract.artifact import write_artifact
+from contract.model import ModelConfig, TextClassifier
+from contract.text import LabelEncoder, Normalizer, PreprocessSettings, Vocabulary
 from service.app import create_app
 from service.settings import Settings
-from training.artifact import write_artifact
-from training.model import ModelConfig, TextClassifier
-from training.text import LabelEncoder, Normalizer, PreprocessSettings, Vocabulary
 
 CATEGORIES = ["Business", "Sci/Tech", "Sports", "World"]
 STOPWORDS = ("the", "of", "and", "a", "to", "in", "on", "for", "as")

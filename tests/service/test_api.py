@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from contract.artifact import load_artifact, resolve_version
+from contract.model import pad_batch, predict_proba
 from service.app import create_app
 from tests.service.conftest import CATEGORIES, TOKEN_TEXTS, make_artifact, make_settings
-from training.artifact import load_artifact, resolve_version
-from training.model import pad_batch, predict_proba
 
 
 def check_error(response, status: int | tuple[int, ...], error_type: str | None = None) -> dict:

@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from contract.text import PAD_INDEX, UNK_INDEX, Vocabulary
 from training.data import (
     BucketBatcher,
     DataError,
@@ -16,7 +17,6 @@ from training.data import (
     sample_rows,
     stratified_split,
 )
-from training.text import PAD_INDEX, UNK_INDEX, Vocabulary
 
 
 def write(tmp_path, content: str | bytes, name: str = "data.csv"):

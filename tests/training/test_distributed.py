@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contract.artifact import list_versions, load_artifact
 from tests.training.conftest import small_csv
-from training.artifact import list_versions, load_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from contract.model import ModelConfig, TextClassifier
+from contract.text import PAD_INDEX, UNK_INDEX, Vocabulary
 from training.data import encode_matrix
 from training.distributed import DistContext, resolve_device
 from training.engine import EarlyStopping, apply_word_dropout, evaluate_split, fit
-from training.model import ModelConfig, TextClassifier
-from training.text import PAD_INDEX, UNK_INDEX, Vocabulary
 
 
 def test_word_dropout_only_replaces_real_tokens_with_unk():

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from contract import artifact as artifact_module
+from contract.artifact import ArtifactError, load_artifact, write_artifact
+from contract.model import pad_batch, predict_proba
 from tests.training.conftest import small_csv
-from training import artifact as artifact_module
 from training.__main__ import main
-from training.artifact import ArtifactError, load_artifact, write_artifact
 from training.config import DEFAULT_DATA_URL, TrainConfig, build_parser
-from training.model import pad_batch, predict_proba
 from training.pipeline import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,8 +173,8 @@ def test_class_weights_favour_rare_classes():
 
 
 def test_lsa_embeddings_put_co_occurring_words_together():
+    from contract.text import Vocabulary
     from training.pipeline import lsa_embeddings
-    from training.text import Vocabulary
 
     docs = [["stocks", "shares", "market"], ["shares", "market"], ["goal", "match", "team"], ["match", "team"]] * 5
     vocab = Vocabulary.fit(docs)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from training.text import PAD_INDEX
+from contract.text import PAD_INDEX
 
 RNN_TYPES = ("rnn", "gru", "bigru")
 POOLINGS = ("last", "max", "last_max")

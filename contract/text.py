@@ -63,7 +63,7 @@ class Normalizer:
     ``the²``) survives the regex but is removed here; and a parenthesised aside with text
     glued to both sides (``x(y)nyse``) leaves two tokens here (``x nyse``) where the lesson's
     empty replacement merges them (``xnyse``). On the 10K sample the outputs are identical
-    (tested against a copy of the lesson's regex in tests/training/test_text.py).
+    (tested against a copy of the lesson's regex in tests/contract/test_text.py).
     """
 
     def __init__(self, settings: PreprocessSettings) -> None:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.model import ModelConfig, TextClassifier
-from training.text import LabelEncoder, PreprocessSettings, TextEncoder, Vocabulary
+from contract.model import ModelConfig, TextClassifier
+from contract.text import LabelEncoder, PreprocessSettings, TextEncoder, Vocabulary
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.pt"

@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from training.artifact import (
+from contract.artifact import (
     ArtifactError,
     load_artifact,
     resolve_version,
     round_weights_,
     write_artifact,
 )
-from training.model import ModelConfig, TextClassifier, pad_batch, predict_proba
-from training.text import LabelEncoder, PreprocessSettings, Vocabulary
+from contract.model import ModelConfig, TextClassifier, pad_batch, predict_proba
+from contract.text import LabelEncoder, PreprocessSettings, Vocabulary
 
 
 def _write(root, model, version, dtype="float32"):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.text import Normalizer, PreprocessSettings, load_stopwords
+from contract.text import Normalizer, PreprocessSettings, load_stopwords
 
 LESSON_STOPWORDS = ("the", "for", "a", "of", "and", "you", "don", "t", "don't", "i")
 
@@ -104,7 +104,7 @@ def test_agrees_with_lesson_regex_on_ascii_text(text):
 
 
 def test_missing_nltk_data_is_a_clear_error(tmp_path):
-    from training.text import StopwordsUnavailableError
+    from contract.text import StopwordsUnavailableError
 
     with pytest.raises(StopwordsUnavailableError, match="not found"):
         load_stopwords(tmp_path / "nope", download=False)
