@@ -210,7 +210,8 @@ def test_copy_from_names_earlier_stages(stages: list[Stage]) -> None:
 
 def test_project_sources_the_build_needs_are_not_ignored() -> None:
     # pyproject.toml names README.md as the readme: setuptools fails without it.
-    for path in ("pyproject.toml", "README.md", "constraints.txt", "service/__init__.py", "contract/__init__.py", "training/__init__.py"):
+    sources = ("service/__init__.py", "contract/__init__.py", "training/__init__.py")
+    for path in ("pyproject.toml", "README.md", "constraints.txt", *sources):
         assert not is_dockerignored(path), path
 
 
