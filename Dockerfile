@@ -62,7 +62,7 @@ WORKDIR /app
 # --- train: `python -m training ...`, writing DIR/<version>/ into the artifacts volume ----
 FROM app-base AS train
 COPY --from=builder-train /opt/venv /opt/venv
-# Headless plots; stopwords (only with --remove-stopwords) download to ~/nltk_data unless
+# Headless plots; stopwords (only with --stopwords) download to ~/nltk_data unless
 # NLTK_DATA points to a mounted copy.
 ENV MPLBACKEND=Agg
 USER app

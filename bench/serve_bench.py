@@ -212,7 +212,8 @@ class Bench:
     def run_overload(self) -> dict[str, Any]:
         from tests.service.live_server import launch_server
 
-        config = {"max_queue_size": OVERLOAD_QUEUE}
+        # A request may not hold more texts than the queue (refused at startup otherwise).
+        config = {"max_queue_size": OVERLOAD_QUEUE, "max_texts_per_request": OVERLOAD_QUEUE}
         print(f"[overload] {OVERLOAD_CLIENTS} clients, queue {OVERLOAD_QUEUE}", flush=True)
         with launch_server(self.artifacts_dir, *self.server_args(config)) as server:
             pid = server.process.pid

@@ -24,17 +24,21 @@ POOLINGS = ("last", "max", "last_max")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild the network; saved next to the weights."""
+    """Everything needed to rebuild the network; saved next to the weights.
+
+    The defaults are the architecture training ships (TrainConfig takes its model defaults from
+    here), so a test or benchmark that builds ``ModelConfig(vocab, classes)`` gets the real model.
+    """
 
     vocab_size: int
     num_classes: int
     rnn_type: str = "bigru"
     embedding_dim: int = 100
-    hidden_dim: int = 128
-    fc_dim: int = 128
-    dropout: float = 0.3
-    embedding_dropout: float = 0.0
-    pooling: str = "last"
+    hidden_dim: int = 64
+    fc_dim: int = 64
+    dropout: float = 0.5
+    embedding_dropout: float = 0.3
+    pooling: str = "last_max"
 
     def __post_init__(self) -> None:
         if self.rnn_type not in RNN_TYPES:

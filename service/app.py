@@ -267,8 +267,8 @@ async def _warm_up(state: ServiceState) -> None:
     if state.settings.warmup:
         started = time.monotonic()
         try:
-            assert state.batcher is not None and state.batcher.executor is not None
-            await asyncio.get_running_loop().run_in_executor(state.batcher.executor, predictor.warmup)
+            assert state.batcher is not None
+            await state.batcher.warm_up(predictor)
         except Exception:  # noqa: BLE001 - stay unready, keep the process up for inspection
             log.exception("warm-up failed; readiness stays 503")
             return

@@ -21,16 +21,22 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from service.predictor import Prediction, Predictor
 
 log = logging.getLogger("service.batching")
 
+T = TypeVar("T")
+
 
 class Overloaded(Exception):
     """The queue is full (or the batcher is draining); the caller should retry later."""
+
+
+class RequestTooLarge(ValueError):
+    """More texts than the queue can ever hold: retrying cannot help, so this is not Overloaded."""
 
 
 class BatchMetrics(Protocol):
@@ -43,7 +49,7 @@ class BatchMetrics(Protocol):
 class _Request:
     texts: Sequence[str]
     future: asyncio.Future[Prediction]
-    enqueued: float = field(default_factory=time.monotonic)
+    enqueued: float
 
 
 def split_prediction(prediction: Prediction, sizes: Sequence[int]) -> list[Prediction]:
@@ -79,8 +85,10 @@ class Batcher:
         max_wait_ms: float,
         max_queue_size: int,
         metrics: BatchMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._get_predictor = get_predictor
+        self._clock = clock  # for the max_wait deadline; tests drive it by hand
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue_size = max_queue_size
@@ -122,7 +130,9 @@ class Batcher:
                 request.future.set_exception(Overloaded("server is shutting down"))
         self._queue.clear()
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            # Past the timeout a forward pass may still be running: do not block the event loop
+            # on it (the interpreter joins the thread at exit).
+            self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
     @property
@@ -133,6 +143,21 @@ class Batcher:
     def executor(self) -> ThreadPoolExecutor | None:
         """The model thread; other model work (warm-up) may use it to stay off concurrent batches."""
         return self._executor
+
+    async def run_on_model_thread(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` on the model thread, between batches.
+
+        Torch's thread budget is sized for one model thread; other model work (loading and
+        warming a new version on reload) queues here instead of competing with live batches.
+        """
+        if self._executor is None:
+            raise Overloaded("server is shutting down")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def warm_up(self, predictor: Predictor) -> None:
+        """Warm ``predictor`` on the model thread one pass at a time, so live batches run in between."""
+        for texts in predictor.warmup_batches():
+            await self.run_on_model_thread(predictor.predict, texts)
 
     # -- producers -----------------------------------------------------------------------
     def announce(self) -> None:
@@ -147,13 +172,18 @@ class Batcher:
                 self._wakeup.set()
 
     async def submit(self, texts: Sequence[str], timeout: float | None = None) -> Prediction:
-        """Queue ``texts`` and wait for their result. Raises Overloaded, TimeoutError or the model's error."""
+        """Queue ``texts`` and wait for their result.
+
+        Raises RequestTooLarge (never fits), Overloaded (full now: retry), TimeoutError or the model's error.
+        """
+        if len(texts) > self.max_queue_size:
+            raise RequestTooLarge(f"{len(texts)} texts can never be queued (queue limit {self.max_queue_size})")
         if self._closing or self._task is None:
             raise Overloaded("server is shutting down")
         if self._queued_texts + len(texts) > self.max_queue_size:
             raise Overloaded(f"queue full ({self._queued_texts} texts waiting, limit {self.max_queue_size})")
         future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(texts, future))
+        self._queue.append(_Request(texts, future, self._clock()))
         self._queued_texts += len(texts)
         self._set_depth()
         assert self._wakeup is not None
@@ -190,7 +220,7 @@ class Batcher:
             size = self._take_queued(batch, size)
             if size >= self.max_batch_size or (self._queue and size + len(self._queue[0].texts) > self.max_batch_size):
                 break
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock()
             if self._announced <= 0 or remaining <= 0 or self._closing:
                 break
             # Requests are being read right now: give them until the deadline to join.
@@ -209,7 +239,7 @@ class Batcher:
             self._current = batch
             try:
                 await self._fill_batch(batch)
-                started = time.monotonic()
+                started = self._clock()
                 for request in batch:
                     self._observe_wait(started - request.enqueued)
                 predictor = self._get_predictor()
@@ -227,7 +257,7 @@ class Batcher:
                         request.future.set_exception(exc)
             else:
                 if self._metrics is not None:
-                    self._metrics.observe_batch(len(texts), len(batch), time.monotonic() - started)
+                    self._metrics.observe_batch(len(texts), len(batch), self._clock() - started)
                 for request, part in zip(
                     batch, split_prediction(prediction, [len(r.texts) for r in batch]), strict=True
                 ):
@@ -245,4 +275,4 @@ class Batcher:
             self._metrics.set_queue_depth(self._queued_texts)
 
 
-__all__ = ["Batcher", "Overloaded", "Prediction", "merge_texts", "split_prediction"]
+__all__ = ["Batcher", "Overloaded", "Prediction", "RequestTooLarge", "merge_texts", "split_prediction"]

@@ -47,27 +47,30 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def available_cpus() -> int:
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
     """CPUs this process may actually use: affinity mask and cgroup v2/v1 quota, whichever is lower."""
     try:
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         count = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
+    quota = _cgroup_cpu_quota(cgroup_root)
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))
     return max(1, count)
 
 
-def _cgroup_cpu_quota() -> float | None:
+def _cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
     try:  # cgroup v2: "max 100000" or "200000 100000"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = (root / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:  # cgroup v1
-        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
         return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None
@@ -113,7 +116,6 @@ class Predictor:
         self.encoder = artifact.text_encoder()
         self.classes: list[str] = list(artifact.labels.classes)
         self.version = artifact.version
-        self.warm = False
 
     @classmethod
     def load(cls, artifacts_dir: str | os.PathLike[str], version: str = "latest", device: str = "auto") -> Predictor:
@@ -141,14 +143,15 @@ class Predictor:
         logits = self.model(ids, lengths, pack=not same_length)
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
-    def warmup(self, rounds: int = 2) -> None:
-        """A few forward passes over several batch sizes and lengths (allocator, kernels, caches)."""
+    def warmup_batches(self, rounds: int = 2) -> list[list[str]]:
+        """Warm-up inputs: several batch sizes and lengths (allocator, kernels, caches), one pass each."""
         word = next((w for w in self.artifact.vocab.itos[2:] if w not in self.encoder.normalizer._stopwords), "x")
-        for _ in range(rounds):
-            for length in (1, 4, 12, 32):
-                for batch in (1, 8, 64):
-                    self.predict([" ".join([word] * length)] * batch)
-        self.warm = True
+        return [
+            [" ".join([word] * length)] * batch
+            for _ in range(rounds)
+            for length in (1, 4, 12, 32)
+            for batch in (1, 8, 64)
+        ]
 
     def describe(self) -> dict[str, Any]:
         """Metadata for GET /model."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -175,9 +174,13 @@ async def reload(
         started = time.monotonic()
         try:
             device = str(previous.device) if previous is not None else state.settings.device
-            new = await asyncio.to_thread(Predictor.load, state.settings.artifacts_dir, version, device)
+            if state.batcher is None:
+                raise RuntimeError("the model thread is not running")
+            # On the model thread, between live batches: torch's thread budget is sized for it.
+            batcher = state.batcher
+            new = await batcher.run_on_model_thread(Predictor.load, state.settings.artifacts_dir, version, device)
             if state.settings.warmup:
-                await asyncio.to_thread(new.warmup)
+                await batcher.warm_up(new)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the old model serving
             state.metrics.reloads.labels("failed").inc()
             reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "HC_"
@@ -63,6 +63,18 @@ class Settings(BaseSettings):
         30.0, gt=0, description="On SIGTERM, how long in-flight requests may take before they are cancelled."
     )
 
+    @model_validator(mode="after")
+    def _largest_request_fits_the_queue(self) -> Settings:
+        # A request is never split, so one with more texts than the queue holds could never be
+        # queued: it would get 503 + Retry-After on an idle server, and clients retry forever.
+        if self.max_texts_per_request > self.max_queue_size:
+            raise ValueError(
+                f"max_texts_per_request ({_flag('max_texts_per_request')} / {ENV_PREFIX}MAX_TEXTS_PER_REQUEST = "
+                f"{self.max_texts_per_request}) must not exceed max_queue_size ({_flag('max_queue_size')} / "
+                f"{ENV_PREFIX}MAX_QUEUE_SIZE = {self.max_queue_size}): a request that large could never be queued"
+            )
+        return self
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -93,9 +105,13 @@ def format_validation_error(exc: ValidationError) -> str:
     """One line: ``max_batch_size (--max-batch-size / HC_MAX_BATCH_SIZE): Input should be ...``."""
     parts = []
     for err in exc.errors():
-        loc = str(err["loc"][0]) if err["loc"] else "settings"
+        message = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a rule across fields names them itself
+            parts.append(message)
+            continue
+        loc = str(err["loc"][0])
         where = f"{loc} ({_flag(loc)} / {ENV_PREFIX}{loc.upper()})" if loc in Settings.model_fields else loc
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"{where}: {message}")
     return "invalid settings: " + "; ".join(parts)
 
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from contract.model import POOLINGS, RNN_TYPES
+from contract.model import POOLINGS, RNN_TYPES, ModelConfig
 
 DEFAULT_DATA_URL = "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/main/datasets/news.csv"
 
@@ -51,13 +51,13 @@ class TrainConfig:
     max_vocab: int | None = 30000
     min_freq: int = 1
     # Model
-    model: str = "bigru"
-    embedding_dim: int = 100
-    hidden_dim: int = 64
-    fc_dim: int = 64
-    dropout: float = 0.5
-    embedding_dropout: float = 0.3
-    pooling: str = "last_max"
+    model: str = ModelConfig.rnn_type  # the architecture's defaults live in one place: ModelConfig
+    embedding_dim: int = ModelConfig.embedding_dim
+    hidden_dim: int = ModelConfig.hidden_dim
+    fc_dim: int = ModelConfig.fc_dim
+    dropout: float = ModelConfig.dropout
+    embedding_dropout: float = ModelConfig.embedding_dropout
+    pooling: str = ModelConfig.pooling
     embedding_init: str = "lsa"
     embedding_init_std: float | None = 0.1
     # Optimisation

@@ -22,7 +22,8 @@ TOKEN = "resilience-token"
 def test_overload_answers_only_200_or_503_with_retry_after(
     two_versions: Path, bodies_file: Path, load_factory: Any
 ) -> None:
-    with launch_server(two_versions, "--max-queue-size", "8", "--torch-threads", "1") as server:
+    args = ("--max-queue-size", "8", "--max-texts-per-request", "8", "--torch-threads", "1")
+    with launch_server(two_versions, *args) as server:
         result = load_factory(server.port, bodies_file, 256, 6).result()
         assert httpx.get(f"{server.url}/health/ready").status_code == 200, "server unhealthy after overload"
     assert set(result["statuses"]) <= {"200", "503"}, result

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from itertools import permutations
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -42,14 +44,34 @@ TOKEN_TEXTS = [
 ]
 
 
-def make_artifact(artifacts_dir: Path, *, seed: int = 0, version: str | None = None, size: str = "tiny") -> Path:
-    """Write one real artifact (random weights) and return its folder."""
+def distinct_texts(n: int) -> list[str]:
+    """``n`` texts whose token sequences all differ (two or three in-vocabulary words each).
+
+    Answers to them differ too, so a test that checks each answer against its own text sees
+    swapped or shifted answers (texts mapping to a handful of sequences would hide them).
+    """
+    normalizer = Normalizer(PreprocessSettings(stopwords=STOPWORDS))
+    words = sorted({w for t in TITLES for w in normalizer.tokens(t)})
+    combos = [" ".join(p) for k in (2, 3) for p in permutations(words, k)]
+    assert n <= len(combos), f"only {len(combos)} distinct texts available"
+    step = len(combos) // n
+    return [combos[i * step].capitalize() for i in range(n)]
+
+
+def make_artifact(
+    artifacts_dir: Path, *, seed: int = 0, version: str | None = None, size: str = "tiny", **config: Any
+) -> Path:
+    """Write one real artifact (random weights) and return its folder.
+
+    ``size="default"`` is the architecture training ships (ModelConfig's defaults); ``"tiny"``
+    shrinks only the widths. ``config`` overrides ModelConfig fields (``rnn_type``, ``pooling``...).
+    """
     pre = PreprocessSettings(stopwords=STOPWORDS)
     normalizer = Normalizer(pre)
     vocab = Vocabulary.fit(normalizer.tokens(t) for t in TITLES)
-    dims = {"embedding_dim": 16, "hidden_dim": 16, "fc_dim": 16} if size == "tiny" else {}
+    dims: dict[str, Any] = {"embedding_dim": 16, "hidden_dim": 16, "fc_dim": 16} if size == "tiny" else {}
     torch.manual_seed(seed)
-    model = TextClassifier(ModelConfig(vocab_size=len(vocab), num_classes=4, rnn_type="bigru", **dims)).eval()
+    model = TextClassifier(ModelConfig(vocab_size=len(vocab), num_classes=4, **(dims | config))).eval()
     return write_artifact(
         artifacts_dir,
         model=model,

@@ -1,33 +1,68 @@
-"""The dynamic batcher with a real (tiny) model behind a slow, recording wrapper."""
+"""The dynamic batcher with a real (tiny) model, driven deterministically.
+
+Batches run behind a gate the test opens (``GatedPredictor``), requests are queued by letting
+the event loop run once, and the ``max_wait`` deadline reads a clock the test sets by hand: no
+test depends on how fast the machine is, and none sleeps to make something happen.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from service.batching import Batcher, Overloaded
-from service.predictor import _GROUP_PAD_FACTOR, _GROUP_PAD_SLACK, Prediction, Predictor, available_cpus, length_groups
+from service.batching import Batcher, Overloaded, RequestTooLarge
+from service.predictor import (
+    _GROUP_PAD_FACTOR,
+    _GROUP_PAD_SLACK,
+    Prediction,
+    Predictor,
+    available_cpus,
+    configure_torch_threads,
+    length_groups,
+)
+from tests.service.conftest import distinct_texts, make_artifact
+
+# Far longer than any test runs: a batch that waited for its deadline would fail the test.
+LONG_WAIT_MS = 60_000.0
+NEVER = 10.0  # seconds a test allows for something that should happen at once
 
 
-class SlowPredictor:
-    """Delegates to a real Predictor; sleeps per batch, records batch contents, fails on 'boom'."""
+class GatedPredictor:
+    """Delegates to a real Predictor. Records each batch, then holds it until the test opens ``gate``."""
 
-    def __init__(self, inner: Predictor, delay: float = 0.05) -> None:
+    def __init__(self, inner: Predictor, *, gated: bool = True) -> None:
         self.inner = inner
-        self.delay = delay
         self.batches: list[list[str]] = []
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+        self._started = threading.Semaphore(0)
 
     def predict(self, texts: Sequence[str]) -> Prediction:
         self.batches.append(list(texts))
-        time.sleep(self.delay)
+        self._started.release()
+        assert self.gate.wait(NEVER), "the test never opened the gate"
         if any("boom" in t for t in texts):
             raise RuntimeError("boom in batch")
         return self.inner.predict(texts)
+
+    async def started(self) -> None:
+        """Wait until the next batch is inside ``predict`` (on the model thread)."""
+        assert await asyncio.to_thread(self._started.acquire, True, NEVER), "no batch started"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -35,90 +70,157 @@ def predictor(artifacts_dir: Path) -> Predictor:
     return Predictor.load(artifacts_dir, device="cpu")
 
 
-def make_batcher(slow: SlowPredictor, **kw: float) -> Batcher:
-    opts = {"max_batch_size": 64, "max_wait_ms": 5.0, "max_queue_size": 1024} | kw
-    return Batcher(lambda: slow, **opts)  # type: ignore[arg-type, return-value]
+def make_batcher(model: GatedPredictor, **kw: object) -> Batcher:
+    opts: dict[str, object] = {"max_batch_size": 64, "max_wait_ms": LONG_WAIT_MS, "max_queue_size": 1024} | kw
+    return Batcher(lambda: model, **opts)  # type: ignore[arg-type, return-value]
 
 
-def test_concurrent_requests_are_batched_and_answered_in_order(predictor: Predictor) -> None:
-    slow = SlowPredictor(predictor)
-    texts = [f"headline number {i} about oil and stocks " + "word " * (i % 7) for i in range(20)]
+async def queued() -> None:
+    """Let every task created so far run up to its first wait (``submit`` queues before it awaits)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def assert_own_answers(texts: Sequence[str], results: Sequence[Prediction], predictor: Predictor) -> None:
+    """Each request's answer is its own texts' single-text answer (distinct texts: a swap shows)."""
+    singles = [predictor.predict([t]).probabilities[0] for t in texts]
+    assert len({tuple(np.round(p, 5)) for p in singles}) == len(texts), "texts must give distinct answers"
+    got = np.concatenate([r.probabilities for r in results])
+    np.testing.assert_allclose(got, np.stack(singles), atol=1e-6)
+
+
+def test_requests_queued_while_a_batch_runs_form_the_next_batch(predictor: Predictor) -> None:
+    model = GatedPredictor(predictor)
+    texts = distinct_texts(39)
 
     async def main() -> list[Prediction]:
-        batcher = make_batcher(slow)
+        batcher = make_batcher(model)
         batcher.start()
         first = asyncio.create_task(batcher.submit([texts[0]]))
-        await asyncio.sleep(0.01)  # the first batch is now running in the worker thread
-        rest = [asyncio.create_task(batcher.submit([t, t + " again"])) for t in texts[1:]]
+        await model.started()  # the first batch is running on the model thread
+        rest = [asyncio.create_task(batcher.submit(texts[i : i + 2])) for i in range(1, 39, 2)]
+        await queued()
+        assert batcher.queued_texts == 38
+        model.gate.set()
         results = await asyncio.gather(first, *rest)
         await batcher.stop()
         return results
 
     results = asyncio.run(main())
-    assert [len(b) for b in slow.batches] == [1, 38]  # everything that queued meanwhile ran as one batch
-    expected = predictor.predict([texts[0]] + [x for t in texts[1:] for x in (t, t + " again")])
-    got = np.concatenate([r.probabilities for r in results])
-    np.testing.assert_allclose(got, expected.probabilities, atol=1e-6)
+    assert [len(b) for b in model.batches] == [1, 38]  # everything that queued meanwhile ran as one batch
+    assert_own_answers(texts, results, predictor)
     assert all(r.version == predictor.version for r in results)
     assert [len(r.probabilities) for r in results] == [1] + [2] * 19
 
 
-def test_idle_request_runs_without_waiting(predictor: Predictor) -> None:
-    slow = SlowPredictor(predictor, delay=0.0)
+def test_a_batch_never_exceeds_max_batch_size_and_never_splits_a_request(predictor: Predictor) -> None:
+    model = GatedPredictor(predictor)
+    texts = distinct_texts(12)
+    sizes = [1, 3, 2, 4, 1, 1]  # requests of these many texts, queued behind a running batch
 
-    async def main() -> float:
-        batcher = make_batcher(slow, max_wait_ms=500.0)
+    async def main() -> list[Prediction]:
+        batcher = make_batcher(model, max_batch_size=5)
         batcher.start()
-        await batcher.submit(["warm"])
-        started = time.monotonic()
-        await batcher.submit(["Oil prices"])
-        elapsed = time.monotonic() - started
+        first = asyncio.create_task(batcher.submit(["running"]))
+        await model.started()
+        tasks, start = [], 0
+        for size in sizes:
+            tasks.append(asyncio.create_task(batcher.submit(texts[start : start + size])))
+            start += size
+        await queued()
+        model.gate.set()
+        results = await asyncio.gather(*tasks)
+        await first
         await batcher.stop()
-        return elapsed
+        return results
 
-    assert asyncio.run(main()) < 0.25  # far below max_wait_ms: no fixed wait when idle
+    results = asyncio.run(main())
+    # Greedy in arrival order: 1+3 (the 2 would make 6), then 2 (the 4 would make 6), then 4+1, then 1.
+    assert [len(b) for b in model.batches[1:]] == [4, 2, 5, 1]
+    assert_own_answers(texts, results, predictor)
 
 
-def test_announced_requests_are_waited_for_until_the_deadline(predictor: Predictor) -> None:
-    slow = SlowPredictor(predictor, delay=0.0)
+def test_idle_request_runs_without_waiting(predictor: Predictor) -> None:
+    model = GatedPredictor(predictor, gated=False)
 
-    async def main() -> tuple[float, float]:
-        batcher = make_batcher(slow, max_wait_ms=100.0)
+    async def main() -> Prediction:
+        batcher = make_batcher(model)  # max_wait of a minute: only an idle fast path can answer in time
         batcher.start()
-        # One request announced and arriving soon: the batch waits for it and takes both.
-        batcher.announce()
+        result = await asyncio.wait_for(batcher.submit(["Oil prices"]), NEVER)
+        await batcher.stop()
+        return result
+
+    assert len(asyncio.run(main()).probabilities) == 1
+
+
+def test_a_batch_waits_for_an_announced_request(predictor: Predictor) -> None:
+    model = GatedPredictor(predictor, gated=False)
+
+    async def main() -> None:
+        batcher = make_batcher(model)
+        batcher.start()
+        batcher.announce()  # a second /predict request is being read
         first = asyncio.create_task(batcher.submit(["first"]))
+        await queued()
+        assert model.batches == [], "the batch ran without waiting for the announced request"
+        batcher.withdraw()
+        second = await asyncio.wait_for(batcher.submit(["second"]), NEVER)
+        await first
+        assert len(second.probabilities) == 1
+        await batcher.stop()
 
-        async def late() -> Prediction:
-            await asyncio.sleep(0.02)
-            batcher.withdraw()
-            return await batcher.submit(["second"])
+    asyncio.run(main())
+    assert model.batches == [["first", "second"]]
 
-        await asyncio.gather(first, late())
-        # An announcement that never turns into a request delays a batch by at most max_wait_ms.
-        batcher.announce()
-        started = time.monotonic()
-        await batcher.submit(["alone"])
-        waited = time.monotonic() - started
+
+def test_the_wait_deadline_is_counted_once_from_the_first_request(predictor: Predictor) -> None:
+    model = GatedPredictor(predictor, gated=False)
+    clock = FakeClock()
+
+    async def main() -> None:
+        batcher = make_batcher(model, clock=clock)
+        batcher.start()
+        batcher.announce()  # announced, never submitted: only the deadline ends the wait
+        first = asyncio.create_task(batcher.submit(["first"]))
+        await queued()
+        assert model.batches == []
+        clock.now = LONG_WAIT_MS / 1000 + 1  # past first's deadline; a deadline restarted by a
+        second = batcher.submit(["second"])  # newer arrival would keep waiting a minute
+        await asyncio.wait_for(asyncio.gather(first, second), NEVER)
         batcher.withdraw()
         await batcher.stop()
-        return waited, 0.1
 
-    waited, max_wait = asyncio.run(main())
-    assert slow.batches[0] == ["first", "second"]
-    assert 0.05 < waited < max_wait + 0.5
+    asyncio.run(main())
+    assert model.batches == [["first", "second"]]
+
+
+def test_an_announcement_that_never_arrives_delays_a_batch_only_until_max_wait(predictor: Predictor) -> None:
+    model = GatedPredictor(predictor, gated=False)
+
+    async def main() -> None:
+        batcher = make_batcher(model, max_wait_ms=20.0)
+        batcher.start()
+        batcher.announce()
+        await asyncio.wait_for(batcher.submit(["alone"]), NEVER)
+        batcher.withdraw()
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert model.batches == [["alone"]]
 
 
 def test_failing_batch_fails_only_its_callers(predictor: Predictor) -> None:
-    slow = SlowPredictor(predictor)
+    model = GatedPredictor(predictor)
 
     async def main() -> list[object]:
-        batcher = make_batcher(slow)
+        batcher = make_batcher(model)
         batcher.start()
         a = asyncio.create_task(batcher.submit(["fine a"]))
-        await asyncio.sleep(0.01)
+        await model.started()
         b = asyncio.create_task(batcher.submit(["boom"]))
         c = asyncio.create_task(batcher.submit(["unlucky neighbour"]))
+        await queued()
+        model.gate.set()
         results = await asyncio.gather(a, b, c, return_exceptions=True)
         d = await batcher.submit(["fine d"])  # the batcher keeps running
         await batcher.stop()
@@ -127,80 +229,162 @@ def test_failing_batch_fails_only_its_callers(predictor: Predictor) -> None:
     a, b, c, d = asyncio.run(main())
     assert isinstance(a, Prediction) and isinstance(d, Prediction)
     assert isinstance(b, RuntimeError) and isinstance(c, RuntimeError)
-    assert slow.batches == [["fine a"], ["boom", "unlucky neighbour"], ["fine d"]]
+    assert model.batches == [["fine a"], ["boom", "unlucky neighbour"], ["fine d"]]
 
 
 def test_queue_bound_raises_overloaded(predictor: Predictor) -> None:
-    slow = SlowPredictor(predictor, delay=0.1)
+    model = GatedPredictor(predictor)
 
-    async def main() -> list[object]:
-        batcher = make_batcher(slow, max_queue_size=4)
+    async def main() -> list[Prediction]:
+        batcher = make_batcher(model, max_queue_size=4)
         batcher.start()
         running = asyncio.create_task(batcher.submit(["in flight"]))
-        await asyncio.sleep(0.02)
-        queued = asyncio.create_task(batcher.submit(["q1", "q2", "q3"]))
-        await asyncio.sleep(0)
-        with pytest.raises(Overloaded, match="queue full"):
+        await model.started()
+        waiting = asyncio.create_task(batcher.submit(["q1", "q2", "q3"]))
+        await queued()
+        with pytest.raises(Overloaded, match=r"queue full \(3 texts waiting, limit 4\)"):
             await batcher.submit(["q4", "q5"])
         fits = asyncio.create_task(batcher.submit(["q4"]))
-        results = await asyncio.gather(running, queued, fits)
+        await queued()
+        model.gate.set()
+        results = await asyncio.gather(running, waiting, fits)
         await batcher.stop()
         return results
 
     assert [len(r.probabilities) for r in asyncio.run(main())] == [1, 3, 1]
 
 
-def test_timeout_and_batching_disabled(predictor: Predictor) -> None:
-    slow = SlowPredictor(predictor, delay=0.05)
+def test_a_request_larger_than_the_queue_is_not_overloaded(predictor: Predictor) -> None:
+    """Retrying cannot help such a request, so it must not get Overloaded (503 + Retry-After)."""
+    model = GatedPredictor(predictor, gated=False)
+
+    async def main() -> Prediction:
+        batcher = make_batcher(model, max_queue_size=4)
+        batcher.start()  # idle: nothing queued or running
+        with pytest.raises(RequestTooLarge, match="5 texts can never be queued"):
+            await batcher.submit(["a", "b", "c", "d", "e"])
+        fits = await batcher.submit(["a", "b", "c", "d"])  # exactly the queue's size fits when idle
+        await batcher.stop()
+        return fits
+
+    assert len(asyncio.run(main()).probabilities) == 4
+    assert not issubclass(RequestTooLarge, Overloaded)
+
+
+def test_timeout_skips_the_request_and_batching_can_be_disabled(predictor: Predictor) -> None:
+    model = GatedPredictor(predictor)
 
     async def main() -> None:
-        batcher = make_batcher(slow, max_batch_size=1)
+        batcher = make_batcher(model, max_batch_size=1)
         batcher.start()
         first = asyncio.create_task(batcher.submit(["slow one"]))
-        await asyncio.sleep(0.01)
-        with pytest.raises(TimeoutError):
-            await batcher.submit(["gives up"], timeout=0.02)
-        others = await asyncio.gather(*(batcher.submit([f"t{i}"]) for i in range(4)))
+        await model.started()
+        with pytest.raises(TimeoutError):  # the gate is shut: it cannot finish in time
+            await batcher.submit(["gives up"], timeout=0.01)
+        others = [asyncio.create_task(batcher.submit([f"t{i}"])) for i in range(4)]
+        await queued()
+        model.gate.set()
+        assert len(await asyncio.gather(*others)) == 4
         await first
-        assert len(others) == 4
         await batcher.stop()
 
     asyncio.run(main())
-    assert all(len(b) == 1 for b in slow.batches)
-    assert ["gives up"] not in slow.batches  # timed out before its turn: skipped, never computed
+    assert model.batches == [["slow one"], ["t0"], ["t1"], ["t2"], ["t3"]]  # one each; "gives up" never ran
 
 
 def test_stop_answers_queued_requests_then_refuses(predictor: Predictor) -> None:
-    slow = SlowPredictor(predictor, delay=0.05)
+    model = GatedPredictor(predictor)
 
     async def main() -> None:
-        batcher = make_batcher(slow, max_batch_size=1)
+        batcher = make_batcher(model, max_batch_size=1)
         batcher.start()
         pending = [asyncio.create_task(batcher.submit([f"t{i}"])) for i in range(5)]
-        await asyncio.sleep(0.01)
-        await batcher.stop()
-        assert all(p.done() and not p.exception() for p in pending)
-        with pytest.raises(Overloaded, match="shutting down"):
+        await model.started()
+        stopping = asyncio.create_task(batcher.stop())
+        await queued()
+        with pytest.raises(Overloaded, match="shutting down"):  # refused as soon as stop begins
             await batcher.submit(["late"])
+        model.gate.set()
+        await asyncio.wait_for(stopping, NEVER)
+        assert all(p.done() and not p.exception() for p in pending)
+
+    asyncio.run(main())
+    assert len(model.batches) == 5
+
+
+def test_shutdown_timeout_cancels_in_flight_work(predictor: Predictor) -> None:
+    model = GatedPredictor(predictor)
+
+    async def main() -> list[object]:
+        batcher = make_batcher(model, max_batch_size=1)
+        batcher.start()
+        running = asyncio.create_task(batcher.submit(["stuck"]))
+        await model.started()
+        waiting = asyncio.create_task(batcher.submit(["behind it"]))
+        await queued()
+        # The running batch never finishes (gate shut): stop gives up after its timeout.
+        await asyncio.wait_for(batcher.stop(timeout=0.05), NEVER)
+        results = await asyncio.gather(running, waiting, return_exceptions=True)
+        model.gate.set()  # let the model thread end
+        return results
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, Overloaded) and "shutting down" in str(r) for r in results), results
+    assert model.batches == [["stuck"]]
+
+
+def test_stop_while_a_batch_waits_for_announced_requests(predictor: Predictor) -> None:
+    model = GatedPredictor(predictor, gated=False)
+
+    async def main() -> None:
+        batcher = make_batcher(model)
+        batcher.start()
+        batcher.announce()  # never arrives: the batch would wait a minute
+        pending = asyncio.create_task(batcher.submit(["forming"]))
+        await queued()
+        assert model.batches == []
+        await asyncio.wait_for(batcher.stop(), NEVER)
+        assert pending.done() and len(pending.result().probabilities) == 1
 
     asyncio.run(main())
 
 
-def test_stop_while_a_batch_waits_for_announced_requests(predictor: Predictor) -> None:
-    slow = SlowPredictor(predictor, delay=0.0)
+def test_warm_up_runs_on_the_model_thread_between_live_batches(predictor: Predictor) -> None:
+    order: list[str] = []  # every forward pass, in the order the model thread ran them
+    threads: set[str] = set()
 
-    async def main() -> float:
-        batcher = make_batcher(slow, max_wait_ms=2000.0)
+    class Recording(Predictor):
+        def predict(self, texts: Sequence[str]) -> Prediction:
+            threads.add(threading.current_thread().name)
+            order.append("warm")
+            return super().predict(texts)
+
+    class Live(GatedPredictor):
+        def predict(self, texts: Sequence[str]) -> Prediction:
+            order.append(texts[0])
+            return super().predict(texts)
+
+    model = Live(predictor)
+    warming = Recording(predictor.artifact, predictor.device)
+
+    async def main() -> None:
+        batcher = make_batcher(model)
         batcher.start()
-        batcher.announce()  # never arrives: the batch would wait up to 2 s
-        pending = asyncio.create_task(batcher.submit(["forming"]))
-        await asyncio.sleep(0.02)
-        started = time.monotonic()
+        live = asyncio.create_task(batcher.submit(["live one"]))
+        await model.started()
+        warm = asyncio.create_task(batcher.warm_up(warming))  # e.g. a reload's new model
+        await queued()
+        second = asyncio.create_task(batcher.submit(["live two"]))
+        await queued()
+        model.gate.set()
+        await asyncio.gather(live, second, warm)
         await batcher.stop()
-        assert pending.done() and len(pending.result().probabilities) == 1
-        return time.monotonic() - started
 
-    assert asyncio.run(main()) < 1.0
+    asyncio.run(main())
+    assert threads == {"model_0"}, threads  # the batcher's one model thread, never a second one
+    assert order.count("warm") == len(warming.warmup_batches()) > 2
+    # A live request waits for at most one warm-up pass, not for the whole warm-up.
+    assert order[:3] == ["live one", "warm", "live two"], order
 
 
 def test_length_groups_bucket_similar_lengths() -> None:
@@ -214,13 +398,83 @@ def test_length_groups_bucket_similar_lengths() -> None:
     assert len(length_groups([5] * 10, max_group=4)) == 3
 
 
-def test_predictor_matches_single_text_predictions(predictor: Predictor) -> None:
-    texts = ["a b c", "Federer wins", "the of", "oil " * 30, "chip"]
-    together = predictor.predict(texts)
-    for i, t in enumerate(texts):
-        np.testing.assert_allclose(predictor.predict([t]).probabilities[0], together.probabilities[i], atol=1e-6)
-    assert together.empty == [False, False, True, False, False]
+MIXED = ["a b c", "Federer wins", "the of", "oil " * 30, "chip", "Stocks rally as oil prices fall " * 12]
 
 
-def test_available_cpus() -> None:
+@pytest.mark.parametrize("pooling", ["last", "max", "last_max"])
+@pytest.mark.parametrize("rnn_type", ["rnn", "gru", "bigru"])
+def test_batched_equals_single_for_every_model_type(tmp_path: Path, rnn_type: str, pooling: str) -> None:
+    """Padding, packing and length groups never change an answer, for every architecture training offers
+    (at the shipped size: ModelConfig's defaults, the same as training's)."""
+    version = "20260101T000000Z-000003"
+    make_artifact(tmp_path, seed=3, version=version, size="default", rnn_type=rnn_type, pooling=pooling)
+    predictor = Predictor.load(tmp_path, device="cpu")
+    assert (predictor.artifact.config.rnn_type, predictor.artifact.config.pooling) == (rnn_type, pooling)
+    together = predictor.predict(MIXED)
+    assert len(length_groups([len(predictor.encoder.encode(t)[0]) for t in MIXED], 256)) == 2
+    for i, text in enumerate(MIXED):
+        np.testing.assert_allclose(predictor.predict([text]).probabilities[0], together.probabilities[i], atol=1e-6)
+    assert together.empty == [False, False, True, False, False, False]
+
+
+def test_serving_defaults_are_what_training_ships() -> None:
+    from contract.model import ModelConfig
+    from training.config import TrainConfig
+    from training.pipeline import build_model_config
+
+    assert build_model_config(TrainConfig(), 100, 4) == ModelConfig(100, 4)
+    assert (ModelConfig(100, 4).hidden_dim, ModelConfig(100, 4).pooling) == (64, "last_max")
+
+
+# --- torch threads: CPU affinity and the cgroup quota --------------------------------------
+
+
+def fake_cgroup(root: Path, *, v2: str | None = None, v1: tuple[str, str] | None = None) -> Path:
+    if v2 is not None:
+        (root / "cpu.max").write_text(v2 + "\n")
+    if v1 is not None:
+        (root / "cpu").mkdir()
+        (root / "cpu" / "cpu.cfs_quota_us").write_text(v1[0] + "\n")
+        (root / "cpu" / "cpu.cfs_period_us").write_text(v1[1] + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("affinity", "v2", "v1", "expected"),
+    [
+        (8, None, None, 8),  # no cgroup limit: the affinity mask decides
+        (8, "max 100000", None, 8),  # v2, unlimited
+        (8, "150000 100000", None, 2),  # v2 quota of 1.5 CPUs rounds up
+        (8, "200000 100000", None, 2),
+        (2, "400000 100000", None, 2),  # affinity lower than the quota
+        (8, None, ("300000", "100000"), 3),  # cgroup v1
+        (8, None, ("-1", "100000"), 8),  # v1, unlimited
+        (8, "50000 100000", None, 1),  # never below one
+    ],
+)
+def test_available_cpus_follow_affinity_and_cgroup_quota(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    affinity: int,
+    v2: str | None,
+    v1: tuple[str, str] | None,
+    expected: int,
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(affinity)))
+    assert available_cpus(fake_cgroup(tmp_path, v2=v2, v1=v1)) == expected
+
+
+def test_torch_threads_default_to_usable_cpus_minus_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.setattr("service.predictor.available_cpus", lambda: 4)
+    try:
+        assert configure_torch_threads(0) == 3 and torch.get_num_threads() == 3
+        assert configure_torch_threads(2) == 2 and torch.get_num_threads() == 2  # an explicit count wins
+        monkeypatch.setattr("service.predictor.available_cpus", lambda: 1)
+        assert configure_torch_threads(0) == 1  # never zero
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_available_cpus_on_this_machine() -> None:
     assert 1 <= available_cpus() <= 1024

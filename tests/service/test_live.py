@@ -79,7 +79,8 @@ def test_access_log_is_json_with_request_id(server: LiveServer) -> None:
 
 
 def test_overload_gives_503_with_retry_after(big_artifacts_dir: Path) -> None:
-    args = ("--max-batch-size", "1", "--max-queue-size", "16", "--torch-threads", "1", "--no-warmup")
+    args = ("--max-batch-size", "1", "--max-queue-size", "16", "--max-texts-per-request", "16")
+    args += ("--torch-threads", "1", "--no-warmup")
     with launch_server(big_artifacts_dir, *args) as s:
         bodies = [{"texts": [LONG] * 8} for _ in range(48)]
         responses = asyncio.run(hammer(s.url, bodies, concurrency=48))
