@@ -6,7 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
-EXAMPLE_PROBABILITIES: dict[str, Any] = {"Sports": 0.9412, "World": 0.0311, "Business": 0.0170, "Sci/Tech": 0.0107}
+# Examples are real answers of the committed default model (tests/service/test_openapi_examples.py checks them).
+EXAMPLE_VERSION = "20261129T123733Z-b82e83"
+EXAMPLE_PROBABILITIES: dict[str, Any] = {"Sports": 0.9692, "World": 0.0201, "Business": 0.0068, "Sci/Tech": 0.0039}
 
 
 def _check_text(text: str) -> str:
@@ -98,7 +100,7 @@ class PredictResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "model_version": "20261129T105000Z-3f2a1c",
+                    "model_version": EXAMPLE_VERSION,
                     "predictions": [{"label": "Sports", "probabilities": EXAMPLE_PROBABILITIES, "empty": False}],
                 }
             ]
@@ -118,7 +120,7 @@ class ReloadRequest(BaseModel):
 class ReloadResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"previous_version": "20261128T090000Z-aa11bb", "model_version": "20261129T105000Z-3f2a1c"}]
+            "examples": [{"previous_version": "20261128T090000Z-aa11bb", "model_version": EXAMPLE_VERSION}]
         }
     )
 
@@ -132,12 +134,30 @@ class ModelInfo(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "version": "20261129T105000Z-3f2a1c",
-                    "created_at": "2026-11-29T10:50:00+00:00",
+                    "version": EXAMPLE_VERSION,
+                    "created_at": "2026-11-29T12:37:33+00:00",
                     "categories": ["Business", "Sci/Tech", "Sports", "World"],
-                    "metrics": {"test": {"accuracy": 0.89, "macro_f1": 0.89}},
-                    "model_config": {"vocab_size": 20000, "num_classes": 4, "rnn_type": "bigru"},
-                    "preprocessing": {"lowercase": True, "remove_stopwords": True, "stopword_count": 179},
+                    "metrics": {
+                        "test": {"overall": {"precision": 0.8042, "recall": 0.8033, "f1": 0.8031, "num_samples": 1500}},
+                        "best_epoch": 8,
+                    },
+                    "model_config": {
+                        "vocab_size": 8726,
+                        "num_classes": 4,
+                        "rnn_type": "bigru",
+                        "embedding_dim": 100,
+                        "hidden_dim": 64,
+                        "fc_dim": 64,
+                        "dropout": 0.5,
+                        "embedding_dropout": 0.3,
+                        "pooling": "last_max",
+                    },
+                    "preprocessing": {
+                        "lowercase": True,
+                        "remove_stopwords": False,
+                        "stopword_count": 0,
+                        "vocab_size": 8726,
+                    },
                     "device": "cpu",
                 }
             ]
@@ -155,7 +175,7 @@ class ModelInfo(BaseModel):
 
 class HealthResponse(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"status": "ready", "model_version": "20261129T105000Z-3f2a1c"}]}
+        json_schema_extra={"examples": [{"status": "ready", "model_version": EXAMPLE_VERSION}]}
     )
 
     status: str
@@ -175,8 +195,14 @@ class ErrorResponse(BaseModel):
                 {
                     "error": {
                         "type": "invalid_request",
-                        "message": "body.text: Value error, text must not be empty or whitespace only",
-                        "details": [{"loc": ["body", "text"], "msg": "text must not be empty or whitespace only"}],
+                        "message": "body.text: text must not be empty or whitespace only",
+                        "details": [
+                            {
+                                "loc": ["body", "text"],
+                                "msg": "text must not be empty or whitespace only",
+                                "type": "value_error",
+                            }
+                        ],
                     }
                 }
             ]

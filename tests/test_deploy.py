@@ -442,8 +442,6 @@ def test_compose_train_service(compose: dict[str, Any]) -> None:
 
 
 def test_compose_train_command_parses_with_the_training_cli(compose: dict[str, Any]) -> None:
-    if not (ROOT / "training" / "config.py").exists():
-        pytest.skip("training/config.py not written yet")
     from training.config import TrainConfig
 
     config = TrainConfig.from_args([str(c) for c in compose["services"]["train"]["command"]])
@@ -452,8 +450,6 @@ def test_compose_train_command_parses_with_the_training_cli(compose: dict[str, A
 
 
 def _settings_module() -> Any:
-    if not (ROOT / "service" / "settings.py").exists():
-        pytest.skip("service/settings.py not written yet: HC_* names cannot be checked")
     import service.settings
 
     return service.settings
@@ -502,7 +498,10 @@ def _compose_commands() -> list[list[str]]:
 def test_compose_config_validates_with_docker_compose(api_port: str | None) -> None:
     commands = _compose_commands()
     if not commands:
-        pytest.skip("neither `docker compose` nor docker-compose is installed (apt-get install docker-compose)")
+        reason = "neither `docker compose` nor docker-compose is installed (apt-get install docker-compose)"
+        if os.environ.get("CI") == "true":  # the suite's rule: missing tools skip locally, fail in CI
+            pytest.fail(reason)
+        pytest.skip(reason)
     env = {k: v for k, v in os.environ.items() if k not in ("API_PORT", "COMPOSE_FILE", "COMPOSE_PROFILES")}
     if api_port:
         env["API_PORT"] = api_port
@@ -558,8 +557,6 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 
 
 def test_service_imports_with_only_what_the_api_image_installs() -> None:
-    if not (ROOT / "service" / "app.py").exists():
-        pytest.skip("service/app.py not written yet")
     from packaging.utils import canonicalize_name
 
     modules = ["service.settings", "service.app"]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from service.predictor import Predictor
+from tests.service.conftest import distinct_texts
 from tests.service.live_server import LiveServer, launch_server, start_server
 
 LONG = "Intel unveils a faster chip for laptops while NASA probe sends images of Mars craters " * 3
@@ -50,14 +51,16 @@ async def hammer(url: str, bodies: list[dict], concurrency: int) -> list[httpx.R
 
 
 def test_concurrent_clients_are_batched_and_get_their_own_answers(server: LiveServer, artifacts_dir: Path) -> None:
-    texts = [f"story {i}: " + " ".join(["oil stocks chip Mars final"][0].split()[: 1 + i % 5]) for i in range(256)]
+    texts = distinct_texts(256)  # 256 different token sequences: a swapped answer shows
     responses = asyncio.run(hammer(server.url, [{"text": t} for t in texts], concurrency=32))
     assert [r.status_code for r in responses] == [200] * len(texts)
-    expected = Predictor.load(artifacts_dir, device="cpu").predict(texts)
-    for i, r in enumerate(responses):
+    predictor = Predictor.load(artifacts_dir, device="cpu")
+    singles = [predictor.predict([t]).probabilities[0] for t in texts]  # each text alone
+    assert len({tuple(np.round(p, 5)) for p in singles}) == len(texts)
+    for text, expected, r in zip(texts, singles, responses, strict=True):
         probs = r.json()["predictions"][0]["probabilities"]
-        got = [probs[c] for c in expected.classes]
-        np.testing.assert_allclose(got, expected.probabilities[i], atol=1e-6)
+        got = [probs[c] for c in predictor.classes]
+        np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=text)
     text = httpx.get(f"{server.url}/metrics").text
     batches = metric(text, "hc_batch_size_requests_count")
     requests = metric(text, "hc_batch_size_requests_sum")

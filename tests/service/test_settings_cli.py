@@ -71,3 +71,19 @@ def test_service_does_not_import_training_job_or_its_libraries() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_a_request_larger_than_the_queue_is_refused_at_startup(tmp_path: Path) -> None:
+    # With a queue of 8, a 12-text request could never be queued: it would get 503 + Retry-After forever.
+    with pytest.raises(ValidationError) as info:
+        load_settings(["--artifacts-dir", str(tmp_path), "--max-queue-size", "8", "--max-texts-per-request", "12"])
+    line = format_validation_error(info.value)
+    assert "\n" not in line and "Value error" not in line
+    assert "--max-texts-per-request / HC_MAX_TEXTS_PER_REQUEST = 12" in line
+    assert "--max-queue-size / HC_MAX_QUEUE_SIZE = 8" in line
+    equal = load_settings(["--artifacts-dir", str(tmp_path), "--max-queue-size", "8", "--max-texts-per-request", "8"])
+    assert equal.max_texts_per_request == equal.max_queue_size == 8
+    result = run_cli("--artifacts-dir", str(tmp_path), "--max-queue-size", "8")  # default 256 texts per request
+    assert result.returncode == 2
+    [error] = result.stderr.strip().splitlines()
+    assert error.startswith("error: invalid settings: max_texts_per_request") and "(256)" not in error

@@ -1,0 +1,138 @@
+"""Startup, reload and limits through the real app (in-process HTTP), with the model held at will.
+
+``HoldingPredictor`` is a real Predictor whose forward pass waits on a gate when a text contains
+``hold``: the tests decide exactly when a batch or a warm-up pass finishes, so nothing here
+depends on timing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.predictor import Prediction, Predictor
+from tests.service.conftest import make_artifact, make_settings
+
+V1 = "20260101T000000Z-aaaaaa"
+V2 = "20260102T000000Z-bbbbbb"
+TOKEN = "lifecycle-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NEVER = 10.0
+
+
+class HoldingPredictor(Predictor):
+    """A real predictor; a batch with a text containing ``hold`` waits until ``gate`` opens."""
+
+    gate: threading.Event
+    held: threading.Semaphore
+
+    def predict(self, texts: Sequence[str]) -> Prediction:
+        if any("hold" in t for t in texts):
+            self.held.release()
+            assert self.gate.wait(NEVER), "the test never opened the gate"
+        return super().predict(texts)
+
+    def wait_held(self) -> None:
+        assert self.held.acquire(timeout=NEVER), "no batch reached the model"
+
+
+def holding(folder: Path) -> HoldingPredictor:
+    base = Predictor.load(folder, version=V1, device="cpu")
+    predictor = HoldingPredictor(base.artifact, base.device)
+    predictor.gate, predictor.held = threading.Event(), threading.Semaphore(0)
+    return predictor
+
+
+@pytest.fixture()
+def two_versions(tmp_path: Path) -> Path:
+    make_artifact(tmp_path, seed=0, version=V1)
+    make_artifact(tmp_path, seed=7, version=V2)
+    return tmp_path
+
+
+def in_thread(call: object) -> tuple[threading.Thread, list[httpx.Response]]:
+    out: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: out.append(call()), daemon=True)  # type: ignore[operator]
+    thread.start()
+    return thread, out
+
+
+def wait_until(predicate: object, what: str) -> None:
+    deadline = time.monotonic() + NEVER
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_readiness_is_503_during_warm_up(two_versions: Path) -> None:
+    predictor = holding(two_versions)
+    predictor.warmup_batches = lambda rounds=2: [["hold the warm-up"], ["Stocks rally"]]  # type: ignore[method-assign]
+    settings = make_settings(two_versions, version=V1, warmup=True)
+    with TestClient(create_app(settings, predictor=predictor)) as client:
+        predictor.wait_held()  # warm-up is running on the model thread
+        ready = client.get("/health/ready")
+        assert (ready.status_code, ready.json()) == (503, {"status": "starting", "model_version": V1})
+        assert client.get("/health/live").status_code == 200
+        predictor.gate.set()
+        wait_until(lambda: client.get("/health/ready").status_code == 200, "readiness after warm-up")
+        assert client.get("/health/ready").json() == {"status": "ready", "model_version": V1}
+
+
+def test_running_batch_finishes_on_the_old_model_during_a_reload(
+    two_versions: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected_old = Predictor.load(two_versions, version=V1, device="cpu").predict(["hold: Stocks rally"])
+    threads: list[tuple[str, str]] = []  # (what, thread name) for every load and forward pass
+    load, predict = Predictor.load, Predictor.predict
+
+    def recording_load(*args: object, **kwargs: object) -> Predictor:
+        threads.append(("load", threading.current_thread().name))
+        return load(*args, **kwargs)  # type: ignore[arg-type]
+
+    def recording_predict(self: Predictor, texts: Sequence[str]) -> Prediction:
+        threads.append(("predict", threading.current_thread().name))
+        return predict(self, texts)
+
+    monkeypatch.setattr(Predictor, "load", staticmethod(recording_load))
+    monkeypatch.setattr(Predictor, "predict", recording_predict)
+    predictor = holding(two_versions)
+    threads.clear()
+    settings = make_settings(two_versions, version=V1, warmup=True, admin_token=TOKEN)
+    with TestClient(create_app(settings, predictor=predictor)) as client:
+        wait_until(lambda: client.get("/health/ready").status_code == 200, "startup")
+        running, answer = in_thread(lambda: client.post("/predict", json={"text": "hold: Stocks rally"}))
+        predictor.wait_held()  # the batch is on the model thread, on the old model
+        reloading, reloaded = in_thread(lambda: client.post("/admin/reload", headers=AUTH, json={"version": V2}))
+        # The reload's load waits for the model thread: it cannot finish while the batch is held.
+        reloading.join(0.5)
+        assert reloading.is_alive() and not reloaded, "reload finished while a batch held the model thread"
+        predictor.gate.set()
+        running.join(NEVER)
+        reloading.join(NEVER)
+        [old], [swap] = answer, reloaded
+        assert old.status_code == 200 and old.json()["model_version"] == V1
+        got = [old.json()["predictions"][0]["probabilities"][c] for c in predictor.classes]
+        np.testing.assert_allclose(got, expected_old.probabilities[0], atol=1e-6)  # computed by the old weights
+        assert swap.status_code == 200 and swap.json() == {"previous_version": V1, "model_version": V2}
+        after = client.post("/predict", json={"text": "Stocks rally"}).json()
+        assert after["model_version"] == V2
+    # Loading and warming the new version ran on the one model thread, like every batch.
+    assert ("load", "model_0") in threads
+    assert {name for _, name in threads} == {"model_0"}, threads
+
+
+def test_largest_allowed_request_succeeds_on_an_idle_server(artifacts_dir: Path) -> None:
+    settings = make_settings(artifacts_dir, max_queue_size=4, max_texts_per_request=4)
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/predict", json={"texts": ["Oil", "Stocks rally", "Federer wins", "Mars"]})
+        assert r.status_code == 200, r.text
+        too_many = client.post("/predict", json={"texts": ["Oil"] * 5})
+        assert too_many.status_code == 422 and "too many texts" in too_many.json()["error"]["message"]
