@@ -182,11 +182,14 @@ def _http_error_response(exc: StarletteHTTPException) -> Response:
 def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
     """The app for ``settings``; ``predictor`` may be preloaded (``python -m service`` does, to fail early)."""
     state = ServiceState(settings=settings, metrics=Metrics())
+    # Handed over once: afterwards state.predictor is the only reference, so a reload frees this model.
+    handed_over = [predictor] if predictor is not None else []
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = predictor
-        if loaded is None:
+        if handed_over:
+            loaded = handed_over.pop()
+        else:
             loaded = await asyncio.to_thread(Predictor.load, settings.artifacts_dir, settings.version, settings.device)
         state.set_predictor(loaded)
         state.batcher = Batcher(
@@ -205,6 +208,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
             settings.max_batch_size,
             settings.max_wait_ms,
         )
+        del loaded
         try:
             yield
         finally:

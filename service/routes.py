@@ -23,7 +23,7 @@ from service.errors import (
     Timeout,
     Unauthorized,
 )
-from service.gc_tuning import settle_garbage_collector
+from service.gc_tuning import freeze_new_objects
 from service.predictor import Prediction, Predictor
 from service.schemas import (
     ErrorResponse,
@@ -187,7 +187,7 @@ async def reload(
             log.warning("reload of %r failed: %s", version, reason)
             raise ReloadFailed(f"reload failed, still serving {previous and previous.version}: {reason}") from None
         state.set_predictor(new)
-        settle_garbage_collector()
+        freeze_new_objects()
         state.metrics.reloads.labels("ok").inc()
         log.info(
             "reloaded model %s -> %s in %.2fs",

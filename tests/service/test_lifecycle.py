@@ -136,3 +136,24 @@ def test_largest_allowed_request_succeeds_on_an_idle_server(artifacts_dir: Path)
         assert r.status_code == 200, r.text
         too_many = client.post("/predict", json={"texts": ["Oil"] * 5})
         assert too_many.status_code == 422 and "too many texts" in too_many.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("preloaded", [False, True], ids=["loaded-at-startup", "preloaded"])
+def test_the_old_model_is_freed_after_a_reload_without_a_full_gc_pass(two_versions: Path, preloaded: bool) -> None:
+    """A reload only freezes the new objects (a full collection would stall the event loop):
+    the old model must then go by reference counting alone (``python -m service`` preloads it)."""
+    import gc
+    import weakref
+
+    settings = make_settings(two_versions, version=V1, admin_token=TOKEN)
+    app = create_app(settings, Predictor.load(two_versions, V1, "cpu") if preloaded else None)
+    with TestClient(app) as client:
+        assert client.post("/predict", json={"text": "Stocks rally"}).status_code == 200
+        old = weakref.ref(client.app.state.service.predictor)  # type: ignore[attr-defined]
+        gc.disable()  # only reference counting may free it
+        try:
+            assert client.post("/admin/reload", headers=AUTH, json={"version": V2}).status_code == 200
+            assert client.post("/predict", json={"text": "Stocks rally"}).json()["model_version"] == V2
+            assert old() is None, gc.get_referrers(old())
+        finally:
+            gc.enable()
