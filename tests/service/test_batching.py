@@ -43,14 +43,18 @@ class GatedPredictor:
         if not gated:
             self.gate.set()
         self._started = threading.Semaphore(0)
+        self.finished = 0  # batches that left predict (answered or failed)
 
     def predict(self, texts: Sequence[str]) -> Prediction:
         self.batches.append(list(texts))
         self._started.release()
-        assert self.gate.wait(NEVER), "the test never opened the gate"
-        if any("boom" in t for t in texts):
-            raise RuntimeError("boom in batch")
-        return self.inner.predict(texts)
+        try:
+            assert self.gate.wait(NEVER), "the test never opened the gate"
+            if any("boom" in t for t in texts):
+                raise RuntimeError("boom in batch")
+            return self.inner.predict(texts)
+        finally:
+            self.finished += 1
 
     async def started(self) -> None:
         """Wait until the next batch is inside ``predict`` (on the model thread)."""
@@ -322,8 +326,10 @@ def test_shutdown_timeout_cancels_in_flight_work(predictor: Predictor) -> None:
         await model.started()
         waiting = asyncio.create_task(batcher.submit(["behind it"]))
         await queued()
-        # The running batch never finishes (gate shut): stop gives up after its timeout.
+        # The running batch never finishes (gate shut): stop gives up after its timeout,
+        # without waiting for the model thread.
         await asyncio.wait_for(batcher.stop(timeout=0.05), NEVER)
+        assert model.finished == 0, "stop waited for the stuck forward pass"
         results = await asyncio.gather(running, waiting, return_exceptions=True)
         model.gate.set()  # let the model thread end
         return results
