@@ -157,3 +157,17 @@ def test_the_old_model_is_freed_after_a_reload_without_a_full_gc_pass(two_versio
             assert old() is None, "the old model is still referenced after the reload"
         finally:
             gc.enable()
+
+
+def test_a_reload_runs_no_full_gc_pass(two_versions: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full collection runs on the event loop and stalls every live request (100-300 ms per reload)."""
+    import gc
+
+    settings = make_settings(two_versions, version=V1, admin_token=TOKEN)
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: client.get("/health/ready").status_code == 200, "startup")
+        collections: list[tuple[object, ...]] = []
+        real_collect = gc.collect
+        monkeypatch.setattr(gc, "collect", lambda *args: collections.append(args) or real_collect(*args))
+        assert client.post("/admin/reload", headers=AUTH, json={"version": V2}).status_code == 200
+        assert collections == [], f"gc.collect{collections[0]} ran during the reload"
