@@ -44,8 +44,8 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def run(artifacts_dir: Path, src: Path, dst: Path, *extra: str) -> int:
-    argv = ["--artifacts-dir", str(artifacts_dir), "--input", str(src), "--output", str(dst), "--threads", "1"]
-    return score.main([*argv, *extra])
+    argv = ["--artifacts-dir", str(artifacts_dir), "--input", str(src), "--output", str(dst)]
+    return score.main([*argv, *(extra if "--threads" in extra else (*extra, "--threads", "1"))])
 
 
 def sample_rows() -> list[list[str]]:
@@ -90,7 +90,7 @@ def test_results_equal_predict_for_the_same_texts(artifacts_dir: Path, tmp_path:
 def test_chunking_and_batch_size_do_not_change_the_output(artifacts_dir: Path, tmp_path: Path) -> None:
     src = write_csv(tmp_path / "in.csv", ["id", "title", "note"], sample_rows())
     assert run(artifacts_dir, src, tmp_path / "a.csv") == 0
-    assert run(artifacts_dir, src, tmp_path / "b.csv", "--chunk-rows", "7", "--batch-size", "3") == 0
+    assert run(artifacts_dir, src, tmp_path / "b.csv", "--chunk-rows", "7", "--batch-size", "3", "--threads", "2") == 0
     _, a = read_csv(tmp_path / "a.csv")
     _, b = read_csv(tmp_path / "b.csv")
     assert [r["label"] for r in a] == [r["label"] for r in b]
@@ -173,12 +173,12 @@ def test_a_crash_mid_file_leaves_no_partial_output(
         nonlocal calls
         calls += 1
         if calls > 3:
-            raise KeyboardInterrupt
+            raise RuntimeError("model failed mid-file")
         return original(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(score.Predictor, "predict_encoded", failing)
-    with pytest.raises(KeyboardInterrupt):
-        run(artifacts_dir, src, tmp_path / "out.csv", "--chunk-rows", "16")
+    with pytest.raises(RuntimeError, match="mid-file"):
+        run(artifacts_dir, src, tmp_path / "out.csv", "--chunk-rows", "16", "--threads", "2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 
 
