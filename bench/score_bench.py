@@ -4,7 +4,8 @@ Each file is the 10K sample repeated (rows cycle through it) and lives in a temp
 that is deleted afterwards. Every size runs as its own ``python -m service.score`` process on
 ``--threads`` torch threads; the bench reports the scorer's own rows/s (reading, encoding,
 forward passes and writing; not the interpreter start and model load, which are reported
-separately as the end-to-end figure) and the process's peak RSS from ``wait4``. Equal peak RSS
+separately as the end-to-end figure) and the process's peak RSS from ``wait4``. The scorer is
+pinned to ``--threads`` CPUs, so on a bigger machine the figure is still a 2-CPU figure. Equal peak RSS
 across sizes is what "constant memory" means here. Writes ``bench/out/score_bench.json``.
 
     python -m bench.score_bench                         # artifacts/, 2 threads, 10K/100K/300K rows
@@ -56,8 +57,16 @@ def run_scorer(artifacts_dir: Path, src: Path, dst: Path, threads: int, batch_si
     cmd += ["--output", str(dst), "--threads", str(threads), "--device", "cpu"]
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
+    cpus = sorted(os.sched_getaffinity(0))[:threads]  # on a bigger machine, really only `threads` CPUs
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+    )
     assert proc.stderr is not None
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
