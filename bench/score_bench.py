@@ -121,6 +121,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"| Peak RSS, {int(sizes[-1]):,} rows / {int(sizes[0]):,} rows | "
             f"{large['peak_rss_mib'] / small['peak_rss_mib']:.2f}x | ≈ 1 (constant memory) |"
         )
+        # CPU time per extra row (start-up and model load cancel out): what the scorer costs
+        # regardless of how busy the machine was, and the rate it allows on `threads` idle CPUs.
+        per_row = (large["cpu_s"] - small["cpu_s"]) / (int(sizes[-1]) - int(sizes[0]))
+        if per_row > 0:
+            lines.append(
+                f"| CPU time per row ({int(sizes[0]):,} → {int(sizes[-1]):,} rows), and the rate it allows on "
+                f"{threads} idle CPUs | {per_row * 1e6:.1f} µs → {threads / per_row:,.0f} headlines/s | – |"
+            )
     lines += [
         "",
         "| Rows | Scoring s | Headlines/s | Process wall s (incl. start, model load) | Peak RSS MiB | CPU s |",
