@@ -210,3 +210,13 @@ def test_module_entry_point(artifacts_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.startswith(f"scored {len(TITLES)} rows") and proc.stdout == ""
     assert len(read_csv(tmp_path / "out.csv")[1]) == len(TITLES)
+
+
+def test_unusable_model_exits_1_with_one_error_line(
+    artifacts_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_csv(tmp_path / "in.csv", ["title"], [["Oil climbs"]])
+    assert run(artifacts_dir, src, tmp_path / "out.csv", "--version", "20990101T000000Z-nope00") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot load model from {artifacts_dir}"), err
+    assert not (tmp_path / "out.csv").exists()
