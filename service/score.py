@@ -6,8 +6,9 @@ The file is streamed in chunks of ``--chunk-rows`` rows, so memory stays flat fo
 size. Each chunk is encoded once, sorted by token length and cut into ``--batch-size`` batches
 (rows of one length need no padding and no packing), then written back in input order: every
 input column, then ``label``, ``empty`` and one ``prob_<Category>`` column per class. The
-numbers are the ones ``POST /predict`` returns for the same texts (same artifact, same
-preprocessing, same forward pass).
+answers are the ones ``POST /predict`` gives for the same texts (same artifact, same
+preprocessing, same forward pass); probabilities agree to float32 rounding, since a text's
+batch companions differ.
 
 Everything is written to a hidden temporary file next to the output and renamed into place
 at the end: a bad row, a crash or Ctrl-C leaves no partial output behind. Bad input ends the
@@ -209,8 +210,8 @@ def score_file(
 def same_length_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Cut rows sorted by length into batches of one length each, at most ``batch_size`` rows.
 
-    A batch without padding runs the plain recurrence (no packing, no masking), which is the
-    fastest forward pass; a 16K-row chunk of headlines has only a few dozen distinct lengths.
+    A batch without padding runs the plain recurrence (no packing), the fastest forward pass;
+    a 16K-row chunk of headlines has only a few dozen distinct lengths.
     """
     batch: list[int] = []
     for i in order:
@@ -260,7 +261,8 @@ class _Chunk:
         probabilities = np.empty((len(records), len(predictor.classes)), dtype=np.float32)
 
         def run(rows: list[int]) -> None:
-            # Rows of different batches are disjoint, so workers fill the array without a lock.
+            # Unobserved, predict_encoded only reads the model, so the workers share one
+            # Predictor; rows of different batches are disjoint, so no lock for the array.
             result = predictor.predict_encoded([sequences[i] for i in rows], [empty[i] for i in rows], observe=False)
             probabilities[rows] = result.probabilities
 
