@@ -136,7 +136,7 @@ class Predictor:
         return self.predict_encoded([ids for ids, _ in encoded], [empty for _, empty in encoded], observe=observe)
 
     def predict_encoded(
-        self, sequences: Sequence[Sequence[int]], empty: Sequence[bool], *, observe: bool = True
+        self, sequences: Sequence[Sequence[Any]], empty: Sequence[bool], *, observe: bool = True
     ) -> Prediction:
         """:meth:`predict` for texts already encoded by ``self.encoder`` (offline scoring sorts by length first)."""
         out = np.empty((len(sequences), len(self.classes)), dtype=np.float32)
@@ -149,7 +149,7 @@ class Predictor:
             self.observer(count_encoded(sequences, empty), out, self.classes)
         return Prediction(out, list(empty), self.version, self.classes)
 
-    def _forward(self, sequences: list[Sequence[int]], same_length: bool) -> np.ndarray:
+    def _forward(self, sequences: list[Sequence[Any]], same_length: bool) -> np.ndarray:
         ids, lengths = pad_batch(sequences, self.device)
         # With no padding in the group the plain (unpacked) recurrence gives the same result
         # and skips packing overhead: the common case for single short requests.

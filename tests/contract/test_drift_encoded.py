@@ -26,6 +26,9 @@ def test_count_encoded_equals_count_inputs_on_the_sample(news_csv: Path) -> None
     reference = count_inputs((normalizer.tokens(t) for t in texts), vocab.stoi)
     assert fast == reference
     assert reference.empty >= 3 and 0 < reference.oov_tokens < reference.tokens
+    # With subword features each token is a tuple (word index, n-gram ids...); same counts.
+    with_subwords = [[(i, 7 + i % 5, 3) for i in ids] for ids, _ in encoded]
+    assert count_encoded(with_subwords, [empty for _, empty in encoded]) == reference
 
 
 def test_confidence_bin_counts_equals_confidence_histogram() -> None:
