@@ -16,6 +16,7 @@ alone (the no-batching baseline).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -156,8 +157,8 @@ class Batcher:
 
     async def warm_up(self, predictor: Predictor) -> None:
         """Warm ``predictor`` on the model thread one pass at a time, so live batches run in between."""
-        for texts in predictor.warmup_batches():
-            await self.run_on_model_thread(predictor.predict, texts)
+        for texts in predictor.warmup_batches():  # not live traffic: kept out of the drift counters
+            await self.run_on_model_thread(functools.partial(predictor.predict, texts, observe=False))
 
     # -- producers -----------------------------------------------------------------------
     def announce(self) -> None:

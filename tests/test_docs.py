@@ -43,7 +43,7 @@ def test_tests_readme_names_only_real_tests():
     current: Path | None = None
     checked = 0
     for token in re.findall(r"`([^`]+)`", table):
-        match = re.fullmatch(r"(?P<file>[\w/]+\.py)?(?P<sep>::)?(?P<test>test_\w+)?(?:\[.*\])?", token)
+        match = re.fullmatch(r"(?P<file>(?:[\w]+/)*test_\w+\.py)?(?P<sep>::)?(?P<test>test_\w+)?(?:\[.*\])?", token)
         if not match or not (match["file"] or match["test"]):
             continue
         if match["file"]:

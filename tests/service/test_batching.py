@@ -45,14 +45,14 @@ class GatedPredictor:
         self._started = threading.Semaphore(0)
         self.finished = 0  # batches that left predict (answered or failed)
 
-    def predict(self, texts: Sequence[str]) -> Prediction:
+    def predict(self, texts: Sequence[str], *, observe: bool = True) -> Prediction:
         self.batches.append(list(texts))
         self._started.release()
         try:
             assert self.gate.wait(NEVER), "the test never opened the gate"
             if any("boom" in t for t in texts):
                 raise RuntimeError("boom in batch")
-            return self.inner.predict(texts)
+            return self.inner.predict(texts, observe=observe)
         finally:
             self.finished += 1
 
@@ -360,15 +360,16 @@ def test_warm_up_runs_on_the_model_thread_between_live_batches(predictor: Predic
     threads: set[str] = set()
 
     class Recording(Predictor):
-        def predict(self, texts: Sequence[str]) -> Prediction:
+        def predict(self, texts: Sequence[str], *, observe: bool = True) -> Prediction:
             threads.add(threading.current_thread().name)
             order.append("warm")
-            return super().predict(texts)
+            assert not observe, "warm-up must stay out of the drift counters"
+            return super().predict(texts, observe=observe)
 
     class Live(GatedPredictor):
-        def predict(self, texts: Sequence[str]) -> Prediction:
+        def predict(self, texts: Sequence[str], *, observe: bool = True) -> Prediction:
             order.append(texts[0])
-            return super().predict(texts)
+            return super().predict(texts, observe=observe)
 
     model = Live(predictor)
     warming = Recording(predictor.artifact, predictor.device)

@@ -34,11 +34,11 @@ class HoldingPredictor(Predictor):
     gate: threading.Event
     held: threading.Semaphore
 
-    def predict(self, texts: Sequence[str]) -> Prediction:
+    def predict(self, texts: Sequence[str], *, observe: bool = True) -> Prediction:
         if any("hold" in t for t in texts):
             self.held.release()
             assert self.gate.wait(NEVER), "the test never opened the gate"
-        return super().predict(texts)
+        return super().predict(texts, observe=observe)
 
     def wait_held(self) -> None:
         assert self.held.acquire(timeout=NEVER), "no batch reached the model"
@@ -97,9 +97,9 @@ def test_running_batch_finishes_on_the_old_model_during_a_reload(
         threads.append(("load", threading.current_thread().name))
         return load(*args, **kwargs)  # type: ignore[arg-type]
 
-    def recording_predict(self: Predictor, texts: Sequence[str]) -> Prediction:
+    def recording_predict(self: Predictor, texts: Sequence[str], *, observe: bool = True) -> Prediction:
         threads.append(("predict", threading.current_thread().name))
-        return predict(self, texts)
+        return predict(self, texts, observe=observe)
 
     monkeypatch.setattr(Predictor, "load", staticmethod(recording_load))
     monkeypatch.setattr(Predictor, "predict", recording_predict)
