@@ -1,4 +1,4 @@
-"""Fail an install unless the torch it got is the build that was asked for: ``check_torch.py cpu|cuda``.
+"""Fail an install unless torch is the build asked for: ``check_torch.py cpu|cuda [VERSION]``.
 
 On Linux, PyPI's plain ``torch`` is a CUDA build that drags in several GB of ``nvidia-*``
 packages. When the CPU wheel index cannot be reached, pip quietly takes that one instead, and a
@@ -15,9 +15,13 @@ from importlib import metadata
 VARIANTS = ("cpu", "cuda")
 
 
-def problems(variant: str, version: str, cuda: str | None, distributions: Iterable[str]) -> list[str]:
-    """What is wrong with torch ``version`` (``torch.version.cuda`` = ``cuda``) for ``variant``."""
+def problems(
+    variant: str, version: str, cuda: str | None, distributions: Iterable[str], expected: str | None = None
+) -> list[str]:
+    """What is wrong with torch ``version`` (``torch.version.cuda`` = ``cuda``) for ``variant`` and ``expected``."""
     found: list[str] = []
+    if expected is not None and version.split("+")[0] != expected:
+        found.append(f"torch {version} is installed, the pin is {expected}")
     gpu_packages = sorted(d for d in distributions if d.lower().startswith(("nvidia-", "triton")))
     if variant == "cpu":
         if not version.endswith("+cpu"):
@@ -36,13 +40,14 @@ def problems(variant: str, version: str, cuda: str | None, distributions: Iterab
 
 def main(argv: list[str]) -> int:
     variant = argv[0] if argv else "cpu"
+    expected = argv[1] if len(argv) > 1 else None
     try:
         import torch
     except ImportError as exc:
         print(f"error: torch is not importable: {exc}", file=sys.stderr)
         return 1
     names = {d.metadata["Name"] or "" for d in metadata.distributions()}
-    found = problems(variant, torch.__version__, torch.version.cuda, names)
+    found = problems(variant, torch.__version__, torch.version.cuda, names, expected)
     for problem in found:
         print(f"error: {problem}. Is the {variant} wheel index (TORCH_INDEX_URL) reachable?", file=sys.stderr)
     if not found:
