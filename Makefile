@@ -23,7 +23,8 @@ TORCH_INDEX_URL ?= $(TORCH_INDEX_$(TORCH))
 .PHONY: install install-serve run test test-fast test-container lint train default-model bench clean \
 	docker-build docker-build-train compose-config compose-up
 
-# torch alone, from the wheel index for TORCH (no dependencies from there), then checked.
+# torch alone from the wheel index for TORCH (nothing else from there), its dependencies from
+# PyPI, then the check. Skipped when the venv already has the right build.
 $(BIN)/.torch-$(TORCH): constraints.txt
 	@test -n "$(TORCH_INDEX_URL)" || { echo "error: TORCH must be cpu or cuda (got '$(TORCH)')"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,7 @@ $(BIN)/.torch-$(TORCH): constraints.txt
 		torch==$(TORCH_VERSION) \
 	|| { echo "note: $(TORCH_INDEX_URL) unreachable; trying pip's configured indexes"; \
 		$(BIN)/pip install -q --no-deps --force-reinstall torch==$(TORCH_VERSION); }
+	$(BIN)/pip install -q -c constraints.txt torch==$(TORCH_VERSION)   # its dependencies, from PyPI
 	$(BIN)/python scripts/check_torch.py $(TORCH) $(TORCH_VERSION)
 	rm -f $(BIN)/.torch-*
 	touch $@
