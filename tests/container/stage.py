@@ -141,12 +141,7 @@ def run_api_container() -> None:
     _cleanups.append(lambda: sh("docker", "rm", "-f", name, check_rc=False))
     sh("docker", "run", "-d", "--name", name, "--network", "host", "-e", f"HC_PORT={port}", "-e", "HC_TORCH_THREADS=1",
        API_IMAGE)
-    started = time.monotonic()
-    ready_at = wait_for("API ready", lambda: ready(port), 60)
-    healthy_at = wait_for("API healthy", lambda: health(name) == "healthy", 60, interval=0.1)
-    say(f"API ready {ready_at - started:.1f} s after start, healthy {healthy_at - ready_at:.1f} s after ready")
-    check(healthy_at - ready_at <= MAX_HEALTHY_AFTER_READY_S,
-          f"healthy {healthy_at - ready_at:.1f} s after ready (limit {MAX_HEALTHY_AFTER_READY_S} s)")
+    wait_ready_and_healthy(name, port)
 
     uid = sh("docker", "exec", name, "id", "-u").strip()
     check(uid not in ("", "0"), f"API runs as uid {uid}")
@@ -166,8 +161,17 @@ def run_api_container() -> None:
         sh("docker", "rm", "-f", name)
         sh("docker", "run", "-d", "--name", name, "--network", "host", "-e", f"HC_PORT={port}", "-e",
            "HC_TORCH_THREADS=1", API_IMAGE)
-        wait_for("API ready", lambda: ready(port), 60)
+        wait_ready_and_healthy(name, port)
         shutdown_under_load(name, port)
+
+
+def wait_ready_and_healthy(name: str, port: int) -> None:
+    started = time.monotonic()
+    ready_at = wait_for("API ready", lambda: ready(port), 60)
+    healthy_at = wait_for("API healthy", lambda: health(name) == "healthy", 60, interval=0.1)
+    say(f"API ready {ready_at - started:.1f} s after start, healthy {healthy_at - ready_at:.1f} s after ready")
+    check(healthy_at - ready_at <= MAX_HEALTHY_AFTER_READY_S,
+          f"healthy {healthy_at - ready_at:.1f} s after ready (limit {MAX_HEALTHY_AFTER_READY_S} s)")
 
 
 def shutdown_under_load(name: str, port: int) -> None:
