@@ -57,11 +57,17 @@ def check(condition: bool, message: str) -> None:
         raise StageFailure(message)
 
 
-def sh(*argv: str, env: dict[str, str] | None = None, quiet: bool = True, check_rc: bool = True) -> str:
+def sh(
+    *argv: str, env: dict[str, str] | None = None, quiet: bool = True, check_rc: bool = True, timeout: float = 900
+) -> str:
     """Run a command; its output is shown only when it fails (or when ``quiet`` is false)."""
-    proc = subprocess.run(
-        argv, cwd=ROOT, env={**os.environ, **(env or {})}, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    try:
+        proc = subprocess.run(
+            argv, cwd=ROOT, env={**os.environ, **(env or {})}, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise StageFailure(f"`{shlex.join(argv)}` still running after {timeout:.0f} s") from exc
     if not quiet:
         print(proc.stdout, end="")
     if check_rc and proc.returncode != 0:
