@@ -46,3 +46,15 @@ def test_shutdown_load_counts_every_request(tmp_path: Path) -> None:
     assert outcome.sent == 400 and outcome.answered >= 200
     assert outcome.lost == 0, outcome.summary()
     assert set(outcome.statuses) <= {200, 503}
+
+
+def test_without_an_engine_the_stage_skips_but_fails_under_ci(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "CONTAINER_ENV": str(tmp_path / "none")}
+    env.pop("CI", None)
+    script = str(ROOT / "tests" / "container" / "run.sh")
+    skipped = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+    assert skipped.returncode == 0 and "container: SKIP: no Docker engine" in skipped.stdout
+    failed = subprocess.run(["bash", script], env={**env, "CI": "true"}, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1 and "FAIL" in failed.stderr
