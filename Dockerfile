@@ -53,10 +53,11 @@ RUN python scripts/requirements.py serve > requirements-serve.txt \
 COPY README.md ./
 COPY contract ./contract
 COPY service ./service
-# Non-editable, no deps (all installed above): the image gets the packages in site-packages.
+# Non-editable, no deps (all installed above), built with the venv's setuptools (a torch
+# dependency): the image gets the packages in site-packages.
 # Then trim what serving never runs: pip and setuptools, torch's C++ headers (only for
 # compiling extensions) and its C++ test binaries and protoc (torch/test, torch/bin).
-RUN pip install --no-deps . \
+RUN pip install --no-deps --no-build-isolation . \
     && site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
     && rm -rf "$site/torch/include" "$site/torch/test" \
     && find "$site/torch/bin" -maxdepth 1 -type f ! -name torch_shm_manager -delete \
