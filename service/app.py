@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_swagger import patch_fastapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -222,7 +223,10 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         version="1.0",
         description="Classifies news headlines into topics with a bidirectional GRU; GET /model names the version.",
         lifespan=lifespan,
+        docs_url=None,  # served by fastapi_swagger below, from its packaged assets (no CDN)
+        swagger_ui_oauth2_redirect_url=None,
     )
+    patch_fastapi(app, docs_url="/docs", redirect_from_root_to_docs=False)
     app.state.service = state
     _document_limits(app, settings)
     app.include_router(router)
