@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -659,6 +660,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from bench.loadgen import wrk_available
 
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every server this run started is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     titles = read_titles(args.data)
     engine = args.engine if args.engine != "auto" else ("wrk" if wrk_available() else "async")
     args.engine = engine

@@ -20,6 +20,7 @@ from service.batching import Batcher
 from service.errors import InvalidRequest, MalformedBody, PayloadTooLarge, ServiceError, error_body, jsonable
 from service.fastpath import PredictPath
 from service.gc_tuning import settle_garbage_collector
+from service.logs import access_writer
 from service.metrics import Metrics
 from service.predictor import Predictor
 from service.routes import ANNOUNCED, router
@@ -27,7 +28,6 @@ from service.settings import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("service")
-access_log = logging.getLogger("service.access")
 
 ROUTES = frozenset(
     {"/predict", "/health/live", "/health/ready", "/model", "/metrics", "/admin/reload", "/docs", "/openapi.json"}
@@ -52,7 +52,7 @@ class ObservabilityMiddleware:
         # case 12 bytes: a surrogate pair), plus room for the JSON around them.
         self.max_body = settings.max_texts_per_request * (settings.max_text_chars * 12 + 8) + 65536
         self.fast = PredictPath(state, self._dispatch)
-        self.access_log = settings.access_log
+        self.write_access = access_writer() if settings.access_log else None
         metrics = state.metrics
         # prometheus_client's labels() takes a lock and builds a key per call: resolve once.
         self._in_flight = {route: metrics.in_flight.labels(route) for route in (*ROUTES, "unmatched")}
@@ -110,17 +110,8 @@ class ObservabilityMiddleware:
                 counter = self._counters[key] = self.state.metrics.requests.labels(route, method, str(status))
             counter.inc()
             self._latency[route].observe(elapsed)
-            if self.access_log and access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "request",
-                    extra={
-                        "method": method,
-                        "path": path,
-                        "status": status,
-                        "latency_ms": round(elapsed * 1000, 3),
-                        "request_id": request_id,
-                    },
-                )
+            if self.write_access is not None:
+                self.write_access(method, path, status, round(elapsed * 1000, 3), request_id)
 
     async def _fast(
         self, scope: Scope, receive: Receive, send: Send, header: tuple[bytes, bytes], timeout: bytes | None
