@@ -197,14 +197,16 @@ def launch(artifacts_dir: Path, flags: list[str] | None, scratch: Path, name: st
             process.wait()
 
 
-def in_process_rate(predictor: Any, batches: list[list[str]], seconds: float) -> float:
-    """Headlines/s of the service's Predictor (encode + length groups + forward) on 256-headline batches."""
+def in_process_rate(predictor: Any, batches: list[list[str]], seconds: float) -> tuple[float, float]:
+    """Headlines/s of the service's Predictor (encode + length groups + forward) on 256-headline batches,
+    per wall-clock second and per CPU second of this thread."""
     done = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     while time.perf_counter() - started < seconds:
         predictor.predict(batches[done % len(batches)])
         done += 1
-    return done * TEXTS_PER_REQUEST / (time.perf_counter() - started)
+    headlines = done * TEXTS_PER_REQUEST
+    return headlines / (time.perf_counter() - started), headlines / max(1e-9, time.thread_time() - cpu_started)
 
 
 def median_point(group: str, config: dict[str, Any], slices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -323,7 +325,7 @@ class Bench:
         config = {"max_queue_size": 4096}
         flags = self.flags(["--max-queue-size=4096"])
         print(f"[texts] /predict with {TEXTS_PER_REQUEST} headlines per request vs in-process", flush=True)
-        rates: list[float] = []
+        rates: list[tuple[float, float]] = []
         slices: dict[int, list[dict[str, Any]]] = {c: [] for c in self.args.texts_clients}
         with launch(self.artifacts_dir, flags, self.scratch, "texts") as server:
             for _ in range(self.args.rounds):
@@ -338,7 +340,11 @@ class Bench:
                 r["statuses"].get("200", 0) * TEXTS_PER_REQUEST / r["duration_s"] for r in results
             )
             self.record(point, ok=ok)
-        in_proc = {"headlines_per_s": statistics.median(rates), "slices": [round(r) for r in rates]}
+        in_proc = {
+            "headlines_per_s": statistics.median(r for r, _ in rates),
+            "slices": [round(r) for r, _ in rates],
+            "headlines_per_cpu_s": statistics.median(c for _, c in rates),
+        }
         print(f"  in-process predict: {in_proc['headlines_per_s']:,.0f} headlines/s {in_proc['slices']}", flush=True)
         return in_proc
 
@@ -437,7 +443,12 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
         point = _find(points, group, clients)
         return point and point["latency_ms"][q]
 
+    def cpu(group: str, clients: int) -> float | None:
+        point = _find(points, group, clients)
+        return point and point.get("cpu_us_per_request")
+
     texts = max((p for p in points if p["group"] == "texts"), key=lambda p: p["headlines_per_s"], default=None)
+    texts_cpu = min((p["cpu_us_per_request"] for p in points if p["group"] == "texts"), default=None)
     overload = next((p for p in points if p["group"] == "overload"), None)
     in_proc = results.get("in_process")
     nolog64 = rps("nolog", 64)
@@ -456,6 +467,16 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
         "batching_vs_off_64": _ratio(rps("default", 64), rps("off", 64)),
         "batching_vs_off_min": min(vs_off) if vs_off else None,
         "replicas_vs_single_64": _ratio(replicas and replicas["rps"], rps("single", 64)),
+        # The same comparisons in server CPU time per request (requests per CPU-second): far less
+        # sensitive than req/s to whatever else runs on the machine.
+        "cpu_predict_vs_live_64": _ratio(cpu("live", 64), cpu("default", 64)),
+        "cpu_predict_vs_reference_64": _ratio(cpu("reference", 64), cpu("default", 64)),
+        "cpu_access_log_cost_64": None
+        if cpu("nolog", 64) is None or not cpu("default", 64)
+        else 1 - cpu("nolog", 64) / cpu("default", 64),
+        "cpu_texts_vs_in_process": _ratio(
+            in_proc and in_proc.get("headlines_per_cpu_s"), texts_cpu and TEXTS_PER_REQUEST / texts_cpu * 1e6
+        ),
     }
     checks: list[dict[str, Any]] = []
 
@@ -478,6 +499,16 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
     at_most("64 clients: access-log cost (1 - on/off throughput)", "access_log_cost")
     at_least("texts x256: HTTP / in-process headlines/s", "texts_vs_in_process")
     at_least("8..256 clients: worst batching on / off throughput", "batching_vs_off_min")
+    for name, key, target in (
+        ("CPU: /predict / own /health/live requests per CPU-s", "cpu_predict_vs_live_64", "predict_vs_live_64"),
+        ("CPU: /predict / reference requests per CPU-s", "cpu_predict_vs_reference_64", "predict_vs_reference_64"),
+        ("CPU: texts x256 HTTP / in-process per CPU-s", "cpu_texts_vs_in_process", "texts_vs_in_process"),
+    ):
+        value = ratios[key]
+        check(name, value, f">= {TARGETS[target]:g}", None if value is None else value >= TARGETS[target])
+    value = ratios["cpu_access_log_cost_64"]
+    limit = TARGETS["access_log_cost"]
+    check("CPU: access-log cost", value, f"<= {limit:g}", None if value is None else value <= limit)
     if overload is not None:
         others = {k: v for k, v in overload["statuses"].items() if k not in ("200", "503")}
         check("512 clients: only 200/503", overload["statuses"], "no other status", not others)
@@ -526,6 +557,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"| HTTP / in-process headlines/s | {_fmt(ratios['texts_vs_in_process'])} |",
         f"| {results['settings']['replicas']} replicas / 1 server, 64 clients "
         f"| {_fmt(ratios['replicas_vs_single_64'])}x |",
+        "",
+        "The same ratios in server CPU time per request (requests per CPU-second; robust to other load):",
+        "",
+        "| CPU-time ratio (same run) | Value |",
+        "|---|---|",
+        f"| /predict / own GET /health/live, 64 clients | **{_fmt(ratios['cpu_predict_vs_live_64'])}** |",
+        f"| /predict / reference batcher, 64 clients | **{_fmt(ratios['cpu_predict_vs_reference_64'])}x** |",
+        f"| Access-log cost, 64 clients (1 - off / on CPU) | {_fmt(ratios['cpu_access_log_cost_64'], '.1%')} |",
+        f"| texts x{TEXTS_PER_REQUEST}: HTTP / in-process headlines per CPU-second "
+        f"| {_fmt(ratios['cpu_texts_vs_in_process'])} |",
         "",
         f"Each row: the median of {rounds} interleaved slices (req/s of every slice in brackets). "
         "CPU: server CPU time (all threads / event-loop thread) per answered request.",
