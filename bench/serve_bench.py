@@ -209,6 +209,27 @@ def in_process_rate(predictor: Any, batches: list[list[str]], seconds: float) ->
     return headlines / (time.perf_counter() - started), headlines / max(1e-9, time.thread_time() - cpu_started)
 
 
+def access_log_us_per_line(lines: int = 50_000) -> dict[str, float]:
+    """CPU microseconds one access-log line costs the server (the event-loop thread, and all threads),
+    measured in this process with the server's own logging set-up writing to /dev/null."""
+    from service import logs
+
+    with open(os.devnull, "w") as sink:
+        listener = logs.setup_logging("info", sink)
+        try:
+            write = logs.access_writer()
+            process, thread = time.process_time(), time.thread_time()
+            for i in range(lines):
+                write("POST", "/predict", 200, 1.234, f"{i:032x}")
+            caller = time.thread_time() - thread
+            time.sleep(0.2)  # let the logging thread write everything
+            listener.stop()
+            total = time.process_time() - process
+        finally:
+            logs.logging.getLogger("service").handlers.clear()
+    return {"loop_us": caller / lines * 1e6, "all_threads_us": total / lines * 1e6}
+
+
 def median_point(group: str, config: dict[str, Any], slices: list[dict[str, Any]]) -> dict[str, Any]:
     """One point from its slices: medians of throughput and latency percentiles, summed counts."""
     med = statistics.median
@@ -474,6 +495,9 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
         "cpu_access_log_cost_64": None
         if cpu("nolog", 64) is None or not cpu("default", 64)
         else 1 - cpu("nolog", 64) / cpu("default", 64),
+        "access_log_line_vs_request_64": _ratio(
+            (results.get("access_log_line") or {}).get("all_threads_us"), cpu("default", 64)
+        ),
         "cpu_texts_vs_in_process": _ratio(
             in_proc and in_proc.get("headlines_per_cpu_s"), texts_cpu and TEXTS_PER_REQUEST / texts_cpu * 1e6
         ),
@@ -506,9 +530,13 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
     ):
         value = ratios[key]
         check(name, value, f">= {TARGETS[target]:g}", None if value is None else value >= TARGETS[target])
-    value = ratios["cpu_access_log_cost_64"]
     limit = TARGETS["access_log_cost"]
-    check("CPU: access-log cost", value, f"<= {limit:g}", None if value is None else value <= limit)
+    for name, key in (
+        ("CPU: access-log cost", "cpu_access_log_cost_64"),
+        ("access-log line / request CPU", "access_log_line_vs_request_64"),
+    ):
+        value = ratios[key]
+        check(name, value, f"<= {limit:g}", None if value is None else value <= limit)
     if overload is not None:
         others = {k: v for k, v in overload["statuses"].items() if k not in ("200", "503")}
         check("512 clients: only 200/503", overload["statuses"], "no other status", not others)
@@ -567,6 +595,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"| Access-log cost, 64 clients (1 - off / on CPU) | {_fmt(ratios['cpu_access_log_cost_64'], '.1%')} |",
         f"| texts x{TEXTS_PER_REQUEST}: HTTP / in-process headlines per CPU-second "
         f"| {_fmt(ratios['cpu_texts_vs_in_process'])} |",
+        f"| Access log, one line's CPU (measured alone) / CPU of one request at 64 clients "
+        f"| {_fmt(ratios['access_log_line_vs_request_64'], '.1%')} |",
         "",
         f"Each row: the median of {rounds} interleaved slices (req/s of every slice in brackets). "
         "CPU: server CPU time (all threads / event-loop thread) per answered request.",
@@ -735,6 +765,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         bench.run_sweep()
         if not args.skip_overload:
             bench.run_overload()
+        results["access_log_line"] = access_log_us_per_line()
+        print(f"  access log: {results['access_log_line']} us CPU per line", flush=True)
         results["points"] = bench.points
     results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["analysis"] = analyse(results)
