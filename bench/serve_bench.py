@@ -160,8 +160,11 @@ class Handle:
 
 
 @contextlib.contextmanager
-def launch(artifacts_dir: Path, flags: list[str] | None, scratch: Path, name: str) -> Iterator[Handle]:
-    """``python -m service`` with ``flags``, or (``flags is None``) the reference batcher; waits for ready."""
+def launch(
+    artifacts_dir: Path, flags: list[str] | None, scratch: Path, name: str, cwd: Path = ROOT
+) -> Iterator[Handle]:
+    """``python -m service`` (of the checkout at ``cwd``) with ``flags``, or (``flags is None``) the
+    reference batcher; waits for ready."""
     import httpx
 
     from tests.service.live_server import free_port
@@ -173,7 +176,7 @@ def launch(artifacts_dir: Path, flags: list[str] | None, scratch: Path, name: st
     else:
         cmd = [sys.executable, "-m", "service", "--artifacts-dir", str(artifacts_dir), f"--port={port}", *flags]
     with log.open("wb") as fh:
-        process = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while True:
