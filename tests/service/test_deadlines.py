@@ -66,11 +66,13 @@ def test_deadline_while_queued_is_answered_at_once_and_never_computed(predictor:
         await started(gate)  # the model thread is now held: everything else queues
         t0 = time.monotonic()
         late = [asyncio.create_task(batcher.submit([f"late {i}"], timeout=0.02)) for i in range(10)]
-        results = await asyncio.gather(*late, return_exceptions=True)
+        results = await asyncio.wait_for(asyncio.gather(*late, return_exceptions=True), 5)
         waited = time.monotonic() - t0
         assert batcher.queued_texts == 0  # expired requests left the queue at once
         gate.release.set()
         await busy
+        await asyncio.sleep(0.05)  # the consumer goes back to the (now empty) queue
+        assert batcher.queued_texts == 0  # and never counts the expired requests twice
         await batcher.stop()
         return results, waited
 
@@ -114,7 +116,7 @@ def test_disconnected_client_is_dropped_before_its_batch(predictor: Predictor) -
         await asyncio.sleep(0.01)
         gate.release.set()
         await busy
-        results = await asyncio.gather(gone, stays, return_exceptions=True)
+        results = await asyncio.wait_for(asyncio.gather(gone, stays, return_exceptions=True), 5)
         await batcher.stop()
         return results[0], results[1]  # type: ignore[return-value]
 
