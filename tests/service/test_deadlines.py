@@ -178,3 +178,11 @@ def test_expired_while_queued_is_504_with_retry_after(artifacts_dir: Path, predi
         assert error["type"] == "timeout" and "not computed" in error["message"]
         assert gate.computed == ["hold the model"]
         assert 'hc_dropped_requests_total{reason="deadline"} 1.0' in c.get("/metrics").text
+
+
+def test_openapi_documents_the_deadline_header_and_its_errors(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/predict"]["post"]
+    [header] = [p for p in operation["parameters"] if p["name"] == "X-Request-Timeout-Ms"]
+    assert header["in"] == "header" and not header["required"]
+    assert header["schema"] == {"type": "integer", "minimum": 1}
+    assert {"400", "504"} <= set(operation["responses"])
