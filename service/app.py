@@ -125,11 +125,11 @@ class ObservabilityMiddleware:
 
         try:
             return await self.fast(scope, receive, tracking_send, header, timeout)
-        except Exception:
+        except Exception as exc:
             if started:
                 raise
-            log.exception("unhandled error")
-            response = _error_response(ServiceError("internal error: unhandled exception"))
+            log.exception("unhandled error")  # the same answer as the app's catch-all handler
+            response = _error_response(ServiceError(f"internal error: {type(exc).__name__}"))
             return await self._respond(response, scope, receive, send, header)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, header: tuple[bytes, bytes]) -> int:
