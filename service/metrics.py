@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
+from service.drift import DriftCollector
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -48,6 +50,9 @@ class Metrics:
         )
         for reason in ("deadline", "disconnected"):
             self.dropped.labels(reason)  # exported at 0 from the start, so rate() works
+        # Drift signals: input tokens / OOV / empty, predicted labels, confidence, and the reference.
+        self.drift = DriftCollector()
+        r.register(self.drift)
 
     # BatchMetrics protocol
     def observe_batch(self, texts: int, requests: int, compute_s: float) -> None:
