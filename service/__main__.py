@@ -30,11 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.logs import setup_logging
     from service.predictor import Predictor, configure_torch_threads
 
-    setup_logging(settings.log_level)
+    listener = setup_logging(settings.log_level)
     configure_torch_threads(settings.torch_threads)
     try:
         predictor = Predictor.load(settings.artifacts_dir, settings.version, settings.device)
     except ArtifactError as exc:
+        listener.stop()
         print(f"error: cannot load model from {settings.artifacts_dir}: {exc}", file=sys.stderr)
         return 1
     app = create_app(settings, predictor=predictor)
@@ -54,7 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_header=False,
     )
     server = DrainingServer(config, on_exit)
-    server.run()
+    try:
+        server.run()
+    finally:
+        listener.stop()  # flush the queued log lines
     return 0 if server.started else 1
 
 
