@@ -17,7 +17,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batching import Batcher
-from service.errors import InvalidRequest, MalformedBody, PayloadTooLarge, ServiceError, error_body, jsonable
+from service.body_screen import screen_predict_body
+from service.errors import (
+    InvalidRequest,
+    MalformedBody,
+    PayloadTooLarge,
+    ServiceError,
+    error_body,
+    summarize_validation_errors,
+)
 from service.gc_tuning import settle_garbage_collector
 from service.metrics import Metrics
 from service.predictor import Predictor
@@ -32,6 +40,7 @@ ROUTES = frozenset(
     {"/predict", "/health/live", "/health/ready", "/model", "/metrics", "/admin/reload", "/docs", "/openapi.json"}
 )
 _MAX_REQUEST_ID = 128
+CLIENT_CLOSED = 499  # logged and counted when the client went away before its request was complete
 
 
 class ObservabilityMiddleware:
@@ -84,10 +93,19 @@ class ObservabilityMiddleware:
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 await _error_response(self._too_large())(scope, receive, send_with_id)
-            elif length is None and scope["method"] == "POST":
-                await self.app(scope, self._limit(receive), send_with_id)
-            else:  # the server reads exactly Content-Length bytes
-                await self.app(scope, receive, send_with_id)
+                return
+            if length is None and scope["method"] == "POST":
+                receive = self._limit(receive)  # else the server reads exactly Content-Length bytes
+            if path == "/predict" and scope["method"] == "POST":
+                screened = await self._screen(receive)
+                if screened is None:  # the client left (or was cut off) before its body was complete
+                    status = CLIENT_CLOSED
+                    return
+                if isinstance(screened, ServiceError):
+                    await _error_response(screened)(scope, receive, send_with_id)
+                    return
+                receive = screened
+            await self.app(scope, receive, send_with_id)
         finally:
             if scope.get(ANNOUNCED) and batcher is not None:
                 batcher.withdraw()
@@ -106,6 +124,39 @@ class ObservabilityMiddleware:
                         "request_id": request_id,
                     },
                 )
+
+    async def _screen(self, receive: Receive) -> Receive | ServiceError | None:
+        """Read the whole body and screen it (body_screen.py): the error to answer, a receive
+        that replays the body to the app, or None when the client disconnected meanwhile
+        (then the app is not called: no exception chain ends up holding the partial body)."""
+        chunks: list[bytes] = []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return None
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except PayloadTooLarge as exc:
+            return exc
+        body = b"".join(chunks)
+        del chunks
+        settings = self.state.settings
+        problem = screen_predict_body(body, settings.max_texts_per_request, settings.max_text_chars)
+        if problem is not None:
+            return problem
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed, body
+            if replayed:
+                return await receive()
+            replayed, message = True, {"type": "http.request", "body": body, "more_body": False}
+            body = b""
+            return message
+
+        return replay
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body over {self.max_body} bytes")
@@ -152,19 +203,12 @@ def _error_response(exc: ServiceError) -> Response:
 
 def _validation_response(exc: RequestValidationError) -> Response:
     errors = exc.errors()
-    details = [
-        {
-            "loc": list(e.get("loc", ())),
-            "msg": str(e.get("msg", "")).removeprefix("Value error, "),
-            "type": e.get("type", ""),
-        }
-        for e in errors
-    ]
     if any(e.get("type") == "json_invalid" for e in errors):
         reason = next((e.get("ctx", {}).get("error") for e in errors if e.get("type") == "json_invalid"), None)
-        return _error_response(MalformedBody(f"body is not valid JSON ({reason or 'decode error'})", jsonable(details)))
-    message = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details) or "invalid request"
-    return _error_response(InvalidRequest(message, jsonable(details)))
+        _, details = summarize_validation_errors(errors)
+        return _error_response(MalformedBody(f"body is not valid JSON ({reason or 'decode error'})", details))
+    message, details = summarize_validation_errors(errors)
+    return _error_response(InvalidRequest(message, details))
 
 
 def _http_error_response(exc: StarletteHTTPException) -> Response:
