@@ -188,9 +188,13 @@ async def _raw_exchange(port: int, payload: bytes, timeout: float) -> tuple[int,
         writer.close()
 
 
+def post_head(length: int, path: str = "/predict") -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    return head.encode()
+
+
 def post_bytes(body: bytes, path: str = "/predict") -> bytes:
-    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    return head.encode() + body
+    return post_head(len(body), path) + body
 
 
 def attack_amplification(port: int, concurrent: int, payload: bytes, timeout: float = 120.0) -> dict[str, Any]:
@@ -214,12 +218,7 @@ def stalled_prefix(kind: str) -> bytes:
     if kind == "body":  # most of the largest body the old server accepted (3.1 MB), then nothing
         length = 3_000_000
         body = b'{"texts": ["' + b"a" * (length - 13) + b'"]'  # 2 bytes short of Content-Length
-        return (
-            post_bytes(body)[: -len(body)].replace(
-                b"Content-Length: %d" % len(body), b"Content-Length: %d" % (len(body) + 2)
-            )
-            + body
-        )
+        return post_head(len(body) + 2) + body
     if kind == "bigbody":  # a complete 3 MB body (one over-long text: 422), then wait for the answer
         text = b"a" * 3_000_000
         return post_bytes(b'{"text": "' + text + b'"}')

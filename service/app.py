@@ -262,6 +262,8 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         version="1.0",
         description="Classifies news headlines into topics with a bidirectional GRU; GET /model names the version.",
         lifespan=lifespan,
+        # No 307 from /predict/ to /predict: its Location would echo the client's Host header.
+        redirect_slashes=False,
     )
     app.state.service = state
     _document_limits(app, settings)

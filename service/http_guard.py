@@ -91,9 +91,12 @@ class BodyBudget:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
 
+_KINDS = {400: "malformed_request", 408: "timeout", 414: "uri_too_long", 431: "headers_too_large", 503: "overloaded"}
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> bytes:
     """A complete ``connection: close`` HTTP/1.1 response in the service's JSON error shape."""
-    kind = http.HTTPStatus(status).phrase.lower().replace(" ", "_")
+    kind = _KINDS.get(status) or http.HTTPStatus(status).phrase.lower().replace(" ", "_")
     body = json.dumps({"error": {"type": kind, "message": message, "details": []}}).encode()
     lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}", "content-type: application/json"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
