@@ -37,7 +37,8 @@ TRAIN_CONFIG = "train_config.json"
 MANIFEST = "manifest.json"
 REQUIRED_FILES = (WEIGHTS, MODEL_CONFIG, VOCAB, LABELS, PREPROCESSING, METRICS, TRAIN_CONFIG)
 TMP_PREFIX = ".tmp-"
-VERSION_RE = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
+# A version folder name: a UTC timestamp, a dash and a short suffix (training writes 6 hex digits).
+VERSION_RE = re.compile(r"\d{8}T\d{6}Z-[0-9A-Za-z_-]{1,64}")
 
 log = logging.getLogger("contract.artifact")
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
