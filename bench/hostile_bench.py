@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -371,9 +371,29 @@ ATTACKS: dict[str, Callable[[Server, argparse.Namespace], dict[str, Any]]] = {
 }
 
 
-@dataclass
-class Report:
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+def compare_throughput(roots: list[Path], artifacts: Path, rounds: int, duration_s: float) -> dict[str, Any]:
+    """/predict req/s at 64 clients for each tree, the trees' servers loaded in turn (A B A B ...)."""
+    from bench.loadgen import run_load, write_bodies
+
+    bodies = write_bodies([{"text": "Stocks rally as oil prices fall"}], Path(tempfile.mkdtemp()) / "one.jsonl")
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(serve(root.resolve(), artifacts.resolve())) for root in roots]
+        rps: dict[str, list[float]] = {str(root): [] for root in roots}
+        p99: dict[str, list[float]] = {str(root): [] for root in roots}
+        for _ in range(rounds):
+            for root, server in zip(roots, servers, strict=True):
+                run_load(server.port, "/predict", bodies, 64, 1.0)  # warm-up
+                result = run_load(server.port, "/predict", bodies, 64, duration_s)
+                rps[str(root)].append(result["rps"])
+                p99[str(root)].append(result["latency_ms"]["p99"])
+    return {
+        str(root): {
+            "rps_per_round": [round(x) for x in rps[str(root)]],
+            "rps_median": round(sorted(rps[str(root)])[len(rps[str(root)]) // 2]),
+            "p99_ms": [round(x, 1) for x in p99[str(root)]],
+        }
+        for root in roots
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -384,11 +404,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--connections", type=int, default=1000, help="stalled connections per attack")
     parser.add_argument("--hold", type=float, default=15.0, help="seconds the stalled connections are held")
     parser.add_argument("--endless", type=float, default=10.0, help="seconds of endless header / URL")
+    parser.add_argument("--throughput-rounds", type=int, default=0, help="also compare /predict req/s at 64 clients")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "hostile_bench.json")
     args = parser.parse_args(argv)
     roots = args.root or [ROOT]
     results: dict[str, dict[str, Any]] = {}
-    for name in args.only or list(ATTACKS):
+    for name in args.only if args.only is not None else ([] if args.throughput_rounds else list(ATTACKS)):
         for root in roots:
             with serve(root.resolve(), args.artifacts_dir.resolve()) as server:
                 time.sleep(1.0)
@@ -396,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 result["alive_after"] = request(server.port, "GET", "/health/live")[0] == 200
             results.setdefault(name, {})[str(root)] = result
             print(json.dumps({"attack": name, "root": str(root), **result}), flush=True)
+    if args.throughput_rounds:
+        results["throughput_64"] = compare_throughput(roots, args.artifacts_dir, args.throughput_rounds, 5.0)
+        print(json.dumps({"throughput_64": results["throughput_64"]}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     return results

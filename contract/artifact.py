@@ -328,9 +328,9 @@ def resolve_version(artifacts_dir: str | os.PathLike[str], version: str = "lates
         else:
             chosen = folder
             break
-    for reason in reasons:
-        log.warning("skipped artifact version: %s", reason)
     if chosen is not None:
+        for reason in reasons:
+            log.warning("skipped artifact version: %s", reason)
         return chosen
     detail = f" ({'; '.join(reasons)})" if reasons else ""
     raise ArtifactError(f"no valid artifact version in {root}{detail}")

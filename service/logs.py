@@ -30,7 +30,7 @@ def setup_logging(level: str) -> None:
     """Route our loggers and uvicorn's through one JSON handler (called by __main__ only)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    for name in ("service", "uvicorn", "uvicorn.error"):
+    for name in ("service", "contract", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler] if name != "uvicorn.error" else []
         logger.setLevel(level.upper())
