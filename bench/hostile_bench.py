@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 PREDICT_BODY = b'{"text": "Stocks rally as oil prices fall"}'
 AMPLIFY_ITEMS = 1_500_000
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (less sensitive to a busy machine than req/s)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -380,20 +387,26 @@ def compare_throughput(roots: list[Path], artifacts: Path, rounds: int, duration
         servers = [stack.enter_context(serve(root.resolve(), artifacts.resolve())) for root in roots]
         rps: dict[str, list[float]] = {str(root): [] for root in roots}
         p99: dict[str, list[float]] = {str(root): [] for root in roots}
+        cpu: dict[str, list[float]] = {str(root): [] for root in roots}
         for _ in range(rounds):
             for root, server in zip(roots, servers, strict=True):
                 run_load(server.port, "/predict", bodies, 64, 1.0)  # warm-up
+                cpu_before = cpu_seconds(server.process.pid)
                 result = run_load(server.port, "/predict", bodies, 64, duration_s)
+                cpu[str(root)].append((cpu_seconds(server.process.pid) - cpu_before) / result["requests"] * 1000)
                 rps[str(root)].append(result["rps"])
                 p99[str(root)].append(result["latency_ms"]["p99"])
-    return {
-        str(root): {
-            "rps_per_round": [round(x) for x in rps[str(root)]],
-            "rps_median": round(sorted(rps[str(root)])[len(rps[str(root)]) // 2]),
-            "p99_ms": [round(x, 1) for x in p99[str(root)]],
+    out: dict[str, Any] = {}
+    for root in roots:
+        key = str(root)
+        out[key] = {
+            "rps_per_round": [round(x) for x in rps[key]],
+            "rps_median": round(statistics.median(rps[key])),
+            "p99_ms": [round(x, 1) for x in p99[key]],
+            "server_cpu_ms_per_request": [round(x, 3) for x in cpu[key]],
+            "server_cpu_ms_per_request_median": round(statistics.median(cpu[key]), 3),
         }
-        for root in roots
-    }
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -62,6 +62,7 @@ _MALLOC_TRIM = _load_malloc_trim()
 # chunks are freed in an order that leaves glibc's heap fragmented, and RSS would stay high
 # after a burst of large or stalled uploads is gone.
 TRIM_AFTER_BYTES = 16 * 1024 * 1024
+TRIM_DELAY_S = 1.0
 
 
 @dataclass
@@ -75,6 +76,7 @@ class BodyBudget:
     pending: int = 0
     high_water: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    _trim: asyncio.TimerHandle | None = None
 
     def hold(self, size: int) -> None:
         self.pending += size
@@ -82,10 +84,17 @@ class BodyBudget:
 
     def release(self, size: int) -> None:
         self.pending -= size
-        if self.pending == 0 and self.high_water >= TRIM_AFTER_BYTES:
-            self.high_water = 0
-            if _MALLOC_TRIM is not None:
-                asyncio.get_running_loop().call_soon(_MALLOC_TRIM, 0)
+        if self.pending == 0 and self.high_water >= TRIM_AFTER_BYTES and self._trim is None and _MALLOC_TRIM:
+            # Once the burst is over, not after every body of it: a trim walks the whole heap.
+            self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._trim_if_quiet)
+
+    def _trim_if_quiet(self) -> None:
+        self._trim = None
+        if self.pending < TRIM_AFTER_BYTES // 4:
+            self.high_water = self.pending
+            _MALLOC_TRIM(0)
+        else:  # a new burst is under way; look again later
+            self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._trim_if_quiet)
 
     def count_refusal(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
@@ -115,8 +124,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._in_head = True  # bytes arriving now belong to a request line or headers
+        self._in_head = False  # a request has begun and its headers are not complete yet
         self._head_bytes = 0
+        self._head_started = 0.0
         self._line_done = False  # the request line (URL) is complete: 431 rather than 414
         self._head_timer: asyncio.TimerHandle | None = None
         self._awaiting_body = False
@@ -148,9 +158,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._failed:
             return
         self._unset_keepalive_if_required()
-        if self._in_head and self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timeout)
-        self._last_read = self.loop.time()
+        now = self._last_read = self.loop.time()
         self._fed_body = 0
         try:
             self.parser.feed_data(data)
@@ -167,8 +175,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._failed:
             return
         if self._in_head:
+            # Only a head left incomplete by this chunk needs a deadline (most arrive whole).
             self._head_bytes += len(data) - self._fed_body
             self._line_done = self._line_done or b"\n" in data
+            if self._head_timer is None:
+                remaining = self.limits.header_timeout_s - (now - self._head_started)
+                self._head_timer = self.loop.call_later(max(remaining, 0.0), self._head_timeout)
             if self._head_bytes > self.limits.max_header_bytes:
                 self.budget.count_refusal("header_size")
                 if self._line_done:
@@ -179,6 +191,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer = self.loop.call_later(self.limits.body_idle_timeout_s, self._body_idle)
 
     # -- parser callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_head, self._head_started = True, self.loop.time()
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
         self._in_head = False
         if self._head_timer is not None:
@@ -200,7 +216,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._fail_body(503, "server busy with other request bodies", retry=True)
 
     def on_message_complete(self) -> None:
-        self._in_head, self._head_bytes, self._line_done = True, 0, False
+        self._head_bytes, self._line_done = 0, False
         self._awaiting_body = False
         if self._body_timer is not None:
             self._body_timer.cancel()
@@ -248,14 +264,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timeout(self) -> None:
         self._head_timer = None
-        if self._failed or not self._in_head:
+        if self._failed:
             return
-        self.budget.count_refusal("header_timeout")
-        if self._head_bytes == 0 and not self._line_done and (self.cycle is None or self.cycle.response_complete):
-            self._failed = True
-            self.transport.close()  # an idle connection that never started a request
-        else:
+        if self._in_head:
+            self.budget.count_refusal("header_timeout")
             self._fail_head(408, f"request headers not received within {self.limits.header_timeout_s:g} s")
+        elif self.cycle is None:  # opened, and not one byte of a request since
+            self.budget.count_refusal("header_timeout")
+            self._failed = True
+            self.transport.close()
+        # else: between requests, uvicorn's keep-alive timeout is in charge
 
     def _body_idle(self) -> None:
         self._body_timer = None
