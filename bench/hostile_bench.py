@@ -409,6 +409,59 @@ def compare_throughput(roots: list[Path], artifacts: Path, rounds: int, duration
     return out
 
 
+LABELS = {
+    "amplification": '`{"texts": [1, 1, ...]}`, 1.5M items (3 MB), 1 request',
+    "amplification_x4": "the same, 4 at once",
+    "stalled_idle": "1,000 connections that send nothing (held 15 s)",
+    "stalled_slowloris": "1,000 slowloris connections (a header byte per second, 15 s)",
+    "stalled_body": "1,000 connections that send 3 MB of a body and stall (15 s)",
+    "big_bodies": "1,000 complete 3 MB bodies at once (not an issue target)",
+    "endless_header": "one client streaming an endless header value (10 s)",
+    "endless_url": "one client streaming an endless URL (10 s)",
+}
+
+
+def _cell(name: str, r: dict[str, Any]) -> str:
+    """One result in words: what the attacker got, memory, and what a normal client saw."""
+    if name.startswith("amplification"):
+        statuses = "/".join(str(x) if x else "no answer" for x in r["statuses"])
+        return (
+            f"{statuses}, body {r['max_body_bytes']:,} B, {r['max_seconds']} s; "
+            f"RSS +{r['rss_peak_mb'] - r['rss_idle_mb']:,} MB; live p99 {r['live_p99_ms']:,} ms"
+        )
+    if name.startswith("endless"):
+        outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(r["outcomes"].items()))
+        return (
+            f"{outcomes}; ≤ {r['most_bytes_sent_on_one_connection'] / 2**20:.1f} MiB sent on one connection; "
+            f"RSS +{r['rss_peak_mb'] - r['rss_idle_mb']} MB; /predict p50 {r['predict_p50_ms']} ms, "
+            f"p99 {r['predict_p99_ms']:,} ms"
+        )
+    closed = ", ".join(f"{k}: {v}" for k, v in sorted(r["closed_by_server"].items())) or "none"
+    first = f" (first after {r['first_close_s']} s)" if r["first_close_s"] is not None else ""
+    return (
+        f"closed by server: {closed}{first}; RSS idle {r['rss_idle_mb']} → peak {r['rss_peak_mb']:,} → "
+        f"after {r['rss_after_mb']:,} MB; /predict p99 {r['predict_p99_ms']:,} ms"
+    )
+
+
+def markdown(results: dict[str, Any], before: str, after: str) -> str:
+    lines = [f"| Attack | Before (`{before}`) | Now (`{after}`) |", "|---|---|---|"]
+    for name, label in LABELS.items():
+        if name in results and before in results[name] and after in results[name]:
+            lines.append(f"| {label} | {_cell(name, results[name][before])} | {_cell(name, results[name][after])} |")
+    tp = results.get("throughput_64")
+    if tp and before in tp and after in tp:
+        b, a = tp[before], tp[after]
+        lines.append(
+            f"| /predict at 64 clients, rounds alternating between the two servers | "
+            f"{b['rps_median']:,} req/s (rounds {b['rps_per_round']}); "
+            f"{b['server_cpu_ms_per_request_median']} CPU ms/request | "
+            f"{a['rps_median']:,} req/s (rounds {a['rps_per_round']}); "
+            f"{a['server_cpu_ms_per_request_median']} CPU ms/request |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.hostile_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", action="append", type=Path, help="source tree to serve (repeat to compare)")
@@ -435,6 +488,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(json.dumps({"throughput_64": results["throughput_64"]}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+    if len(roots) == 2:
+        print(markdown(results, str(roots[0]), str(roots[1])))
     return results
 
 
