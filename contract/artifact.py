@@ -185,16 +185,20 @@ def _read_json(folder: Path, name: str) -> Any:
         raise ArtifactError(f"{folder / name}: cannot read JSON ({exc})") from exc
 
 
-def verify_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check the folder against its manifest; return the manifest or raise ArtifactError."""
-    folder = Path(path)
+def _read_manifest(folder: Path) -> Any:
     if not folder.is_dir():
         raise ArtifactError(f"artifact folder not found: {folder}")
     if not os.access(folder, os.R_OK | os.X_OK):
         raise ArtifactError(f"{folder}: cannot read the version folder (permission denied)")
     if not (folder / MANIFEST).is_file():
         raise ArtifactError(f"{folder}: no {MANIFEST} (incomplete or not an artifact)")
-    manifest = _read_json(folder, MANIFEST)
+    return _read_json(folder, MANIFEST)
+
+
+def verify_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check the folder against its manifest; return the manifest or raise ArtifactError."""
+    folder = Path(path)
+    manifest = _read_manifest(folder)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{folder / MANIFEST}: malformed manifest (no 'files' table)")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -290,7 +294,7 @@ def list_versions(artifacts_dir: str | os.PathLike[str]) -> list[str]:
 
 def _created_at(folder: Path) -> str:
     """The manifest's creation time (ISO 8601 UTC, so it sorts as text); raises ArtifactError."""
-    manifest = _read_json(folder, MANIFEST)
+    manifest = _read_manifest(folder)
     created = manifest.get("created_at") if isinstance(manifest, dict) else None
     if not isinstance(created, str):
         raise ArtifactError(f"{folder / MANIFEST}: no created_at")
