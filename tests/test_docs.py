@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from service.settings import ENV_PREFIX, Settings
@@ -186,6 +189,35 @@ def _console_examples() -> list[tuple[str, str]]:
     return examples
 
 
+@contextlib.contextmanager
+def _busy_queue(port: int, clients: int = 3) -> Iterator[None]:
+    """Keeps the server's queue non-empty: clients posting 256-headline requests in a loop."""
+    import http.client
+    import threading
+    import time
+
+    body = json.dumps({"texts": [f"Stocks rally as oil prices fall for day {i}" for i in range(256)]})
+    done = threading.Event()
+
+    def post_until_done() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while not done.is_set():
+            conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+        conn.close()
+
+    threads = [threading.Thread(target=post_until_done, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    try:
+        yield
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=30)
+
+
 def test_readme_api_outputs_come_from_the_committed_model():
     """Runs every `$ curl` example of the README (the other console examples have their own
     tests), in order, against `make run`'s server (the
@@ -202,15 +234,21 @@ def test_readme_api_outputs_come_from_the_committed_model():
         if os.environ.get("CI") == "true":
             pytest.fail("curl is needed to check the README's examples")
         pytest.skip("curl is not installed")
-    examples = [(c, out) for c, out in _console_examples() if c.startswith("curl ")]
+    # An example after a `$ # behind ... queued ...` comment runs while the queue is kept busy.
+    examples, busy = [], False
+    for command, documented in _console_examples():
+        if command.startswith("curl "):
+            examples.append((command, documented, busy))
+        busy = command.startswith("#") and "queued" in command
     assert len(examples) >= 10
     token = "readme-token"
     server = start_server("artifacts", "--torch-threads", "1", env={"HC_ADMIN_TOKEN": token})
     try:
-        for command, documented in examples:
+        for command, documented, needs_load in examples:
             run = command.replace("localhost:8000", f"127.0.0.1:{server.port}")
-            result = subprocess.run(["bash", "-c", run], capture_output=True, text=True, timeout=60,
-                                    env={**os.environ, "HC_ADMIN_TOKEN": token})
+            with _busy_queue(server.port) if needs_load else contextlib.nullcontext():
+                result = subprocess.run(["bash", "-c", run], capture_output=True, text=True, timeout=60,
+                                        env={**os.environ, "HC_ADMIN_TOKEN": token})
             assert result.returncode == 0, f"`{command}`: {result.stderr}"
             _same_output(documented, result.stdout, command)
     finally:

@@ -91,7 +91,9 @@ def test_health_reload_and_error_examples_are_real_answers(served: tuple[TestCli
     client, schemas = served
     assert example(schemas, "HealthResponse") == client.get("/health/ready").json()
     auth = {"Authorization": "Bearer examples"}
-    reload = client.post("/admin/reload", headers=auth, json=example(schemas, "ReloadRequest"))
+    body_schema = client.get("/openapi.json").json()["paths"]["/admin/reload"]["post"]["requestBody"]
+    [request_example, *_] = body_schema["content"]["application/json"]["schema"]["examples"]  # inline
+    reload = client.post("/admin/reload", headers=auth, json=request_example)
     assert reload.status_code == 200, reload.text
     assert_same_shape(example(schemas, "ReloadResponse"), reload.json())
     assert example(schemas, "ReloadResponse")["model_version"] == reload.json()["model_version"]
