@@ -58,7 +58,12 @@ class Artifact:
     manifest: dict[str, Any] = field(repr=False)
 
     def text_encoder(self) -> TextEncoder:
-        return TextEncoder(self.preprocessing, self.vocab)
+        return TextEncoder(self.preprocessing, self.vocab, self.config.subword_hasher())
+
+    @property
+    def temperature(self) -> float:
+        """Divides the logits before the softmax (1.0 for artifacts written before calibration)."""
+        return self.config.temperature
 
 
 def new_version(now: datetime | None = None) -> str:
@@ -150,9 +155,7 @@ def write_artifact(
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
-        checksums = {
-            p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()
-        }
+        checksums = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "format_version": FORMAT_VERSION,
             "version": version,

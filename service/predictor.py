@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from contract.artifact import Artifact, ArtifactError, load_artifact, resolve_version
-from contract.model import pad_batch
+from contract.model import pad_batch, probabilities
 
 # Length groups inside a batch. The packed recurrence already runs every row only for its own
 # length, so a batch is split only around outliers: padding a row to more than this factor
@@ -139,7 +139,9 @@ class Predictor:
         # With no padding in the group the plain (unpacked) recurrence gives the same result
         # and skips packing overhead: the common case for single short requests.
         logits = self.model(ids, lengths, pack=not same_length)
-        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        # The artifact's fitted temperature (1.0 for uncalibrated models): served
+        # probabilities are the calibrated ones that metrics.json describes.
+        return probabilities(logits, self.artifact.temperature).cpu().numpy()
 
     def warmup(self, rounds: int = 2) -> None:
         """A few forward passes over several batch sizes and lengths (allocator, kernels, caches)."""

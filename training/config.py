@@ -8,7 +8,12 @@ from typing import Any
 
 from contract.model import POOLINGS, RNN_TYPES
 
+SPLITS = ("random", "time", "both")
 DEFAULT_DATA_URL = "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/main/datasets/news.csv"
+
+
+class ConfigError(ValueError):
+    """A training option no run could use; reported as one ``error:`` line by the CLI."""
 
 
 @dataclass
@@ -45,6 +50,7 @@ class TrainConfig:
     nltk_data: str | None = None
     # Data
     limit_rows: int | None = None
+    split: str = "random"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     remove_stopwords: bool = False
@@ -60,6 +66,9 @@ class TrainConfig:
     pooling: str = "last_max"
     embedding_init: str = "lsa"
     embedding_init_std: float | None = 0.1
+    subword_buckets: int = 0
+    subword_min_n: int = 3
+    subword_max_n: int = 5
     # Optimisation
     epochs: int = 15
     batch_size: int = 128
@@ -75,6 +84,7 @@ class TrainConfig:
     lr_factor: float = 0.5
     early_stopping_metric: str = "val_loss"
     baseline_c: float | None = None
+    calibrate: bool = True
     # Runtime
     seed: int = 42
     device: str = "auto"
@@ -101,28 +111,39 @@ class TrainConfig:
         return cls(**values)
 
     def validate(self) -> None:
-        """Raise ValueError for values no run could use."""
+        """Raise ConfigError for values no run could use."""
         if self.model not in RNN_TYPES:
-            raise ValueError(f"model must be one of {RNN_TYPES}")
+            raise ConfigError(f"model must be one of {RNN_TYPES}")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}")
+            raise ConfigError(f"pooling must be one of {POOLINGS}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError("device must be auto, cpu or cuda")
+            raise ConfigError("device must be auto, cpu or cuda")
         if self.embedding_init not in ("lsa", "normal"):
-            raise ValueError("embedding_init must be lsa or normal")
+            raise ConfigError("embedding_init must be lsa or normal")
         if self.early_stopping_metric not in ("val_loss", "val_f1"):
-            raise ValueError("early_stopping_metric must be val_loss or val_f1")
+            raise ConfigError("early_stopping_metric must be val_loss or val_f1")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ValueError("epochs, batch_size and patience must be at least 1")
+            raise ConfigError("epochs, batch_size and patience must be at least 1")
+        for name in ("limit_rows", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1 (or none), got {value}")
+        if self.max_vocab is not None and self.max_vocab < 3:
+            raise ConfigError(f"max-vocab must be at least 3 (<PAD>, <UNK> and one word) or none, got {self.max_vocab}")
+        if self.subword_buckets < 0 or not 1 <= self.subword_min_n <= self.subword_max_n:
+            raise ConfigError("subword buckets must be >= 0 (0: off) and 1 <= subword-min-n <= subword-max-n")
         val, test = self.val_fraction, self.test_fraction
         if not 0 < val < 1 or not 0 < test < 1 or val + test >= 1:
-            raise ValueError("val and test fractions must be in (0, 1) and sum to less than 1")
+            raise ConfigError("val and test fractions must be in (0, 1) and sum to less than 1")
         if not 0 <= self.word_dropout < 1:
-            raise ValueError("word_dropout must be in [0, 1)")
+            raise ConfigError("word_dropout must be in [0, 1)")
 
 
 def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "0", "") else int(text)
+    """An integer, or None for "none" / "" (0 stays 0, and validation says whether it is allowed)."""
+    return None if text.lower() in ("none", "") else int(text)
 
 
 def _optional_float(text: str) -> float | None:
@@ -145,8 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nltk-data", default=d.nltk_data, help="NLTK data folder with the stopwords (None: NLTK_DATA)")
     g = p.add_argument_group("data")
     g.add_argument("--limit-rows", type=_optional_int, default=d.limit_rows, help="use a seeded sample of N rows")
-    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation share (stratified)")
-    g.add_argument("--test-fraction", type=float, default=d.test_fraction, help="test share (stratified)")
+    g.add_argument(
+        "--split",
+        choices=SPLITS,
+        default=d.split,
+        help="random: stratified by category; time: consecutive blocks in file order (train on the earliest "
+        "rows, validate on the next, test on the latest); both: also train and report the time split, "
+        "then ship the random-split model",
+    )
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation share")
+    g.add_argument("--test-fraction", type=float, default=d.test_fraction, help="test share")
     g.add_argument(
         "--stopwords",
         action=argparse.BooleanOptionalAction,
@@ -175,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.embedding_init_std,
         help="std of the initial embeddings (None: torch's N(0, 1); lsa vectors are scaled to it, else 0.1)",
     )
+    g.add_argument(
+        "--subword-buckets",
+        type=int,
+        default=d.subword_buckets,
+        help="hashed character n-gram embeddings added to each word's (0: off); unseen words get a vector",
+    )
+    g.add_argument("--subword-min-n", type=int, default=d.subword_min_n, help="shortest character n-gram")
+    g.add_argument("--subword-max-n", type=int, default=d.subword_max_n, help="longest character n-gram")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size (per process)")
@@ -206,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--baseline-c", type=float, default=d.baseline_c, help="TF-IDF baseline C (None: tuned on validation)"
+    )
+    g.add_argument(
+        "--calibrate",
+        action=argparse.BooleanOptionalAction,
+        default=d.calibrate,
+        help="fit a softmax temperature on the validation split and store it in the artifact",
     )
     g = p.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for the split, initialisation and batches")

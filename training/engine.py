@@ -25,11 +25,25 @@ log = logging.getLogger("training")
 
 
 def apply_word_dropout(ids: torch.Tensor, p: float) -> torch.Tensor:
-    """Replace a share ``p`` of real tokens with ``<UNK>`` so its embedding learns "unknown word"."""
+    """Replace a share ``p`` of real tokens with ``<UNK>`` so its embedding learns "unknown word".
+
+    With subword features (``[B, T, 1 + K]``) only the word index is dropped: the token keeps
+    its n-grams, exactly what a word unseen in training looks like at serving time.
+    """
     if p <= 0:
         return ids
-    drop = (torch.rand(ids.shape, device=ids.device) < p) & (ids != PAD_INDEX)
+    words = ids[..., 0] if ids.dim() == 3 else ids
+    drop = (torch.rand(words.shape, device=ids.device) < p) & (words != PAD_INDEX)
+    if ids.dim() == 3:
+        out = ids.clone()
+        out[..., 0] = words.masked_fill(drop, UNK_INDEX)
+        return out
     return ids.masked_fill(drop, UNK_INDEX)
+
+
+def features(ids: torch.Tensor, token_table: torch.Tensor | None) -> torch.Tensor:
+    """Model input for a batch: the indices themselves, or their rows of the subword table."""
+    return ids if token_table is None else token_table[ids]
 
 
 def train_step(
@@ -63,14 +77,20 @@ def eval_step(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor) -> tor
 
 @torch.inference_mode()
 def predict_logits(
-    model: TextClassifier, ids: np.ndarray, lengths: np.ndarray, device: torch.device, batch_size: int = 1024
+    model: TextClassifier,
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    device: torch.device,
+    batch_size: int = 1024,
+    token_table: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits (CPU, float32) for every row of a padded matrix, in row order."""
     batcher = BucketBatcher(lengths, batch_size, seed=0, shuffle=False)
     out = torch.empty((len(lengths), model.config.num_classes), dtype=torch.float32)
     for rows in batcher:
         b_ids, b_len = slice_batch(ids, lengths, rows)
-        logits = eval_step(model, torch.from_numpy(b_ids).to(device), torch.from_numpy(b_len))
+        b_in = features(torch.from_numpy(b_ids), token_table).to(device)
+        logits = eval_step(model, b_in, torch.from_numpy(b_len))
         out[torch.from_numpy(rows)] = logits.float().cpu()
     return out
 
@@ -82,9 +102,10 @@ def evaluate_split(
     targets: np.ndarray,
     device: torch.device,
     loss_fn: nn.Module,
+    token_table: torch.Tensor | None = None,
 ) -> tuple[float, float, np.ndarray]:
     """Mean loss, weighted F1 and predictions on one split."""
-    logits = predict_logits(model, ids, lengths, device)
+    logits = predict_logits(model, ids, lengths, device, token_table=token_table)
     y = torch.from_numpy(targets)
     loss = float(loss_fn(logits, y))
     pred = logits.argmax(dim=1).numpy()
@@ -161,6 +182,7 @@ def fit(
     progress: bool,
     log_epoch: Callable[[dict[str, Any]], None] | None = None,
     ema_decay: float | None = None,
+    token_table: torch.Tensor | None = None,
 ) -> FitResult:
     """Train ``model`` (the bare module) in place and leave the best epoch's weights in it.
 
@@ -205,7 +227,7 @@ def fit(
         for rows in batches:
             rows_t = torch.from_numpy(rows)
             b_len = len_t[rows_t]
-            b_ids = ids_t[rows_t, : int(b_len.max())].to(device, non_blocking=True)
+            b_ids = features(ids_t[rows_t, : int(b_len.max())], token_table).to(device, non_blocking=True)
             b_y = y_t[rows_t].to(device, non_blocking=True)
             loss = train_step(net, optimizer, loss_fn, b_ids, b_len, b_y, word_dropout, grad_clip)
             if ema is not None:
@@ -219,7 +241,9 @@ def fit(
             bar.close()
         loss_total, rows_total = dist.all_reduce_sum([loss_sum, float(seen)])
         train_loss = loss_total / rows_total
-        val_loss, val_f1, _ = evaluate_split(scored, val_ids, val_lengths, val_targets, device, val_loss_fn)
+        val_loss, val_f1, _ = evaluate_split(
+            scored, val_ids, val_lengths, val_targets, device, val_loss_fn, token_table=token_table
+        )
         val_loss, val_f1 = dist.all_reduce_mean([val_loss, val_f1])
         lr_now = optimizer.param_groups[0]["lr"]
         seconds = time.perf_counter() - t0

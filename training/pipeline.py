@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,23 @@ import numpy as np
 import torch
 
 from contract.artifact import round_weights_, sha256_file, write_artifact
-from contract.model import ModelConfig, TextClassifier
+from contract.model import ModelConfig, TextClassifier, probabilities
 from contract.text import PAD_INDEX, LabelEncoder, Normalizer, PreprocessSettings, Vocabulary, load_stopwords
 from training import distributed
+from training.calibration import calibration_report
 from training.config import TrainConfig
-from training.data import encode_matrix, fetch_data, read_dataset, sample_rows, stratified_split
+from training.data import (
+    encode_matrix,
+    fetch_data,
+    read_dataset,
+    sample_rows,
+    stratified_split,
+    subword_table,
+    time_split,
+)
 from training.engine import fit, format_epoch, predict_logits, progress_enabled
 from training.evaluate import BASELINE_NAME, confusion, performance, plot_files, tfidf_baseline
+from training.reference import drift_reference
 
 
 @dataclass
@@ -63,6 +73,9 @@ def build_model_config(config: TrainConfig, vocab_size: int, num_classes: int) -
         dropout=config.dropout,
         embedding_dropout=config.embedding_dropout,
         pooling=config.pooling,
+        subword_buckets=config.subword_buckets,
+        subword_min_n=config.subword_min_n,
+        subword_max_n=config.subword_max_n,
     )
 
 
@@ -73,6 +86,9 @@ def build_model(config: TrainConfig, vocab_size: int, num_classes: int) -> TextC
         with torch.no_grad():
             model.embedding.weight.normal_(0.0, config.embedding_init_std)
             model.embedding.weight[PAD_INDEX].zero_()
+            if model.subword_embedding is not None:
+                model.subword_embedding.weight.normal_(0.0, config.embedding_init_std)
+                model.subword_embedding.weight[0].zero_()
     return model
 
 
@@ -115,6 +131,25 @@ def run(config: TrainConfig) -> RunResult:
         dist.close()
 
 
+@dataclass
+class _Corpus:
+    """The preprocessed rows every split of one run draws from."""
+
+    titles: list[str]
+    tokens: list[list[str]]
+    targets: np.ndarray
+    labels: LabelEncoder
+    preprocessing: PreprocessSettings
+
+
+def split_indices(kind: str, labels: list[str], config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of train/val/test for ``kind`` ("random" or "time")."""
+    fractions = (1 - config.val_fraction - config.test_fraction, config.val_fraction, config.test_fraction)
+    if kind == "time":
+        return time_split(labels, fractions)
+    return stratified_split(labels, config.seed, fractions)
+
+
 def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> RunResult:
     say = print if dist.is_main and not config.quiet else (lambda *a, **k: None)
     timing: dict[str, Any] = {}
@@ -129,24 +164,115 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
     keep = sample_rows(len(dataset), config.limit_rows, config.seed)
     titles = [dataset.titles[i] for i in keep]
     raw_labels = [dataset.labels[i] for i in keep]
-    fractions = (1 - config.val_fraction - config.test_fraction, config.val_fraction, config.test_fraction)
-    train_idx, val_idx, test_idx = stratified_split(raw_labels, config.seed, fractions)
     say(
         f"data: {path} — {len(dataset)} usable rows, {dataset.dropped_empty} dropped (empty title or category); "
-        f"using {len(titles)}: train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)}"
+        f"using {len(titles)}"
     )
     timing["load_s"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()
-    stopwords = load_stopwords(config.nltk_data, download=dist.is_main) if config.remove_stopwords else ()
-    preprocessing = PreprocessSettings(remove_stopwords=config.remove_stopwords, stopwords=tuple(stopwords))
+    stopwords: tuple[str, ...] = ()
+    if config.remove_stopwords:
+        # Only rank 0 looks the list up (and may download it); the others receive it, so they
+        # need neither NLTK data nor the network, and every rank uses the same list.
+        found = load_stopwords(config.nltk_data) if dist.is_main else None
+        stopwords = tuple(dist.broadcast_object(found))
+    preprocessing = PreprocessSettings(remove_stopwords=config.remove_stopwords, stopwords=stopwords)
     normalizer = Normalizer(preprocessing)
-    tokens = [normalizer.tokens(t) for t in titles]
     labels = LabelEncoder.fit(raw_labels)
-    targets = np.asarray(labels.encode(raw_labels), dtype=np.int64)
-    vocab = Vocabulary.fit((tokens[i] for i in train_idx), max_size=config.max_vocab, min_freq=config.min_freq)
-    ids, lengths = encode_matrix(tokens, vocab)
+    corpus = _Corpus(
+        titles=titles,
+        tokens=[normalizer.tokens(t) for t in titles],
+        targets=np.asarray(labels.encode(raw_labels), dtype=np.int64),
+        labels=labels,
+        preprocessing=preprocessing,
+    )
     timing["preprocess_s"] = round(time.perf_counter() - t0, 3)
+
+    kinds = ["time", "random"] if config.split == "both" else [config.split]
+    summaries: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        split = split_indices(kind, raw_labels, config)
+        outcome = _train_split(config, dist, kind, corpus, split, say)
+        summaries[kind] = _split_summary(outcome.metrics)
+    model, vocab, metrics, extra = outcome.model, outcome.vocab, outcome.metrics, outcome.extra
+    metrics["splits"] = summaries
+    metrics["data"]["dropped_empty_titles"] = dataset.dropped_empty
+    metrics["timing"] = {**timing, **metrics["timing"]}
+    if not dist.is_main:
+        return RunResult(None, metrics, model, vocab, labels, preprocessing)
+    metrics["timing"]["total_s"] = round(time.perf_counter() - started, 3)
+    artifact_path = write_artifact(
+        config.artifacts_dir,
+        model=model,
+        vocab=vocab,
+        labels=labels,
+        preprocessing=preprocessing,
+        metrics=metrics,
+        train_config=config.to_dict(),
+        extra_files=extra,
+        provenance={"data_sha256": sha256_file(path), "git_commit": git_commit()},
+        weights_dtype=config.weights_dtype,
+    )
+    for kind, summary in summaries.items():
+        say(
+            f"{kind} split: test weighted F1 {summary['test_f1']:.4f} (best epoch {summary['best_epoch']}); "
+            f"TF-IDF baseline {summary['baseline_test_f1']:.4f}"
+        )
+    print(f"artifact written to {artifact_path}", flush=True)
+    return RunResult(artifact_path, metrics, model, vocab, labels, preprocessing)
+
+
+@dataclass
+class _SplitOutcome:
+    model: TextClassifier
+    vocab: Vocabulary
+    metrics: dict[str, Any]
+    extra: dict[str, bytes]
+
+
+def _split_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers that compare splits: F1 of the model and of TF-IDF, calibration, sizes."""
+    summary: dict[str, Any] = {
+        "test_f1": metrics["test"]["overall"]["f1"],
+        "best_epoch": metrics["best_epoch"],
+        "data": {k: metrics["data"][k] for k in ("train", "val", "test")},
+    }
+    if "baseline" in metrics:
+        summary["baseline_test_f1"] = metrics["baseline"]["test"]["overall"]["f1"]
+    if "calibration" in metrics:
+        summary["calibration"] = {
+            "temperature": metrics["calibration"]["temperature"],
+            **metrics["calibration"]["test"],
+        }
+    return summary
+
+
+def _train_split(
+    config: TrainConfig,
+    dist: distributed.DistContext,
+    kind: str,
+    corpus: _Corpus,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray],
+    say: Any,
+) -> _SplitOutcome:
+    """Fit the vocabulary and the model on one split's training rows; evaluate on its test rows."""
+    timing: dict[str, Any] = {}
+    train_idx, val_idx, test_idx = split
+    tokens, targets, labels = corpus.tokens, corpus.targets, corpus.labels
+    say(f"{kind} split: train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)}")
+    vocab = Vocabulary.fit((tokens[i] for i in train_idx), max_size=config.max_vocab, min_freq=config.min_freq)
+    model_config = build_model_config(config, len(vocab), len(labels))
+    hasher = model_config.subword_hasher()
+    table: torch.Tensor | None = None
+    if hasher is None:
+        ids, lengths = encode_matrix(tokens, vocab)
+    else:
+        # Every token type of the run gets a row of (word index, n-gram ids); a text is then
+        # encoded once, as indices into that table, exactly as a server would encode it.
+        extended, rows = subword_table(vocab, tokens, hasher)
+        ids, lengths = encode_matrix(tokens, extended)
+        table = torch.from_numpy(rows)
     say(f"vocabulary: {len(vocab)} tokens (min_freq {config.min_freq}, max {config.max_vocab}); {labels.classes}")
 
     torch.manual_seed(config.seed)
@@ -189,6 +315,7 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
         progress=dist.is_main and progress_enabled(config.quiet),
         log_epoch=lambda record: say(format_epoch(record)),
         ema_decay=config.ema_decay,
+        token_table=table,
     )
     epoch_seconds = [h["seconds"] for h in fit_result.history]
     timing.update(
@@ -204,30 +331,37 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
     t0 = time.perf_counter()
     model.eval()
     round_weights_(model, config.weights_dtype)  # evaluate exactly what the artifact stores
-    test_pred = predict_logits(model, ids[test_idx], lengths[test_idx], dist.device).argmax(dim=1).numpy()
+    test_logits = predict_logits(model, ids[test_idx], lengths[test_idx], dist.device, token_table=table)
     test_true = targets[test_idx]
+    metrics: dict[str, Any] = {"split": kind}
+    if config.calibrate:
+        val_logits = predict_logits(model, ids[val_idx], lengths[val_idx], dist.device, token_table=table)
+        metrics["calibration"] = calibration_report(val_logits, targets[val_idx], test_logits, test_true)
+        model.config = replace(model.config, temperature=metrics["calibration"]["temperature"])
+    test_probs = probabilities(test_logits, model.config.temperature).numpy()
+    test_pred = test_probs.argmax(axis=1)
     test_perf = performance(test_true, test_pred, labels.classes)
     cm = confusion(test_true, test_pred, labels.classes)
     timing["eval_s"] = round(time.perf_counter() - t0, 3)
-
-    metrics: dict[str, Any] = {
-        "test": test_perf,
-        "confusion_matrix": cm,
-        "history": fit_result.history,
-        "best_epoch": fit_result.best_epoch,
-        "data": {
-            "rows": len(titles),
-            "dropped_empty_titles": dataset.dropped_empty,
+    metrics.update(
+        test=test_perf,
+        confusion_matrix=cm,
+        history=fit_result.history,
+        best_epoch=fit_result.best_epoch,
+        data={
+            "rows": len(tokens),
             "train": len(train_idx),
             "val": len(val_idx),
             "test": len(test_idx),
         },
-        "timing": timing,
-    }
+        reference=drift_reference([tokens[i] for i in test_idx], vocab.stoi, test_probs, labels.classes),
+        timing=timing,
+    )
     if not dist.is_main:
-        return RunResult(None, metrics, model, vocab, labels, preprocessing)
+        return _SplitOutcome(model, vocab, metrics, {})
 
     t0 = time.perf_counter()
+    titles = corpus.titles
     base_pred, base_info = tfidf_baseline(
         [titles[i] for i in train_idx],
         targets[train_idx],
@@ -239,23 +373,7 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
     base_perf = performance(test_true, base_pred, labels.classes)
     metrics["baseline"] = {"name": BASELINE_NAME, **base_info, "test": base_perf}
     timing["baseline_s"] = round(time.perf_counter() - t0, 3)
-    extra = plot_files(fit_result.history, cm, fit_result.best_epoch) if config.plots else {}
-    timing["total_s"] = round(time.perf_counter() - started, 3)
-    artifact_path = write_artifact(
-        config.artifacts_dir,
-        model=model,
-        vocab=vocab,
-        labels=labels,
-        preprocessing=preprocessing,
-        metrics=metrics,
-        train_config=config.to_dict(),
-        extra_files=extra,
-        provenance={"data_sha256": sha256_file(path), "git_commit": git_commit()},
-        weights_dtype=config.weights_dtype,
+    extra = (
+        plot_files(fit_result.history, cm, fit_result.best_epoch, metrics.get("calibration")) if config.plots else {}
     )
-    say(
-        f"test weighted F1 {test_perf['overall']['f1']:.4f} (best epoch {fit_result.best_epoch}); "
-        f"TF-IDF baseline {metrics['baseline']['test']['overall']['f1']:.4f}"
-    )
-    print(f"artifact written to {artifact_path}", flush=True)
-    return RunResult(artifact_path, metrics, model, vocab, labels, preprocessing)
+    return _SplitOutcome(model, vocab, metrics, extra)
