@@ -69,6 +69,7 @@ class TrainConfig:
     subword_buckets: int = 0
     subword_min_n: int = 3
     subword_max_n: int = 5
+    subword_lsa_init: bool = True
     # Optimisation
     epochs: int = 15
     batch_size: int = 128
@@ -212,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--subword-min-n", type=int, default=d.subword_min_n, help="shortest character n-gram")
     g.add_argument("--subword-max-n", type=int, default=d.subword_max_n, help="longest character n-gram")
+    g.add_argument(
+        "--subword-lsa-init",
+        action=argparse.BooleanOptionalAction,
+        default=d.subword_lsa_init,
+        help="with --embedding-init lsa, start each n-gram at the mean LSA vector of the words containing it",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size (per process)")

@@ -13,7 +13,15 @@ import torch
 
 from contract.artifact import round_weights_, sha256_file, write_artifact
 from contract.model import ModelConfig, TextClassifier, probabilities
-from contract.text import PAD_INDEX, LabelEncoder, Normalizer, PreprocessSettings, Vocabulary, load_stopwords
+from contract.text import (
+    PAD_INDEX,
+    LabelEncoder,
+    Normalizer,
+    PreprocessSettings,
+    SubwordHasher,
+    Vocabulary,
+    load_stopwords,
+)
 from training import distributed
 from training.calibration import calibration_report
 from training.config import TrainConfig
@@ -116,6 +124,38 @@ def lsa_embeddings(token_lists, vocab: Vocabulary, dim: int, std: float, seed: i
     vectors[2:] *= std / max(float(vectors[2:, :k].std()), 1e-12)
     vectors[1] = rng.normal(0.0, std, size=dim)  # <UNK>: learnt through word dropout
     return torch.from_numpy(vectors)
+
+
+def split_subword_vectors(
+    vectors: torch.Tensor, vocab: Vocabulary, hasher: SubwordHasher
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Share each word's LSA vector between the word and its character n-grams.
+
+    An n-gram bucket starts at the mean vector of the training words that contain it, and a
+    word keeps the rest, so every known word starts exactly at its LSA vector while a word
+    never seen in training starts at the mean of its n-grams' vectors: near known words that
+    share its pieces, instead of at <UNK>.
+    """
+    from scipy import sparse
+
+    rows: list[int] = []
+    cols: list[int] = []
+    for index, word in enumerate(vocab.itos[2:], start=2):
+        grams = hasher(word)
+        rows += [index] * len(grams)
+        cols += grams
+    words_to_grams = sparse.csr_matrix(
+        (np.ones(len(rows)), (rows, cols)), shape=(len(vocab), hasher.buckets + 1), dtype=np.float64
+    )
+    base = vectors.double().numpy()
+    per_gram = np.asarray(words_to_grams.sum(axis=0)).ravel()
+    gram_vectors = (words_to_grams.T @ base) / np.maximum(per_gram, 1)[:, None]
+    gram_vectors[0] = 0.0  # padding bucket
+    per_word = np.asarray(words_to_grams.sum(axis=1)).ravel()
+    word_gram_mean = (words_to_grams @ gram_vectors) / np.maximum(per_word, 1)[:, None]
+    word_vectors = base - word_gram_mean
+    word_vectors[:2] = base[:2]  # <PAD> and <UNK> have no n-grams
+    return torch.from_numpy(word_vectors).float(), torch.from_numpy(gram_vectors).float()
 
 
 def run(config: TrainConfig) -> RunResult:
@@ -281,8 +321,13 @@ def _train_split(
         t0 = time.perf_counter()
         std = config.embedding_init_std or 0.1
         vectors = lsa_embeddings([tokens[i] for i in train_idx], vocab, config.embedding_dim, std, config.seed)
+        subword_vectors = None
+        if hasher is not None and config.subword_lsa_init:
+            vectors, subword_vectors = split_subword_vectors(vectors, vocab, hasher)
         with torch.no_grad():
             model.embedding.weight.copy_(vectors)
+            if subword_vectors is not None and model.subword_embedding is not None:
+                model.subword_embedding.weight.copy_(subword_vectors)
         timing["embedding_init_s"] = round(time.perf_counter() - t0, 3)
     model = model.to(dist.device)
     # Same initial weights everywhere (DDP broadcasts rank 0's anyway); per-rank dropout noise.
