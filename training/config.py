@@ -86,6 +86,7 @@ class TrainConfig:
     early_stopping_metric: str = "val_loss"
     baseline_c: float | None = None
     calibrate: bool = True
+    refit: bool = False
     # Runtime
     seed: int = 42
     device: str = "auto"
@@ -256,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=d.calibrate,
         help="fit a softmax temperature on the validation split and store it in the artifact",
+    )
+    g.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=d.refit,
+        help="after early stopping, train a fresh model on train + val for the chosen epochs and ship that",
     )
     g = p.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for the split, initialisation and batches")

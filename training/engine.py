@@ -183,6 +183,7 @@ def fit(
     log_epoch: Callable[[dict[str, Any]], None] | None = None,
     ema_decay: float | None = None,
     token_table: torch.Tensor | None = None,
+    lr_schedule: list[float] | None = None,
 ) -> FitResult:
     """Train ``model`` (the bare module) in place and leave the best epoch's weights in it.
 
@@ -190,6 +191,10 @@ def fit(
     validation metrics are averaged over ranks so every rank stops and decays together.
     With ``ema_decay`` the weights that are validated, kept and returned are an exponential
     moving average of the trained ones (smoother than any single step's weights).
+
+    ``lr_schedule`` replays a learning rate per epoch (a refit on train + val of the epochs an
+    earlier run chose): the plateau scheduler and early stopping are off, and the model ends
+    with the last epoch's weights, since the "validation" rows are then training rows.
     """
     net = dist.wrap(model)
     # The fused kernel updates all parameters in one pass: on CPU the default per-tensor loop
@@ -218,8 +223,13 @@ def fit(
     # The model that is validated and kept: the EMA copy when there is one.
     scored = cast(TextClassifier, ema.module if ema is not None else model)
     started = time.perf_counter()
+    if lr_schedule is not None:
+        epochs = len(lr_schedule)
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
+        if lr_schedule is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_schedule[epoch - 1]
         batcher.set_epoch(epoch)
         batches = batcher.batches()
         bar = _progress(len(batches), f"epoch {epoch}/{epochs}", progress)
@@ -258,10 +268,16 @@ def fit(
         result.history.append(record)
         if log_epoch is not None:
             log_epoch(record)
+        if lr_schedule is not None:
+            stopper.best_epoch = epoch
+            continue
         scheduler.step(val_loss)
         if stopper.step(val_loss if early_stopping_metric == "val_loss" else val_f1, epoch, scored):
             break
-    stopper.restore(model)
+    if lr_schedule is None:
+        stopper.restore(model)
+    elif scored is not model:  # refit with EMA: keep the averaged weights, as a normal run does
+        model.load_state_dict(scored.state_dict())
     result.best_epoch = stopper.best_epoch
     result.train_seconds = time.perf_counter() - started
     return result

@@ -288,20 +288,32 @@ def _split_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _train_split(
+@dataclass
+class _Fitted:
+    """A model trained on some rows, with the encoding it was trained with."""
+
+    model: TextClassifier
+    vocab: Vocabulary
+    ids: np.ndarray
+    lengths: np.ndarray
+    table: torch.Tensor | None
+    result: Any
+    timing: dict[str, Any]
+
+
+def _fit_model(
     config: TrainConfig,
     dist: distributed.DistContext,
-    kind: str,
     corpus: _Corpus,
-    split: tuple[np.ndarray, np.ndarray, np.ndarray],
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
     say: Any,
-) -> _SplitOutcome:
-    """Fit the vocabulary and the model on one split's training rows; evaluate on its test rows."""
+    lr_schedule: list[float] | None = None,
+) -> _Fitted:
+    """Vocabulary, encoding, initial embeddings and training, all from the ``fit_idx`` rows only."""
     timing: dict[str, Any] = {}
-    train_idx, val_idx, test_idx = split
     tokens, targets, labels = corpus.tokens, corpus.targets, corpus.labels
-    say(f"{kind} split: train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)}")
-    vocab = Vocabulary.fit((tokens[i] for i in train_idx), max_size=config.max_vocab, min_freq=config.min_freq)
+    vocab = Vocabulary.fit((tokens[i] for i in fit_idx), max_size=config.max_vocab, min_freq=config.min_freq)
     model_config = build_model_config(config, len(vocab), len(labels))
     hasher = model_config.subword_hasher()
     table: torch.Tensor | None = None
@@ -320,7 +332,7 @@ def _train_split(
     if config.embedding_init == "lsa":
         t0 = time.perf_counter()
         std = config.embedding_init_std or 0.1
-        vectors = lsa_embeddings([tokens[i] for i in train_idx], vocab, config.embedding_dim, std, config.seed)
+        vectors = lsa_embeddings([tokens[i] for i in fit_idx], vocab, config.embedding_dim, std, config.seed)
         subword_vectors = None
         if hasher is not None and config.subword_lsa_init:
             vectors, subword_vectors = split_subword_vectors(vectors, vocab, hasher)
@@ -332,13 +344,13 @@ def _train_split(
     model = model.to(dist.device)
     # Same initial weights everywhere (DDP broadcasts rank 0's anyway); per-rank dropout noise.
     torch.manual_seed(config.seed + dist.rank)
-    weights = class_weight_tensor(targets[train_idx], len(labels)) if config.class_weights else None
+    weights = class_weight_tensor(targets[fit_idx], len(labels)) if config.class_weights else None
     say(f"training {config.model} on {dist.device} x{dist.world_size}, {torch.get_num_threads()} CPU thread(s)")
     fit_result = fit(
         model,
-        ids[train_idx],
-        lengths[train_idx],
-        targets[train_idx],
+        ids[fit_idx],
+        lengths[fit_idx],
+        targets[fit_idx],
         ids[val_idx],
         lengths[val_idx],
         targets[val_idx],
@@ -361,6 +373,7 @@ def _train_split(
         log_epoch=lambda record: say(format_epoch(record)),
         ema_decay=config.ema_decay,
         token_table=table,
+        lr_schedule=lr_schedule,
     )
     epoch_seconds = [h["seconds"] for h in fit_result.history]
     timing.update(
@@ -372,15 +385,49 @@ def _train_split(
         device=str(dist.device),
         world_size=dist.world_size,
     )
-
-    t0 = time.perf_counter()
     model.eval()
     round_weights_(model, config.weights_dtype)  # evaluate exactly what the artifact stores
+    return _Fitted(model, vocab, ids, lengths, table, fit_result, timing)
+
+
+def _train_split(
+    config: TrainConfig,
+    dist: distributed.DistContext,
+    kind: str,
+    corpus: _Corpus,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray],
+    say: Any,
+) -> _SplitOutcome:
+    """Fit the vocabulary and the model on one split's training rows; evaluate on its test rows.
+
+    With ``refit``, a second model is then trained on train + validation rows for the epochs
+    (and learning rates) the first run chose, and the first run's temperature is kept: the
+    validation rows are the most recent ones on the time split, the closest to what comes next.
+    """
+    train_idx, val_idx, test_idx = split
+    tokens, targets, labels = corpus.tokens, corpus.targets, corpus.labels
+    say(f"{kind} split: train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)}")
+    first = _fit_model(config, dist, corpus, train_idx, val_idx, say)
+    fit_result, timing = first.result, first.timing
+    metrics: dict[str, Any] = {"split": kind}
+    val_logits = torch.empty(0)
+    if config.calibrate:
+        val_logits = predict_logits(
+            first.model, first.ids[val_idx], first.lengths[val_idx], dist.device, token_table=first.table
+        )
+    final = first
+    if config.refit:
+        schedule = [h["lr"] for h in fit_result.history[: fit_result.best_epoch]]
+        say(f"refit on train + val ({len(train_idx) + len(val_idx)} rows) for {len(schedule)} epoch(s)")
+        final = _fit_model(config, dist, corpus, np.sort(np.concatenate([train_idx, val_idx])), val_idx, say, schedule)
+        metrics["refit"] = {"rows": len(train_idx) + len(val_idx), "epochs": len(schedule)}
+        timing["refit_train_s"] = final.timing["train_s"]
+    model, vocab, ids, lengths, table = final.model, final.vocab, final.ids, final.lengths, final.table
+
+    t0 = time.perf_counter()
     test_logits = predict_logits(model, ids[test_idx], lengths[test_idx], dist.device, token_table=table)
     test_true = targets[test_idx]
-    metrics: dict[str, Any] = {"split": kind}
     if config.calibrate:
-        val_logits = predict_logits(model, ids[val_idx], lengths[val_idx], dist.device, token_table=table)
         metrics["calibration"] = calibration_report(val_logits, targets[val_idx], test_logits, test_true)
         model.config = replace(model.config, temperature=metrics["calibration"]["temperature"])
     test_probs = probabilities(test_logits, model.config.temperature).numpy()
@@ -415,6 +462,19 @@ def _train_split(
         [titles[i] for i in test_idx],
         c=config.baseline_c,
     )
+    if config.refit:
+        # The same rows as the shipped model: C chosen on validation, then fitted on train + val.
+        fit_rows = np.sort(np.concatenate([train_idx, val_idx]))
+        base_info["train_only_test_f1"] = performance(test_true, base_pred, labels.classes)["overall"]["f1"]
+        base_pred, _ = tfidf_baseline(
+            [titles[i] for i in fit_rows],
+            targets[fit_rows],
+            [titles[i] for i in val_idx],
+            targets[val_idx],
+            [titles[i] for i in test_idx],
+            c=base_info["C"],
+        )
+        base_info["fitted_on"] = "train+val"
     base_perf = performance(test_true, base_pred, labels.classes)
     metrics["baseline"] = {"name": BASELINE_NAME, **base_info, "test": base_perf}
     timing["baseline_s"] = round(time.perf_counter() - t0, 3)

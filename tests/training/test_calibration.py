@@ -9,6 +9,7 @@ import torch
 from contract.drift import CONFIDENCE_BUCKETS
 from training.calibration import (
     calibration_report,
+    ece_noise_floor,
     expected_calibration_error,
     fit_temperature,
     nll,
@@ -75,3 +76,12 @@ def test_drift_reference_has_the_shared_shape_and_values():
     assert histogram[CONFIDENCE_BUCKETS.index(0.6)] == pytest.approx(1 / 3)  # 0.55
     assert histogram[CONFIDENCE_BUCKETS.index(0.8)] == pytest.approx(1 / 3)  # 0.8 is upper-inclusive
     assert histogram[CONFIDENCE_BUCKETS.index(0.9)] == pytest.approx(1 / 3)
+
+
+def test_ece_noise_floor_matches_the_ece_of_calibrated_samples():
+    logits, labels = _calibrated_sample(1500, 3)
+    probs = torch.softmax(logits, dim=1).numpy()
+    floor = ece_noise_floor(probs)
+    assert 0.005 < floor < 0.04
+    # Labels drawn from the probabilities themselves: the measured ECE is noise of that size.
+    assert expected_calibration_error(probs, labels) < 2.5 * floor
