@@ -41,6 +41,17 @@ class TrainConfig:
     Measured (``python -m training --data news_10k.csv --threads 2 --seed S``), test weighted F1
     ours vs the TF-IDF baseline: seed 42 0.803/0.809, 1 0.800/0.800, 2 0.811/0.819,
     3 0.800/0.801; the lesson's pipeline got 0.699 on seed 42.
+
+    Then chosen on the out-of-time split (``--split time``, seeds 1, 2, 3), where the config
+    above got 0.737/0.737/0.733:
+
+    * ``refit``: after early stopping, a fresh model trained on train + val for the chosen
+      epochs: 0.764/0.767/0.771 with subwords. The validation block is the most recent data
+      before the test block, and news vocabulary moves fast;
+    * hashed character 3-5-gram embeddings (``subword_buckets`` 20000), initialised from the
+      LSA vectors of the words containing each n-gram, so unseen words get a vector: without
+      refit 0.726/0.751/0.745 (mean +0.005 over the config above, within seed noise), kept
+      because out-of-time titles have ~9% out-of-vocabulary tokens against ~3% in a random split.
     """
 
     # Paths
@@ -66,7 +77,7 @@ class TrainConfig:
     pooling: str = "last_max"
     embedding_init: str = "lsa"
     embedding_init_std: float | None = 0.1
-    subword_buckets: int = 0
+    subword_buckets: int = 20000
     subword_min_n: int = 3
     subword_max_n: int = 5
     subword_lsa_init: bool = True
@@ -86,7 +97,7 @@ class TrainConfig:
     early_stopping_metric: str = "val_loss"
     baseline_c: float | None = None
     calibrate: bool = True
-    refit: bool = False
+    refit: bool = True
     # Runtime
     seed: int = 42
     device: str = "auto"
