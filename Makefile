@@ -49,7 +49,7 @@ bench: install
 # committed metrics there; the new version replaces the old folder(s) in $(ARTIFACTS_DIR).
 default-model: install
 	rm -rf .cache/default-model
-	$(BIN)/python -m training --data $(DATA) --artifacts-dir .cache/default-model --threads 2 --split both
+	$(BIN)/python -m training --data $(DATA) --artifacts-dir .cache/default-model --threads 1 --split both
 	mkdir -p $(ARTIFACTS_DIR)
 	find $(ARTIFACTS_DIR) -mindepth 1 -maxdepth 1 -type d -name '20*' -exec rm -rf {} +
 	mv .cache/default-model/20* $(ARTIFACTS_DIR)/
