@@ -280,6 +280,8 @@ def _split_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     }
     if "baseline" in metrics:
         summary["baseline_test_f1"] = metrics["baseline"]["test"]["overall"]["f1"]
+        if "train_only_test_f1" in metrics["baseline"]:
+            summary["baseline_train_only_test_f1"] = metrics["baseline"]["train_only_test_f1"]
     if "calibration" in metrics:
         summary["calibration"] = {
             "temperature": metrics["calibration"]["temperature"],

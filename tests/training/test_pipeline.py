@@ -62,7 +62,9 @@ def test_metrics_report_shape_and_dropped_rows(tiny_run):
     assert metrics["data"] == {"rows": 600, "train": 420, "val": 90, "test": 90, "dropped_empty_titles": 3}
     assert metrics["split"] == "random" and list(metrics["splits"]) == ["time", "random"]
     for summary in metrics["splits"].values():
-        assert set(summary) == {"test_f1", "baseline_test_f1", "best_epoch", "data", "calibration"}
+        assert set(summary) == {
+            "test_f1", "baseline_test_f1", "baseline_train_only_test_f1", "best_epoch", "data", "calibration",
+        }  # fmt: skip
         assert set(summary["calibration"]) == {
             "temperature", "ece_before", "ece_after", "nll_before", "nll_after", "ece_noise_floor",
         }  # fmt: skip
