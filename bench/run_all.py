@@ -3,6 +3,9 @@
 python -m bench.run_all                 # full run (training bench takes a while)
 python -m bench.run_all --quick         # smoke run: training on 10K only, short serving points
 python -m bench.run_all --skip-train    # serving only (keeps the training section if its JSON exists)
+
+Offline scoring (bench.score_bench) and the drift-counter A/B (bench.drift_bench) run after the
+serving bench; ``--skip-score`` / ``--skip-drift`` keep their previous JSON instead.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def write_report(
     serve: dict[str, Any] | None,
     train_cmd: str,
     serve_cmd: str,
+    extra: Sequence[tuple[str, dict[str, Any] | None, str, str]] = (),
 ) -> Path:
     lines = [
         "# Benchmarks",
@@ -105,6 +109,12 @@ def write_report(
             lines += [f"![throughput vs p99]({rel})", ""]
     else:
         lines += ["Not run (`--skip-serve` and no `bench/out/serve_bench.json`).", ""]
+    for title, result, cmd, intro in extra:
+        lines += [f"## {title}", ""]
+        if result is None:
+            lines += [f"Not run (`{cmd}` has not written its JSON yet).", ""]
+            continue
+        lines += [f"Reproduce: `{cmd}`. Model: {result.get('model')}. {intro}", "", result["markdown"], ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
@@ -113,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-train", action="store_true", help="do not run the training bench")
     parser.add_argument("--skip-serve", action="store_true", help="do not run the serving bench")
+    parser.add_argument("--skip-score", action="store_true", help="do not run the offline scoring bench")
+    parser.add_argument("--skip-drift", action="store_true", help="do not run the drift-counter A/B bench")
     parser.add_argument("--quick", action="store_true", help="short smoke runs of both")
     parser.add_argument("--serve-duration", type=float, default=None, help="seconds per serving load point")
     parser.add_argument("--artifacts-dir", type=Path, default=None, help="passed to the serving bench")
@@ -140,7 +152,38 @@ def main(argv: Sequence[str] | None = None) -> Path:
         from bench import serve_bench
 
         serve = serve_bench.main(serve_argv)
-    report = write_report(args.report, train, serve, train_cmd, serve_cmd)
+    quick = ["--quick"] if args.quick else []
+    score_cmd = " ".join(["python -m bench.score_bench", *quick])
+    drift_cmd = " ".join(["python -m bench.drift_bench", *quick])
+    if args.skip_score:
+        score = _load(OUT / "score_bench.json")
+    else:
+        from bench import score_bench
+
+        score = score_bench.main(quick)
+    if args.skip_drift:
+        drift = _load(OUT / "drift_bench.json")
+    else:
+        from bench import drift_bench
+
+        drift = drift_bench.main(quick)
+    extra = [
+        (
+            "Offline scoring",
+            score,
+            score_cmd,
+            "Generated CSV files (the 10K sample repeated) in a temporary folder; one `python -m "
+            "service.score` process per size, pinned to 2 CPUs; the best of the runs per size.",
+        ),
+        (
+            "Drift counters",
+            drift,
+            drift_cmd,
+            "Two servers, identical but for `--drift-metrics` / `--no-drift-metrics`, loaded in turn "
+            "(ABBA) in one run.",
+        ),
+    ]
+    report = write_report(args.report, train, serve, train_cmd, serve_cmd, extra)
     print(f"wrote {report}")
     return report
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
+from service.drift import DriftCollector
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -40,6 +42,9 @@ class Metrics:
         self.model_loaded = Gauge("hc_model_loaded_timestamp_seconds", "When the served model was loaded", registry=r)
         self.reloads = Counter("hc_model_reloads_total", "Model reload attempts by outcome", ["outcome"], registry=r)
         self.rejected = Counter("hc_rejected_requests_total", "Requests refused by reason", ["reason"], registry=r)
+        # Drift signals: input tokens / OOV / empty, predicted labels, confidence, and the reference.
+        self.drift = DriftCollector()
+        r.register(self.drift)
 
     # BatchMetrics protocol
     def observe_batch(self, texts: int, requests: int, compute_s: float) -> None:

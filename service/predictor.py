@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from contract.artifact import Artifact, ArtifactError, load_artifact, resolve_version
+from contract.drift import InputCounts, count_encoded
 from contract.model import pad_batch, probabilities
+from service.drift import read_reference
 
 # Length groups inside a batch. The packed recurrence already runs every row only for its own
 # length, so a batch is split only around outliers: padding a row to more than this factor
@@ -37,6 +39,11 @@ class Prediction:
     empty: list[bool]
     version: str
     classes: list[str]
+
+
+# Called once per predict() with the batch's input counts, probabilities and class names
+# (the drift counters on /metrics); runs in the model thread, so it must stay cheap.
+PredictionObserver = Callable[[InputCounts, np.ndarray, list[str]], None]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -114,6 +121,7 @@ class Predictor:
         self.classes: list[str] = list(artifact.labels.classes)
         self.version = artifact.version
         self.warm = False
+        self.observer: PredictionObserver | None = None
 
     @classmethod
     def load(cls, artifacts_dir: str | os.PathLike[str], version: str = "latest", device: str = "auto") -> Predictor:
@@ -122,19 +130,26 @@ class Predictor:
         folder = resolve_version(artifacts_dir, version)
         return cls(load_artifact(folder, device=dev), dev)
 
-    def predict(self, texts: Sequence[str]) -> Prediction:
-        """Probabilities for every text, in input order."""
+    def predict(self, texts: Sequence[str], *, observe: bool = True) -> Prediction:
+        """Probabilities for every text, in input order (``observe``: report to :attr:`observer`)."""
         encoded = [self.encoder.encode(t) for t in texts]
-        sequences = [ids for ids, _ in encoded]
-        out = np.empty((len(texts), len(self.classes)), dtype=np.float32)
-        if texts:
+        return self.predict_encoded([ids for ids, _ in encoded], [empty for _, empty in encoded], observe=observe)
+
+    def predict_encoded(
+        self, sequences: Sequence[Sequence[Any]], empty: Sequence[bool], *, observe: bool = True
+    ) -> Prediction:
+        """:meth:`predict` for texts already encoded by ``self.encoder`` (offline scoring sorts by length first)."""
+        out = np.empty((len(sequences), len(self.classes)), dtype=np.float32)
+        if sequences:
             lengths = [len(s) for s in sequences]
             with torch.inference_mode():
                 for group in length_groups(lengths, self.max_group):
                     out[group] = self._forward([sequences[i] for i in group], lengths[group[0]] == lengths[group[-1]])
-        return Prediction(out, [empty for _, empty in encoded], self.version, self.classes)
+        if observe and self.observer is not None:
+            self.observer(count_encoded(sequences, empty), out, self.classes)
+        return Prediction(out, list(empty), self.version, self.classes)
 
-    def _forward(self, sequences: list[list[int]], same_length: bool) -> np.ndarray:
+    def _forward(self, sequences: list[Sequence[Any]], same_length: bool) -> np.ndarray:
         ids, lengths = pad_batch(sequences, self.device)
         # With no padding in the group the plain (unpacked) recurrence gives the same result
         # and skips packing overhead: the common case for single short requests.
@@ -149,18 +164,21 @@ class Predictor:
         for _ in range(rounds):
             for length in (1, 4, 12, 32):
                 for batch in (1, 8, 64):
-                    self.predict([" ".join([word] * length)] * batch)
+                    self.predict([" ".join([word] * length)] * batch, observe=False)
         self.warm = True
 
     def describe(self) -> dict[str, Any]:
         """Metadata for GET /model."""
         art = self.artifact
         pre = art.preprocessing
+        reference, note = read_reference(art.metrics)
         return {
             "version": self.version,
             "created_at": art.manifest.get("created_at"),
             "categories": self.classes,
-            "metrics": art.metrics,
+            "metrics": {k: v for k, v in art.metrics.items() if k != "reference"},
+            "reference": reference,
+            "reference_note": note,
             "model_config": art.config.to_dict(),
             "preprocessing": {
                 "lowercase": pre.lowercase,

@@ -136,6 +136,23 @@ class ModelInfo(BaseModel):
                     "created_at": "2026-11-29T10:50:00+00:00",
                     "categories": ["Business", "Sci/Tech", "Sports", "World"],
                     "metrics": {"test": {"accuracy": 0.89, "macro_f1": 0.89}},
+                    "reference": {
+                        "split": "test",
+                        "texts": 1500,
+                        "tokens": 12000,
+                        "oov_token_rate": 0.09,
+                        "empty_rate": 0.0,
+                        "token_length_quantiles": {"0.5": 8, "0.9": 11, "0.99": 14},
+                        "predicted_label_distribution": {
+                            "Business": 0.25,
+                            "Sci/Tech": 0.26,
+                            "Sports": 0.24,
+                            "World": 0.25,
+                        },
+                        "confidence_buckets": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0],
+                        "confidence_histogram": [0.0, 0.02, 0.05, 0.06, 0.07, 0.09, 0.15, 0.16, 0.25, 0.15],
+                    },
+                    "reference_note": None,
                     "model_config": {"vocab_size": 20000, "num_classes": 4, "rnn_type": "bigru"},
                     "preprocessing": {"lowercase": True, "remove_stopwords": True, "stopword_count": 179},
                     "device": "cpu",
@@ -148,6 +165,13 @@ class ModelInfo(BaseModel):
     created_at: str | None
     categories: list[str]
     metrics: dict[str, Any]
+    reference: dict[str, Any] | None = Field(
+        description="Input and output statistics of the test split (metrics.json 'reference'), the baseline for "
+        "the live drift counters on /metrics; null when the artifact has none."
+    )
+    reference_note: str | None = Field(
+        description="Why the reference is missing or partly unusable; null when it is complete."
+    )
     model_config_: dict[str, Any] = Field(alias="model_config")
     preprocessing: dict[str, Any]
     device: str

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the JSON logs.")
     access_log: bool = Field(True, description="Write one JSON log line per request.")
     warmup: bool = Field(True, description="Run a few forward passes at startup before reporting ready.")
+    drift_metrics: bool = Field(
+        True,
+        description="Count input tokens, OOV tokens, empty inputs, labels and confidence on /metrics (drift signals).",
+    )
     shutdown_timeout_s: float = Field(
         30.0, gt=0, description="On SIGTERM, how long in-flight requests may take before they are cancelled."
     )

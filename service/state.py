@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from service.batching import Batcher
+from service.drift import read_reference
 from service.metrics import Metrics
 from service.predictor import Predictor
 from service.settings import Settings
@@ -23,6 +24,9 @@ class ServiceState:
 
     def set_predictor(self, predictor: Predictor) -> None:
         # One attribute assignment: the batcher reads it once per batch, so the swap is atomic.
+        self.metrics.drift.set_model(predictor.classes, read_reference(predictor.artifact.metrics)[0])
+        if self.settings.drift_metrics:
+            predictor.observer = self.metrics.drift.observe
         self.predictor = predictor
         self.metrics.set_model(predictor.version, str(predictor.device))
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import random
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +17,8 @@ with warnings.catch_warnings():  # starlette's TestClient nags about httpx vs ht
     from fastapi.testclient import TestClient
 
 from contract.artifact import write_artifact
-from contract.model import ModelConfig, TextClassifier
+from contract.drift import CONFIDENCE_BUCKETS, TOKEN_LENGTH_QUANTILES, confidence_histogram, count_inputs
+from contract.model import ModelConfig, TextClassifier, pad_batch, predict_proba
 from contract.text import LabelEncoder, Normalizer, PreprocessSettings, Vocabulary
 from service.app import create_app
 from service.settings import Settings
@@ -60,6 +64,71 @@ def make_artifact(artifacts_dir: Path, *, seed: int = 0, version: str | None = N
         train_config={},
         version=version,
     )
+
+
+def read_news(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def drift_reference(
+    model: TextClassifier, normalizer: Normalizer, vocab: Vocabulary, classes: list[str], titles: list[str]
+) -> dict[str, Any]:
+    """A ``reference`` section in the shape training writes into metrics.json (contract.drift definitions)."""
+    tokens = [normalizer.tokens(t) for t in titles]
+    counts = count_inputs(tokens, vocab.stoi)
+    with torch.inference_mode():
+        probs = predict_proba(model, *pad_batch([vocab.encode(t) for t in tokens])).numpy()
+    confidences = probs.max(axis=1).tolist()
+    top = probs.argmax(axis=1)
+    lengths = sorted(len(t) for t in tokens)
+    hist = confidence_histogram(confidences)
+    return {
+        "split": "test",
+        "texts": counts.texts,
+        "tokens": counts.tokens,
+        "oov_token_rate": counts.oov_tokens / counts.tokens,
+        "empty_rate": counts.empty / counts.texts,
+        "token_length_quantiles": {str(q): lengths[int(q * (len(lengths) - 1))] for q in TOKEN_LENGTH_QUANTILES},
+        "predicted_label_distribution": {c: float((top == i).mean()) for i, c in enumerate(classes)},
+        "confidence_buckets": list(CONFIDENCE_BUCKETS),
+        "confidence_histogram": [n / len(titles) for n in hist],
+    }
+
+
+def make_news_artifact(artifacts_dir: Path, news_csv: Path, version: str) -> tuple[Path, list[str]]:
+    """A small model (random weights) whose vocabulary is fitted on 85% of the 10K sample,
+    with a drift reference computed on the held-out 15%; returns the folder and the held-out titles."""
+    rows = read_news(news_csv)
+    random.Random(0).shuffle(rows)
+    cut = int(len(rows) * 0.85)
+    train, test = [r["title"] for r in rows[:cut]], [r["title"] for r in rows[cut:]]
+    pre = PreprocessSettings(remove_stopwords=False)
+    normalizer = Normalizer(pre)
+    vocab = Vocabulary.fit(normalizer.tokens(t) for t in train)
+    torch.manual_seed(0)
+    dims = {"embedding_dim": 16, "hidden_dim": 16, "fc_dim": 16}  # OOV counting needs the vocabulary, not size
+    model = TextClassifier(ModelConfig(vocab_size=len(vocab), num_classes=4, **dims)).eval()
+    reference = drift_reference(model, normalizer, vocab, CATEGORIES, test)
+    folder = write_artifact(
+        artifacts_dir,
+        model=model,
+        vocab=vocab,
+        labels=LabelEncoder(CATEGORIES),
+        preprocessing=pre,
+        metrics={"test": {"accuracy": 0.25}, "reference": reference},
+        train_config={},
+        version=version,
+    )
+    return folder, test
+
+
+@pytest.fixture(scope="session")
+def news_artifact(news_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """(artifacts folder holding one news-vocabulary model with a drift reference, held-out titles)."""
+    root = tmp_path_factory.mktemp("artifacts-news")
+    _, held_out = make_news_artifact(root, news_csv, "20260101T000000Z-000003")
+    return root, held_out
 
 
 @pytest.fixture(scope="session")
