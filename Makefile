@@ -1,5 +1,10 @@
 # Two commands on a fresh machine: `make run` (serve the committed default model) and
 # `make test` (what CI runs). Everything installs into .venv from the repo's own pins.
+#
+# torch: CPU by default. `make run TORCH=cuda` (or any target) installs the CUDA build instead;
+# TORCH_INDEX_URL overrides the wheel index either way. If the index cannot be reached (an
+# offline machine with a local wheel folder), pip falls back to its configured indexes and
+# scripts/check_torch.py then insists the result is the build asked for, or the install fails.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,20 +14,46 @@ ARTIFACTS_DIR ?= artifacts
 DATA ?= ../shared/data/news_10k.csv
 NLTK_DATA ?= ../shared/nltk_data
 export NLTK_DATA
+TORCH ?= cpu
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
+TORCH_INDEX_cpu := https://download.pytorch.org/whl/cpu
+TORCH_INDEX_cuda := https://download.pytorch.org/whl/cu128
+TORCH_INDEX_URL ?= $(TORCH_INDEX_$(TORCH))
 
-.PHONY: install run test test-fast lint train default-model bench clean docker-build docker-build-train compose-config compose-up
+.PHONY: install install-serve run test test-fast test-container lint train default-model bench clean \
+	docker-build docker-build-train compose-config compose-up
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+# torch alone from the wheel index for TORCH (nothing else from there), its dependencies from
+# PyPI, then the check. Skipped when the venv already has the right build.
+$(BIN)/.torch-$(TORCH): constraints.txt
+	@test -n "$(TORCH_INDEX_URL)" || { echo "error: TORCH must be cpu or cuda (got '$(TORCH)')"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU torch first and pinned, so nothing pulls a multi-GB CUDA build.
-	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python scripts/check_torch.py $(TORCH) $(TORCH_VERSION) 2>/dev/null \
+	|| $(BIN)/pip install -q --no-deps --force-reinstall --retries 1 --timeout 20 --index-url $(TORCH_INDEX_URL) \
+		torch==$(TORCH_VERSION) \
+	|| { echo "note: $(TORCH_INDEX_URL) unreachable; trying pip's configured indexes"; \
+		$(BIN)/pip install -q --no-deps --force-reinstall torch==$(TORCH_VERSION); }
+	$(BIN)/pip install -q -c constraints.txt torch==$(TORCH_VERSION)   # its dependencies, from PyPI
+	$(BIN)/python scripts/check_torch.py $(TORCH) $(TORCH_VERSION)
+	rm -f $(BIN)/.torch-*
 	touch $@
+
+# What serving needs (make run): the serve extra only.
+$(BIN)/.serve: $(BIN)/.torch-$(TORCH) pyproject.toml
+	$(BIN)/pip install -q -c constraints.txt -e '.[serve]'
+	touch $@
+
+# Everything (make test, lint, training, benchmarks): training, serving and the dev tools.
+$(BIN)/.installed: $(BIN)/.torch-$(TORCH) pyproject.toml
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(BIN)/.serve $@
+
+install-serve: $(BIN)/.serve
 
 install: $(BIN)/.installed
 
-run: install
+run: install-serve
 	$(BIN)/python -m service --artifacts-dir $(ARTIFACTS_DIR) --host $(HOST) --port $(PORT)
 
 lint: install
@@ -38,6 +69,12 @@ test: install lint
 # The quick loop while developing: lint and the fast tests only (about a minute).
 test-fast: install lint
 	$(BIN)/python -m pytest -q
+
+# Build and run the images (tests/container/run.sh): uses a running Docker engine, else
+# ../shared/tools/container-env (root) and stops it again; without either it skips, or fails
+# under CI=true. .ci/run calls it after `make test`.
+test-container: install
+	PYTHON=$(BIN)/python bash tests/container/run.sh
 
 # Every benchmark, one run, rewrites BENCHMARKS.md (about 15 minutes; wrk from Debian is used when installed).
 bench: install
@@ -55,16 +92,18 @@ default-model: install
 	mv .cache/default-model/20* $(ARTIFACTS_DIR)/
 	rm -rf .cache/default-model
 
-# Images (need a Docker engine). TORCH_INDEX_URL picks the torch wheel index (CPU by default).
+# Images (need a Docker engine): the API from Dockerfile, the training job from training/Dockerfile.
 IMAGE ?= headline-classifier
 TAG ?= latest
-TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+PYPI_INDEX_URL ?= https://pypi.org/simple
+DOCKER_BUILD_ARGS = --build-arg TORCH_VARIANT=$(TORCH) --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) \
+	--build-arg PYPI_INDEX_URL=$(PYPI_INDEX_URL)
 
 docker-build:
-	docker build --target api --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) -t $(IMAGE):$(TAG) .
+	docker build $(DOCKER_BUILD_ARGS) -t $(IMAGE):$(TAG) .
 
 docker-build-train:
-	docker build --target train --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) -t $(IMAGE)-train:$(TAG) .
+	docker build $(DOCKER_BUILD_ARGS) -f training/Dockerfile -t $(IMAGE)-train:$(TAG) .
 
 # Validates docker-compose.yml without an engine (docker compose v2, else Debian's docker-compose).
 compose-config:

@@ -7,34 +7,14 @@ process with one ``error: ...`` line and exit status 1 instead of a lifespan tra
 from __future__ import annotations
 
 import math
-import signal
 import sys
 from collections.abc import Sequence
-from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
+from service.draining import DrainingServer, close_connections_when_draining
 from service.settings import format_validation_error, load_settings
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's graceful shutdown, plus: readiness turns 503 at once, and a clean exit status 0.
-
-    (uvicorn re-raises the captured SIGTERM after shutting down, which would end the process
-    with -15 even after a perfect drain.)
-    """
-
-    def __init__(self, config: uvicorn.Config, on_exit: object) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_exit()  # type: ignore[operator]
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True
-        else:
-            self.should_exit = True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,11 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.logs import setup_logging
     from service.predictor import Predictor, configure_torch_threads
 
-    setup_logging(settings.log_level)
+    listener = setup_logging(settings.log_level)
     configure_torch_threads(settings.torch_threads)
     try:
         predictor = Predictor.load(settings.artifacts_dir, settings.version, settings.device)
     except ArtifactError as exc:
+        listener.stop()
         print(f"error: cannot load model from {settings.artifacts_dir}: {exc}", file=sys.stderr)
         return 1
     app = create_app(settings, predictor=predictor)
@@ -64,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         state.draining = True
 
     config = uvicorn.Config(
-        app,
+        close_connections_when_draining(app, state),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -73,8 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         lifespan="on",
         server_header=False,
     )
-    server = _Server(config, on_exit)
-    server.run()
+    server = DrainingServer(config, on_exit)
+    try:
+        server.run()
+    finally:
+        listener.stop()  # flush the queued log lines
     return 0 if server.started else 1
 
 

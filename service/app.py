@@ -13,12 +13,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_swagger import patch_fastapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batching import Batcher
 from service.errors import InvalidRequest, MalformedBody, PayloadTooLarge, ServiceError, error_body, jsonable
+from service.fastpath import PredictPath
 from service.gc_tuning import settle_garbage_collector
+from service.logs import access_writer
 from service.metrics import Metrics
 from service.predictor import Predictor
 from service.routes import ANNOUNCED, router
@@ -26,7 +29,6 @@ from service.settings import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("service")
-access_log = logging.getLogger("service.access")
 
 ROUTES = frozenset(
     {"/predict", "/health/live", "/health/ready", "/model", "/metrics", "/admin/reload", "/docs", "/openapi.json"}
@@ -36,7 +38,12 @@ _MAX_REQUEST_ID = 128
 
 class ObservabilityMiddleware:
     """Request id, body-size guard, metrics and one access-log line per request, as plain ASGI
-    (BaseHTTPMiddleware would add a task and stream copies per request)."""
+    (BaseHTTPMiddleware would add a task and stream copies per request).
+
+    It sits outside FastAPI's own middleware stack (see :class:`ServiceApp`) and hands
+    ``POST /predict`` with a Content-Length to the lean path (service/fastpath.py), which
+    falls back to the FastAPI route for anything it does not accept.
+    """
 
     def __init__(self, app: ASGIApp, state: ServiceState) -> None:
         self.app = app
@@ -45,6 +52,13 @@ class ObservabilityMiddleware:
         # The largest valid body: every text at full length, each character escaped (worst
         # case 12 bytes: a surrogate pair), plus room for the JSON around them.
         self.max_body = settings.max_texts_per_request * (settings.max_text_chars * 12 + 8) + 65536
+        self.fast = PredictPath(state, self._dispatch)
+        self.write_access = access_writer() if settings.access_log else None
+        metrics = state.metrics
+        # prometheus_client's labels() takes a lock and builds a key per call: resolve once.
+        self._in_flight = {route: metrics.in_flight.labels(route) for route in (*ROUTES, "unmatched")}
+        self._latency = {route: metrics.latency.labels(route) for route in (*ROUTES, "unmatched")}
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,16 +67,74 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         request_id = ""
         length: bytes | None = None
+        timeout: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable():
                     request_id = value.decode()
             elif name == b"content-length":
                 length = value
+            elif name == b"x-request-timeout-ms":
+                timeout = value
         request_id = request_id or f"{random.getrandbits(128):032x}"  # not security-relevant; uuid4 is slower
-        if scope["method"] == "POST":
+        method = scope["method"]
+        if method == "POST":
             _read_body_as_json(scope)
         header = (b"x-request-id", request_id.encode())
+        status = 500
+        path = scope["path"]
+        route = path if path in ROUTES else "unmatched"
+        in_flight = self._in_flight[route]
+        in_flight.inc()
+        batcher = self.state.batcher
+        predict = path == "/predict" and method == "POST"
+        if predict and batcher is not None:
+            batcher.announce()
+            scope[ANNOUNCED] = True
+        try:
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                status = await self._respond(_error_response(self._too_large()), scope, receive, send, header)
+            elif predict and length is not None:
+                status = await self._fast(scope, receive, send, header, timeout)
+            elif length is None and method == "POST":
+                status = await self._dispatch(scope, self._limit(receive), send, header)
+            else:  # the server reads exactly Content-Length bytes
+                status = await self._dispatch(scope, receive, send, header)
+        finally:
+            if scope.get(ANNOUNCED) and batcher is not None:
+                batcher.withdraw()
+            elapsed = time.perf_counter() - started
+            in_flight.dec()
+            key = (route, method, status)
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = self.state.metrics.requests.labels(route, method, str(status))
+            counter.inc()
+            self._latency[route].observe(elapsed)
+            if self.write_access is not None:
+                self.write_access(method, path, status, round(elapsed * 1000, 3), request_id)
+
+    async def _fast(
+        self, scope: Scope, receive: Receive, send: Send, header: tuple[bytes, bytes], timeout: bytes | None
+    ) -> int:
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            return await self.fast(scope, receive, tracking_send, header, timeout)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("unhandled error")  # the same answer as the app's catch-all handler
+            response = _error_response(ServiceError(f"internal error: {type(exc).__name__}"))
+            return await self._respond(response, scope, receive, send, header)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, header: tuple[bytes, bytes]) -> int:
+        """The FastAPI app, with the request id added to the response; returns the status sent."""
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -72,40 +144,15 @@ class ObservabilityMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        path = scope["path"]
-        route = path if path in ROUTES else "unmatched"
-        metrics = self.state.metrics
-        in_flight = metrics.in_flight.labels(route)
-        in_flight.inc()
-        batcher = self.state.batcher
-        if path == "/predict" and scope["method"] == "POST" and batcher is not None:
-            batcher.announce()
-            scope[ANNOUNCED] = True
-        try:
-            if length is not None and length.isdigit() and int(length) > self.max_body:
-                await _error_response(self._too_large())(scope, receive, send_with_id)
-            elif length is None and scope["method"] == "POST":
-                await self.app(scope, self._limit(receive), send_with_id)
-            else:  # the server reads exactly Content-Length bytes
-                await self.app(scope, receive, send_with_id)
-        finally:
-            if scope.get(ANNOUNCED) and batcher is not None:
-                batcher.withdraw()
-            elapsed = time.perf_counter() - started
-            in_flight.dec()
-            metrics.requests.labels(route, scope["method"], str(status)).inc()
-            metrics.latency.labels(route).observe(elapsed)
-            if self.state.settings.access_log and access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "request",
-                    extra={
-                        "method": scope["method"],
-                        "path": path,
-                        "status": status,
-                        "latency_ms": round(elapsed * 1000, 3),
-                        "request_id": request_id,
-                    },
-                )
+        await self.app(scope, receive, send_with_id)
+        return status
+
+    async def _respond(
+        self, response: Response, scope: Scope, receive: Receive, send: Send, header: tuple[bytes, bytes]
+    ) -> int:
+        response.raw_headers.append(header)
+        await response(scope, receive, send)
+        return response.status_code
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"request body over {self.max_body} bytes")
@@ -123,6 +170,25 @@ class ObservabilityMiddleware:
             return message
 
         return limited
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with :class:`ObservabilityMiddleware` outermost, ahead of FastAPI's own middleware stack.
+
+    (``add_middleware`` would put it inside Starlette's error and exception layers, which the
+    lean /predict path does not need; everything else still goes through them.)
+    """
+
+    observability: ObservabilityMiddleware | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.observability is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.observability(scope, receive, send)
+
+    async def inner(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
 
 
 def _read_body_as_json(scope: Scope) -> None:
@@ -179,7 +245,7 @@ def _http_error_response(exc: StarletteHTTPException) -> Response:
     return _error_response(err)
 
 
-def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
+def create_app(settings: Settings, predictor: Predictor | None = None) -> ServiceApp:
     """The app for ``settings``; ``predictor`` may be preloaded (``python -m service`` does, to fail early)."""
     state = ServiceState(settings=settings, metrics=Metrics())
 
@@ -213,16 +279,19 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
             await state.batcher.stop(timeout=settings.shutdown_timeout_s)
             log.info("batcher drained; shutdown complete")
 
-    app = FastAPI(
+    app = ServiceApp(
         title="Headline classifier",
         version="1.0",
         description="Classifies news headlines into topics with a bidirectional GRU; GET /model names the version.",
         lifespan=lifespan,
+        docs_url=None,  # served by fastapi_swagger below, from its packaged assets (no CDN)
+        swagger_ui_oauth2_redirect_url=None,
     )
+    patch_fastapi(app, docs_url="/docs", redirect_from_root_to_docs=False)
     app.state.service = state
     _document_limits(app, settings)
     app.include_router(router)
-    app.add_middleware(ObservabilityMiddleware, state=state)
+    app.observability = ObservabilityMiddleware(app.inner, state)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:

@@ -11,12 +11,20 @@ the next batch.
 
 A request is never split: its texts stay together. ``max_batch_size=1`` runs every request
 alone (the no-batching baseline).
+
+No work for requests nobody waits for: each request has a deadline (the client's
+``X-Request-Timeout-Ms``, capped by the server's request timeout). A timer answers it the
+moment the deadline passes: still queued, it leaves the queue uncomputed (counted as dropped,
+reason ``deadline``); already running, its caller gets the timeout at once and the batch's
+result for it is discarded. A request whose client disconnected is dropped (reason
+``disconnected``) when its batch is about to start; the HTTP layer hands in a cheap probe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,17 +41,40 @@ class Overloaded(Exception):
     """The queue is full (or the batcher is draining); the caller should retry later."""
 
 
+class DeadlineExceeded(TimeoutError):
+    """The request's deadline passed; ``computed`` is False when it never reached the model."""
+
+    def __init__(self, timeout_s: float, computed: bool) -> None:
+        where = "while its batch was running" if computed else "while queued; it was not computed"
+        super().__init__(f"deadline of {timeout_s * 1000:g} ms passed {where}")
+        self.timeout_s = timeout_s
+        self.computed = computed
+
+
+class ClientDisconnected(Exception):
+    """The client left before the request's batch started; it was not computed."""
+
+
 class BatchMetrics(Protocol):
     def observe_batch(self, texts: int, requests: int, compute_s: float) -> None: ...
     def observe_queue_wait(self, seconds: float) -> None: ...
     def set_queue_depth(self, texts: int) -> None: ...
+    def count_dropped(self, reason: str) -> None: ...
 
 
-@dataclass
+# Where a request is; a deadline timer acts on it accordingly.
+_QUEUED, _FORMING, _RUNNING = 0, 1, 2
+
+
+@dataclass(eq=False, slots=True)
 class _Request:
     texts: Sequence[str]
     future: asyncio.Future[Prediction]
     enqueued: float = field(default_factory=time.monotonic)
+    timeout_s: float | None = None
+    deadline: float = math.inf
+    gone: Callable[[], bool] | None = None  # True once the client disconnected
+    stage: int = _QUEUED
 
 
 def split_prediction(prediction: Prediction, sizes: Sequence[int]) -> list[Prediction]:
@@ -146,20 +177,57 @@ class Batcher:
             if self._announced == 0 and self._wakeup is not None:
                 self._wakeup.set()
 
-    async def submit(self, texts: Sequence[str], timeout: float | None = None) -> Prediction:
-        """Queue ``texts`` and wait for their result. Raises Overloaded, TimeoutError or the model's error."""
+    async def submit(
+        self,
+        texts: Sequence[str],
+        timeout: float | None = None,
+        gone: Callable[[], bool] | None = None,
+    ) -> Prediction:
+        """Queue ``texts`` and wait for their result.
+
+        ``timeout`` (seconds) is the request's deadline; ``gone`` tells whether its client has
+        disconnected. Raises Overloaded, DeadlineExceeded, ClientDisconnected or the model's error.
+        """
         if self._closing or self._task is None:
             raise Overloaded("server is shutting down")
         if self._queued_texts + len(texts) > self.max_queue_size:
             raise Overloaded(f"queue full ({self._queued_texts} texts waiting, limit {self.max_queue_size})")
-        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(texts, future))
+        loop = asyncio.get_running_loop()
+        request = _Request(texts, loop.create_future(), time.monotonic(), timeout, gone=gone)
+        timer = None
+        if timeout is not None:
+            request.deadline = request.enqueued + timeout
+            timer = loop.call_later(timeout, self._expire, request)
+        self._queue.append(request)
         self._queued_texts += len(texts)
         self._set_depth()
         assert self._wakeup is not None
         self._wakeup.set()
-        # wait_for cancels the future on timeout; the consumer skips cancelled requests.
-        return await asyncio.wait_for(future, timeout)
+        try:
+            return await request.future
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, request: _Request) -> None:
+        """The deadline timer: answer the caller now; drop the request if it has not started."""
+        if request.future.done():
+            return
+        assert request.timeout_s is not None
+        if request.stage == _RUNNING:
+            request.future.set_exception(DeadlineExceeded(request.timeout_s, computed=True))
+            return
+        if request.stage == _QUEUED:
+            self._queue.remove(request)
+            self._queued_texts -= len(request.texts)
+            self._set_depth()
+        # _FORMING: the batch skips requests whose future is done when it starts.
+        self._drop(request, "deadline", DeadlineExceeded(request.timeout_s, computed=False))
+
+    def _drop(self, request: _Request, reason: str, exc: Exception) -> None:
+        request.future.set_exception(exc)
+        if self._metrics is not None:
+            self._metrics.count_dropped(reason)
 
     # -- consumer ------------------------------------------------------------------------
     def _pop(self) -> _Request:
@@ -171,10 +239,27 @@ class Batcher:
         """Move queued requests into ``batch`` while they fit (``first``: take one whatever its size)."""
         while self._queue and ((first and not batch) or size + len(self._queue[0].texts) <= self.max_batch_size):
             request = self._pop()
-            if not request.future.done():  # timed out / cancelled callers are skipped
+            if not request.future.done():  # cancelled callers are skipped
+                request.stage = _FORMING
                 batch.append(request)
                 size += len(request.texts)
         return size
+
+    def _start(self, batch: list[_Request], now: float) -> list[_Request]:
+        """The requests of ``batch`` still worth computing, marked running; the rest are dropped."""
+        live = []
+        for request in batch:
+            if request.future.done():  # answered by its deadline timer, or cancelled
+                continue
+            if request.deadline <= now:  # the timer is due but has not run yet
+                assert request.timeout_s is not None
+                self._drop(request, "deadline", DeadlineExceeded(request.timeout_s, computed=False))
+            elif request.gone is not None and request.gone():
+                self._drop(request, "disconnected", ClientDisconnected("client disconnected before its batch started"))
+            else:
+                request.stage = _RUNNING
+                live.append(request)
+        return live
 
     async def _fill_batch(self, batch: list[_Request]) -> None:
         """Fill ``batch`` (initially empty) in place, so a cancellation never loses a request."""
@@ -210,6 +295,9 @@ class Batcher:
             try:
                 await self._fill_batch(batch)
                 started = time.monotonic()
+                batch[:] = self._start(batch, started)
+                if not batch:
+                    continue
                 for request in batch:
                     self._observe_wait(started - request.enqueued)
                 predictor = self._get_predictor()
@@ -231,7 +319,7 @@ class Batcher:
                 for request, part in zip(
                     batch, split_prediction(prediction, [len(r.texts) for r in batch]), strict=True
                 ):
-                    if not request.future.done():
+                    if not request.future.done():  # not answered already by its deadline
                         request.future.set_result(part)
             finally:
                 self._current = []
@@ -245,4 +333,12 @@ class Batcher:
             self._metrics.set_queue_depth(self._queued_texts)
 
 
-__all__ = ["Batcher", "Overloaded", "Prediction", "merge_texts", "split_prediction"]
+__all__ = [
+    "Batcher",
+    "ClientDisconnected",
+    "DeadlineExceeded",
+    "Overloaded",
+    "Prediction",
+    "merge_texts",
+    "split_prediction",
+]

@@ -74,3 +74,15 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)
+
+
+class InvalidHeader(ServiceError):
+    status_code = 400
+    error_type = "invalid_header"
+
+
+class ClientClosedRequest(ServiceError):
+    """Nobody reads this answer: the client left before its batch started (logged as 499, as nginx does)."""
+
+    status_code = 499
+    error_type = "client_closed_request"

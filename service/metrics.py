@@ -42,6 +42,14 @@ class Metrics:
         self.model_loaded = Gauge("hc_model_loaded_timestamp_seconds", "When the served model was loaded", registry=r)
         self.reloads = Counter("hc_model_reloads_total", "Model reload attempts by outcome", ["outcome"], registry=r)
         self.rejected = Counter("hc_rejected_requests_total", "Requests refused by reason", ["reason"], registry=r)
+        self.dropped = Counter(
+            "hc_dropped_requests_total",
+            "Requests taken out of the queue without being computed, by reason (deadline, disconnected)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("deadline", "disconnected"):
+            self.dropped.labels(reason)  # exported at 0 from the start, so rate() works
         # Drift signals: input tokens / OOV / empty, predicted labels, confidence, and the reference.
         self.drift = DriftCollector()
         r.register(self.drift)
@@ -57,6 +65,9 @@ class Metrics:
 
     def set_queue_depth(self, texts: int) -> None:
         self.queue_depth.set(texts)
+
+    def count_dropped(self, reason: str) -> None:
+        self.dropped.labels(reason).inc()
 
     def set_model(self, version: str, device: str) -> None:
         self.model_info.info({"version": version, "device": device})

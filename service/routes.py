@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from contract.artifact import ArtifactError
-from service.batching import Overloaded
+from service.batching import ClientDisconnected, DeadlineExceeded, Overloaded
+from service.disconnect import DisconnectProbe, Receive
 from service.errors import (
+    ClientClosedRequest,
+    InvalidHeader,
     InvalidRequest,
     NotFound,
     ReloadFailed,
@@ -41,6 +44,7 @@ log = logging.getLogger("service")
 router = APIRouter()
 
 ANNOUNCED = "hc.announced"
+_encode = msgspec.json.Encoder().encode
 
 
 async def get_state(request: Request) -> ServiceState:
@@ -53,11 +57,11 @@ State = Annotated[ServiceState, Depends(get_state)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
-        400: "Body is not valid JSON",
+        400: "Body is not valid JSON, or a bad X-Request-Timeout-Ms header",
         413: "Body larger than any valid request",
         422: "Body is valid JSON but not a valid request (empty text, too long, too many, extra fields...)",
         503: "Overloaded or shutting down; retry after the Retry-After header",
-        504: "The prediction did not finish within the request timeout",
+        504: "The prediction did not finish within the request timeout (or the client's X-Request-Timeout-Ms)",
     }.items()
 }
 
@@ -70,6 +74,76 @@ def withdraw_announcement(request: Request, state: ServiceState) -> None:
             state.batcher.withdraw()
 
 
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+_TIMEOUT_PARAMETER = {
+    "name": TIMEOUT_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "This request's deadline in milliseconds (a positive integer), capped by the server's "
+    "--request-timeout-s. Not started by then: never computed, 504 with Retry-After. Still running: 504 "
+    "at the deadline. A bad value is a 400.",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+
+def request_timeout(value: str | bytes | None, cap_s: float) -> float:
+    """Seconds this request may take: the client's ``X-Request-Timeout-Ms`` capped by ``cap_s``; 400 if bad."""
+    if value is None:
+        return cap_s
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    digits = text.strip(" \t")
+    significant = digits.lstrip("0")
+    if not (digits.isascii() and digits.isdigit()) or not significant:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise InvalidHeader(
+            f"invalid {TIMEOUT_HEADER} header {shown!r}: expected a positive integer number of milliseconds"
+        )
+    # More than 15 digits is past any cap (and int() of thousands of digits is slow).
+    return cap_s if len(significant) > 15 else min(int(significant) / 1000.0, cap_s)
+
+
+def checked_texts(body: PredictRequest, max_texts: int, max_chars: int) -> list[str]:
+    """The request's texts, or InvalidRequest for the runtime limits (the schema states them too)."""
+    texts = body.all_texts()
+    if len(texts) > max_texts:
+        raise InvalidRequest(f"too many texts: {len(texts)} given, at most {max_texts} allowed")
+    too_long = [
+        {"loc": ["body", "text"] if body.text is not None else ["body", "texts", i], "chars": len(t)}
+        for i, t in enumerate(texts)
+        if len(t) > max_chars
+    ]
+    if too_long:
+        raise InvalidRequest(f"text too long: {len(too_long)} text(s) over {max_chars} characters", details=too_long)
+    return texts
+
+
+async def predict_texts(state: ServiceState, texts: list[str], timeout_s: float, receive: Receive) -> Prediction:
+    """Queue ``texts`` with their deadline and wait; every way it can fail becomes a ServiceError."""
+    settings = state.settings
+    batcher = state.batcher
+    if batcher is None:
+        raise ServiceUnavailable("model not loaded yet", headers={"Retry-After": str(settings.retry_after_s)})
+    gone = DisconnectProbe(receive)
+    try:
+        return await batcher.submit(texts, timeout=timeout_s, gone=gone)
+    except Overloaded as exc:
+        state.metrics.rejected.labels("overloaded").inc()
+        raise ServiceUnavailable(str(exc), headers={"Retry-After": str(settings.retry_after_s)}) from None
+    except DeadlineExceeded as exc:
+        state.metrics.rejected.labels("timeout").inc()
+        message = f"prediction did not finish within {timeout_s:g} s"
+        if exc.computed:
+            raise Timeout(f"{message} (its batch was still running)") from None
+        headers = {"Retry-After": str(settings.retry_after_s)}
+        raise Timeout(f"{message} (it was still queued and was not computed)", headers=headers) from None
+    except ClientDisconnected:
+        raise ClientClosedRequest("client disconnected before its batch started") from None
+    except Exception as exc:  # noqa: BLE001 - a failed batch: tell its callers, keep serving
+        raise ServiceError(f"prediction failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        gone.close()
+
+
 def render_predictions(prediction: Prediction) -> bytes:
     classes = prediction.classes
     indices = range(len(classes))
@@ -77,7 +151,7 @@ def render_predictions(prediction: Prediction) -> bytes:
     for row, empty in zip(prediction.probabilities.tolist(), prediction.empty, strict=True):
         order = sorted(indices, key=row.__getitem__, reverse=True)
         items.append({"label": classes[order[0]], "probabilities": {classes[i]: row[i] for i in order}, "empty": empty})
-    return json.dumps({"model_version": prediction.version, "predictions": items}).encode()
+    return _encode({"model_version": prediction.version, "predictions": items})
 
 
 @router.post(
@@ -85,34 +159,16 @@ def render_predictions(prediction: Prediction) -> bytes:
     response_model=PredictResponse,
     responses=ERRORS,
     summary="Classify one headline or a list of headlines",
+    openapi_extra={"parameters": [_TIMEOUT_PARAMETER]},
 )
 async def predict(body: PredictRequest, request: Request, state: State) -> Response:
+    """Well-formed requests are answered by the lean path (service/fastpath.py) before they reach
+    this handler; it serves the rest (and is what /openapi.json describes: both behave alike)."""
     withdraw_announcement(request, state)
     settings = state.settings
-    texts = body.all_texts()
-    if len(texts) > settings.max_texts_per_request:
-        raise InvalidRequest(f"too many texts: {len(texts)} given, at most {settings.max_texts_per_request} allowed")
-    too_long = [
-        {"loc": ["body", "text"] if body.text is not None else ["body", "texts", i], "chars": len(t)}
-        for i, t in enumerate(texts)
-        if len(t) > settings.max_text_chars
-    ]
-    if too_long:
-        raise InvalidRequest(
-            f"text too long: {len(too_long)} text(s) over {settings.max_text_chars} characters", details=too_long
-        )
-    if state.batcher is None:
-        raise ServiceUnavailable("model not loaded yet", headers={"Retry-After": str(settings.retry_after_s)})
-    try:
-        prediction = await state.batcher.submit(texts, timeout=settings.request_timeout_s)
-    except Overloaded as exc:
-        state.metrics.rejected.labels("overloaded").inc()
-        raise ServiceUnavailable(str(exc), headers={"Retry-After": str(settings.retry_after_s)}) from None
-    except TimeoutError:
-        state.metrics.rejected.labels("timeout").inc()
-        raise Timeout(f"prediction did not finish within {settings.request_timeout_s:g} s") from None
-    except Exception as exc:  # noqa: BLE001 - a failed batch: tell its callers, keep serving
-        raise ServiceError(f"prediction failed: {type(exc).__name__}: {exc}") from exc
+    texts = checked_texts(body, settings.max_texts_per_request, settings.max_text_chars)
+    timeout_s = request_timeout(request.headers.get(TIMEOUT_HEADER), settings.request_timeout_s)
+    prediction = await predict_texts(state, texts, timeout_s, request.receive)
     return Response(render_predictions(prediction), media_type="application/json")
 
 

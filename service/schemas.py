@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
 EXAMPLE_PROBABILITIES: dict[str, Any] = {"Sports": 0.9412, "World": 0.0311, "Business": 0.0170, "Sci/Tech": 0.0107}
 
+# The one whitespace rule, used verbatim as the OpenAPI pattern and by the validators. A text is
+# blank when every character is whitespace. "Whitespace" is the union of Python's str.isspace()
+# and ECMAScript's \s (which JSON-schema patterns use): the two disagree on U+001C-U+001F and
+# U+0085 (Python only) and U+FEFF (ECMAScript only), so the set is spelled out instead of
+# writing \s, which would mean something different to the validator and to a schema client.
+WHITESPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+NOT_BLANK = f"[^{WHITESPACE}]"  # JSON-schema pattern (a search): at least one non-whitespace character
+_NOT_BLANK = re.compile(NOT_BLANK)
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` has no character outside :data:`WHITESPACE` (the schema's pattern fails)."""
+    return _NOT_BLANK.search(text) is None
+
 
 def _check_text(text: str) -> str:
-    if not text.strip():
+    if is_blank(text):
         raise ValueError("text must not be empty or whitespace only")
     return text
-
-
-NOT_BLANK = r"\S"  # JSON-schema pattern (a search): at least one non-whitespace character
 
 
 def _predict_request_schema(schema: dict[str, Any]) -> None:
@@ -69,7 +81,7 @@ class PredictRequest(BaseModel):
         if not value:
             raise ValueError("texts must not be an empty list")
         for i, text in enumerate(value):
-            if not text.strip():
+            if is_blank(text):
                 raise ValueError(f"texts[{i}] must not be empty or whitespace only")
         return value
 

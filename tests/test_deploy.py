@@ -1,4 +1,4 @@
-"""Deployment files checked without a Docker engine: Dockerfile, .dockerignore, docker-compose.yml.
+"""Deployment files checked without a Docker engine: the Dockerfiles, .dockerignore, docker-compose.yml.
 
 No image is built here. The tests hold the files to the code they deploy: COPY sources exist in
 the build context, entry points and health checks name real modules and endpoints, every
@@ -29,6 +29,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
+TRAIN_DOCKERFILE = ROOT / "training" / "Dockerfile"
+# image (= the final stage's name) -> its Dockerfile
+IMAGES = {"api": DOCKERFILE, "train": TRAIN_DOCKERFILE}
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
 READY_PATH = "/health/ready"
@@ -166,14 +169,48 @@ def is_dockerignored(relpath: str) -> bool:
 
 @pytest.fixture(scope="module")
 def stages() -> list[Stage]:
-    return parse_dockerfile()
+    """The API image's Dockerfile."""
+    return parse_dockerfile(DOCKERFILE)
 
 
-def test_dockerfile_parser_sees_the_stages(stages: list[Stage]) -> None:
+@pytest.fixture(scope="module")
+def train_stages() -> list[Stage]:
+    return parse_dockerfile(TRAIN_DOCKERFILE)
+
+
+def _stages_of(image: str) -> list[Stage]:
+    return parse_dockerfile(IMAGES[image])
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_each_dockerfile_ends_with_its_image_and_holds_nothing_else(image: str) -> None:
+    stages = _stages_of(image)
     names = [s.name for s in stages]
-    assert {"builder", "train", "api"} <= set(names), names
-    # `docker build .` builds the last stage: that must be the API, the image users run.
-    assert names[-1] == "api"
+    # `docker build .` (or -f training/Dockerfile) builds the last stage: the image itself.
+    assert names[-1] == image, names
+    # The classic builder (no BuildKit, e.g. docker-compose 1.29's default) builds every stage up
+    # to the target, used or not: so every stage here must be one the image is built from.
+    needed = {s.name for s in _chain(stages, image)}
+    for stage, flags, _, _ in _copies(stages):
+        if "from" in flags and stage in needed:
+            needed |= {s.name for s in _chain(stages, flags["from"].lower())}
+    assert set(names) == needed, f"{IMAGES[image].relative_to(ROOT)}: stages {set(names) - needed} are not needed"
+
+
+def test_api_image_copies_no_training_code(stages: list[Stage]) -> None:
+    sources = {src.rstrip("/") for _, flags, srcs, _ in _copies(stages) if "from" not in flags for src in srcs}
+    assert {"contract", "service"} <= sources
+    assert not any(src == "training" or src.startswith("training/") for src in sources), sources
+
+
+def test_torch_layer_is_shared_by_both_images(stages: list[Stage], train_stages: list[Stage]) -> None:
+    """Same instructions up to the torch install: the second build reuses the biggest layer."""
+
+    def upto_torch(found: list[Stage]) -> list[tuple[str, list[tuple[str, str]]]]:
+        return [(s.name, s.instructions) for s in _chain(found, "torch")]
+
+    assert upto_torch(stages) == upto_torch(train_stages)
+    assert [i for i in parse_dockerfile(DOCKERFILE)[0].instructions] == train_stages[0].instructions
 
 
 @pytest.mark.parametrize(
@@ -191,7 +228,9 @@ def test_dockerignore_matcher(pattern: str, path: str, expected: bool, monkeypat
     assert is_dockerignored(path) is expected
 
 
-def test_copy_sources_exist_and_are_in_the_build_context(stages: list[Stage]) -> None:
+@pytest.mark.parametrize("image", IMAGES)
+def test_copy_sources_exist_and_are_in_the_build_context(image: str) -> None:
+    stages = _stages_of(image)
     local = [(stage, srcs) for stage, flags, srcs, _ in _copies(stages) if "from" not in flags]
     assert local, "no COPY from the build context"
     for stage, sources in local:
@@ -201,7 +240,9 @@ def test_copy_sources_exist_and_are_in_the_build_context(stages: list[Stage]) ->
             assert not is_dockerignored(src.rstrip("/")), f"stage {stage}: COPY source {src} is in .dockerignore"
 
 
-def test_copy_from_names_earlier_stages(stages: list[Stage]) -> None:
+@pytest.mark.parametrize("image", IMAGES)
+def test_copy_from_names_earlier_stages(image: str) -> None:
+    stages = _stages_of(image)
     names = [s.name for s in stages]
     for stage, flags, _, _ in _copies(stages):
         if "from" in flags:
@@ -215,19 +256,50 @@ def test_project_sources_the_build_needs_are_not_ignored() -> None:
         assert not is_dockerignored(path), path
 
 
-def test_torch_pin_matches_constraints_and_pyproject(stages: list[Stage]) -> None:
-    pins = {m for m in re.findall(r"torch==([\w.+-]+)", DOCKERFILE.read_text())}
+@pytest.mark.parametrize("image", IMAGES)
+def test_torch_pin_matches_constraints_and_pyproject(image: str) -> None:
+    stages = _stages_of(image)
+    text = IMAGES[image].read_text()
+    pins = {m for m in re.findall(r"torch==([\w.+-]+)", text)}
     constraints = re.search(r"^torch==(\S+)$", (ROOT / "constraints.txt").read_text(), flags=re.MULTILINE)
     pyproject = re.search(r'"torch==([^"]+)"', (ROOT / "pyproject.toml").read_text())
     assert constraints and pyproject
     assert pins == {constraints.group(1)} == {pyproject.group(1)}
     installs = [r for s in stages for kw, r in s.instructions if kw == "RUN" and "pip install" in r]
-    assert installs and all("-c constraints.txt" in r for r in installs), "every pip install uses the pins"
-    assert any("--index-url" in r and "TORCH_INDEX_URL" in r for r in installs), "torch comes from TORCH_INDEX_URL"
+    assert installs and all("-c constraints.txt" in r or "--no-deps" in r for r in installs), "pinned installs"
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_torch_comes_only_from_its_index_and_is_checked(image: str) -> None:
+    """No silent fallback to PyPI's CUDA build: torch from TORCH_INDEX_URL alone, then verified."""
+    stages = _stages_of(image)
+    runs = [r for s in _chain(stages, "torch") for kw, r in s.instructions if kw == "RUN"]
+    commands = [c.strip() for r in runs for c in r.split("&&")]
+    torch_install = next(c for c in commands if "pip install" in c and "--index-url" in c)
+    assert "TORCH_INDEX_URL" in torch_install and "--no-deps" in torch_install
+    assert "--extra-index-url" not in " ".join(runs), "a second index is a fallback to a CUDA build"
+    check = commands.index(next(c for c in commands if "check_torch.py" in c))
+    assert check > commands.index(torch_install)
+    assert "TORCH_VARIANT" in commands[check]
+    args = {rest.split("=")[0]: rest.partition("=")[2] for rest in _effective(stages, "torch", "ARG")}
+    assert args["TORCH_VARIANT"] == "cpu" and args["TORCH_INDEX_URL"].endswith("/whl/cpu")
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_pypi_index_reaches_every_other_install(image: str) -> None:
+    stages = _stages_of(image)
+    builder_env = _env(stages, "builder")
+    assert builder_env.get("PIP_INDEX_URL") == "${PYPI_INDEX_URL}", "pip reads PIP_INDEX_URL in every RUN"
+    installs = [r for s in _chain(stages, "builder") for kw, r in s.instructions if kw == "RUN" and "pip install" in r]
+    for run in installs:
+        for command in run.split("&&"):
+            if "pip install" in command and "TORCH_INDEX_URL" not in command:
+                assert "--index-url" not in command and "-i " not in command, command
 
 
 @pytest.mark.parametrize("stage, module", [("api", "service"), ("train", "training")])
-def test_entrypoint_runs_the_package(stages: list[Stage], stage: str, module: str) -> None:
+def test_entrypoint_runs_the_package(stage: str, module: str) -> None:
+    stages = _stages_of(stage)
     entrypoints = _effective(stages, stage, "ENTRYPOINT")
     assert entrypoints, f"{stage}: no ENTRYPOINT"
     assert entrypoints[-1].startswith("["), "exec form, so python is PID 1 and gets SIGTERM to drain"
@@ -236,7 +308,8 @@ def test_entrypoint_runs_the_package(stages: list[Stage], stage: str, module: st
 
 
 @pytest.mark.parametrize("stage", ["api", "train"])
-def test_runs_as_a_non_root_user(stages: list[Stage], stage: str) -> None:
+def test_runs_as_a_non_root_user(stage: str) -> None:
+    stages = _stages_of(stage)
     users = _effective(stages, stage, "USER")
     assert users, f"{stage}: no USER, the container would run as root"
     user = users[-1].split(":")[0]
@@ -258,6 +331,22 @@ def test_healthcheck_probes_readiness(stages: list[Stage]) -> None:
     assert "curl" not in argv and "wget" not in argv, "the slim base has neither"
 
 
+def _flag_seconds(flags: dict[str, str], name: str) -> float:
+    value = flags[name]
+    return float(value[:-1]) if value.endswith("s") else float(value)
+
+
+def test_healthcheck_turns_healthy_soon_after_ready(stages: list[Stage], compose: dict[str, Any]) -> None:
+    """Docker runs the first probe one interval after start and then every interval: healthy is
+    at most one interval (plus the probe) after ready. The target is 5 s."""
+    flags, _ = _split_flags(_effective(stages, "api", "HEALTHCHECK")[-1])
+    assert _flag_seconds(flags, "interval") + _flag_seconds(flags, "timeout") <= 6
+    assert _flag_seconds(flags, "interval") <= 3
+    check = compose["services"]["api"]["healthcheck"]
+    assert _seconds(check["interval"]) == _flag_seconds(flags, "interval")
+    assert _seconds(check["start_period"]) >= 30, "a slow first start is not counted as unhealthy"
+
+
 def test_artifacts_volume_holds_the_default_model(stages: list[Stage]) -> None:
     env = _env(stages, "api")
     artifacts = env.get("HC_ARTIFACTS_DIR")
@@ -267,6 +356,13 @@ def test_artifacts_volume_holds_the_default_model(stages: list[Stage]) -> None:
     copied = [dest.rstrip("/") for _, _, srcs, dest in _copies(stages) if {"artifacts", "artifacts/"} & set(srcs)]
     assert artifacts in copied, "the committed default model is copied in as the image's default"
     assert env.get("HC_HOST") == "0.0.0.0", "reachable from outside the container"
+    # The train image carries the same default model in the same place: whichever image first
+    # mounts a fresh named volume seeds it, so `run train` before `up` cannot hide the default.
+    train = parse_dockerfile(TRAIN_DOCKERFILE)
+    assert _env(train, "train").get("HC_ARTIFACTS_DIR") == artifacts
+    train_copied = [dest.rstrip("/") for _, _, srcs, dest in _copies(train) if {"artifacts", "artifacts/"} & set(srcs)]
+    assert train_copied == [artifacts]
+    assert artifacts in [v for rest in _effective(train, "train", "VOLUME") for v in _exec_form(rest)]
     exposed = [p for rest in _effective(stages, "api", "EXPOSE") for p in rest.split()]
     assert env.get("HC_PORT") in exposed
 
@@ -398,12 +494,14 @@ def test_compose_top_level(raw_compose: dict[str, Any]) -> None:
     assert all(k in known or k.startswith("x-") for k in raw_compose)
 
 
-def test_compose_services_build_dockerfile_stages(compose: dict[str, Any], stages: list[Stage]) -> None:
-    names = {s.name for s in stages}
-    for service, target in (("api", "api"), ("train", "train")):
+def test_compose_services_build_their_dockerfiles(compose: dict[str, Any]) -> None:
+    for service, dockerfile in IMAGES.items():
         build = compose["services"][service]["build"]
-        assert build["context"] == "." and build["target"] == target and target in names
-        assert set(build.get("args", {})) <= {rest.split("=")[0] for rest in _effective(stages, "builder", "ARG")}
+        assert build["context"] == "."
+        assert ROOT / build["dockerfile"] == dockerfile
+        assert "target" not in build, "each Dockerfile's last stage is its image"
+        args = {rest.split("=")[0] for rest in _effective(_stages_of(service), "builder", "ARG")}
+        assert set(build.get("args", {})) == {"TORCH_INDEX_URL", "TORCH_VARIANT", "PYPI_INDEX_URL"} <= args
 
 
 def test_compose_api_service(compose: dict[str, Any], stages: list[Stage]) -> None:
@@ -519,12 +617,19 @@ def test_compose_config_validates_with_docker_compose(api_port: str | None) -> N
 
 
 def _requirement_closure(dist: str, extras: set[str]) -> set[str]:
-    """Normalized names of ``dist[extras]`` and everything it requires, as installed here."""
+    """Normalized names of ``dist[extras]`` (as pyproject.toml declares it) and everything it
+    requires, as installed here."""
+    import tomllib
+
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    seen: set[str] = set()
-    stack = [(dist, frozenset(extras))]
+    from scripts.requirements import requirements
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert canonicalize_name(project["name"]) == canonicalize_name(dist)
+    seen: set[str] = {canonicalize_name(dist)}
+    stack = [(r.name, frozenset(r.extras)) for r in map(Requirement, requirements(project, sorted(extras)))]
     while stack:
         name, wanted = stack.pop()
         key = canonicalize_name(name)

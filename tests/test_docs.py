@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from service.settings import ENV_PREFIX, Settings
@@ -32,3 +35,221 @@ def test_readme_links_resolve():
     for target in re.findall(r"\]\(([^)#]+)\)", README):
         if "://" not in target:
             assert (ROOT / target).exists(), f"README links to missing {target}"
+
+
+# --- README commands and their outputs -----------------------------------------------------
+
+
+def _blocks(language: str) -> list[str]:
+    import re
+
+    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.MULTILINE | re.DOTALL)
+
+
+def _commands(block: str) -> list[str]:
+    """Shell commands of a block: comments dropped, backslash continuations joined."""
+    import re
+
+    out, current = [], ""
+    for line in block.splitlines():
+        line = re.sub(r"\s+#.*$", "", line) if not line.lstrip().startswith("#") else ""
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        if (current + line).strip():
+            out.append((current + line).strip())
+        current = ""
+    return out
+
+
+def _make_targets_and_variables() -> tuple[set[str], set[str]]:
+    import re
+
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([A-Za-z][\w-]*):(?!=)", makefile, flags=re.MULTILINE))
+    variables = set(re.findall(r"^([A-Z_]+)\s*[?:]?=", makefile, flags=re.MULTILINE))
+    return targets, variables
+
+
+def test_readme_shell_commands_use_real_targets_variables_flags_and_files():
+    import re
+    import shlex
+
+    from service.settings import build_parser as service_parser
+
+    targets, variables = _make_targets_and_variables()
+    service_flags = {o for a in service_parser()._actions for o in a.option_strings}
+    training_flags = {o for a in build_parser()._actions for o in a.option_strings}
+    commands = [c for block in _blocks("bash") for c in _commands(block)]
+    assert len(commands) > 15
+    checked = 0
+    for command in commands:
+        words = shlex.split(command)
+        assignments = [w.split("=")[0] for w in words if re.fullmatch(r"[A-Z_]+=\S*", w)]
+        if "make" in words:
+            i = words.index("make")
+            assert words[i + 1] in targets, f"README: `{command}`: no make target {words[i + 1]}"
+            for arg in words[i + 2 :]:
+                name = arg.split("=")[0]
+                assert "=" in arg and name in variables, f"README: `{command}`: {arg} is not a Makefile variable"
+            checked += 1
+        for module, flags in (("service", service_flags), ("training", training_flags)):
+            at = [i for i in range(1, len(words)) if words[i - 1] == "-m" and words[i] == module]
+            if at:
+                used = {w.split("=")[0] for w in words[at[0] + 1 :] if w.startswith("--")}
+                assert used <= flags, f"README: `{command}`: unknown flags {used - flags}"
+                hc = [a for a in assignments if a.startswith("HC_")]
+                assert all(a[3:].lower() in Settings.model_fields for a in hc), command
+                checked += 1
+        if words[:2] == ["docker", "build"] and "-f" in words:
+            assert (ROOT / words[words.index("-f") + 1]).exists(), command
+    assert checked > 10
+
+
+def _segments(text: str) -> list[tuple[str, object]]:
+    """Output split into JSON documents and other lines (header, status, metric lines)."""
+    import json
+
+    decoder, out, i = json.JSONDecoder(), [], 0
+    while i < len(text):
+        if text[i].isspace():
+            i += 1
+            continue
+        if text[i] in "{[":
+            value, i = decoder.raw_decode(text, i)
+            out.append(("json", value))
+            continue
+        end = text.find("\n", i)
+        end = len(text) if end < 0 else end
+        out.append(("line", text[i:end].rstrip()))
+        i = end
+    return out
+
+
+def _same_json(documented: object, actual: object, where: str = "", abridged: bool = False) -> None:
+    """Equal, floats to 1e-6; a dict with a "..." key (and everything in it) may leave keys out."""
+    if isinstance(documented, dict):
+        assert isinstance(actual, dict), where
+        keys = [k for k in documented if k != "..."]
+        abridged = abridged or "..." in documented
+        if abridged:
+            assert set(keys) <= set(actual), f"{where}: {set(keys) - set(actual)} missing"
+        else:
+            assert keys == list(actual), f"{where}: keys {keys} != {list(actual)}"
+        for key in keys:
+            _same_json(documented[key], actual[key], f"{where}.{key}", abridged)
+    elif isinstance(documented, list):
+        assert isinstance(actual, list) and len(documented) == len(actual), where
+        for n, (d, a) in enumerate(zip(documented, actual, strict=True)):
+            _same_json(d, a, f"{where}[{n}]", abridged)
+    elif isinstance(documented, float):
+        assert isinstance(actual, float) and abs(documented - actual) <= 1e-6, f"{where}: {documented} != {actual}"
+    else:
+        assert documented == actual, f"{where}: {documented!r} != {actual!r}"
+
+
+def _same_output(documented: str, actual: str, command: str) -> None:
+    import re
+
+    doc, got = _segments(documented), _segments(actual)
+    doc_lines = [v for k, v in doc if k == "line"]
+    got_lines = [v for k, v in got if k == "line"]
+    metric = re.compile(r"^(hc_\S+) [-+0-9.e]+$")
+    header = re.compile(r"^[a-z-]+: ", flags=re.IGNORECASE)
+    if doc_lines and all(metric.match(str(line)) for line in doc_lines):  # counts depend on the traffic so far
+        series = {metric.sub(r"\1", str(line)) for line in got_lines}
+        assert {metric.sub(r"\1", str(line)) for line in doc_lines} <= series, command
+    else:
+        documented_headers = {str(line).lower() for line in doc_lines if header.match(str(line))}
+        got_headers = {str(line).lower() for line in got_lines if header.match(str(line))}
+        assert documented_headers <= got_headers, f"`{command}`: headers {documented_headers - got_headers}"
+        strip = [line for line in doc_lines if not header.match(str(line))]
+        assert strip == [line for line in got_lines if not header.match(str(line))], command
+    doc_json, got_json = [v for k, v in doc if k == "json"], [v for k, v in got if k == "json"]
+    assert len(doc_json) == len(got_json), f"`{command}`: {len(got_json)} JSON bodies, README shows {len(doc_json)}"
+    for d, a in zip(doc_json, got_json, strict=True):
+        _same_json(d, a, command)
+
+
+def _console_examples() -> list[tuple[str, str]]:
+    examples = []
+    for block in _blocks("console"):
+        command, output = "", []
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                if command:
+                    examples.append((command, "\n".join(output)))
+                command, output = line[2:], []
+            elif command and command.endswith("\\") and not output:
+                command = command[:-1] + " " + line.strip()
+            else:
+                output.append(line)
+        if command:
+            examples.append((command, "\n".join(output)))
+    return examples
+
+
+@contextlib.contextmanager
+def _busy_queue(port: int, clients: int = 3) -> Iterator[None]:
+    """Keeps the server's queue non-empty: clients posting 256-headline requests in a loop."""
+    import http.client
+    import threading
+    import time
+
+    body = json.dumps({"texts": [f"Stocks rally as oil prices fall for day {i}" for i in range(256)]})
+    done = threading.Event()
+
+    def post_until_done() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while not done.is_set():
+            conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+        conn.close()
+
+    threads = [threading.Thread(target=post_until_done, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    try:
+        yield
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=30)
+
+
+def test_readme_api_outputs_come_from_the_committed_model():
+    """Runs every `$ curl` example of the README (the other console examples have their own
+    tests), in order, against `make run`'s server (the
+    committed default model, HC_ADMIN_TOKEN set) and compares the output with the README's."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from tests.service.live_server import start_server
+
+    if shutil.which("curl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("curl is needed to check the README's examples")
+        pytest.skip("curl is not installed")
+    # An example after a `$ # behind ... queued ...` comment runs while the queue is kept busy.
+    examples, busy = [], False
+    for command, documented in _console_examples():
+        if command.startswith("curl "):
+            examples.append((command, documented, busy))
+        busy = command.startswith("#") and "queued" in command
+    assert len(examples) >= 10
+    token = "readme-token"
+    server = start_server("artifacts", "--torch-threads", "1", env={"HC_ADMIN_TOKEN": token})
+    try:
+        for command, documented, needs_load in examples:
+            run = command.replace("localhost:8000", f"127.0.0.1:{server.port}")
+            with _busy_queue(server.port) if needs_load else contextlib.nullcontext():
+                result = subprocess.run(["bash", "-c", run], capture_output=True, text=True, timeout=60,
+                                        env={**os.environ, "HC_ADMIN_TOKEN": token})
+            assert result.returncode == 0, f"`{command}`: {result.stderr}"
+            _same_output(documented, result.stdout, command)
+    finally:
+        server.stop()

@@ -128,3 +128,108 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(big_artifacts_dir: Path) 
     finally:
         if s.process.poll() is None:
             s.process.kill()
+
+
+MAX_TEXT = ("Intel unveils a faster chip for laptops while NASA probe sends images of Mars craters " * 12)[:1000]
+
+
+async def keep_busy(url: str, stop: asyncio.Event, clients: int = 6, texts: int = 64) -> int:
+    """Keep the model busy with long 64-text requests until ``stop``; returns how many were answered (all 200)."""
+    answered = 0
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+        async def worker() -> None:
+            nonlocal answered
+            while not stop.is_set():
+                r = await client.post("/predict", json={"texts": [MAX_TEXT] * texts})
+                assert r.status_code == 200, r.text
+                answered += 1
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return answered
+
+
+async def wait_for_backlog(url: str, texts: int) -> None:
+    async with httpx.AsyncClient(base_url=url) as probe:
+        for _ in range(500):
+            if metric((await probe.get("/metrics")).text, "hc_queue_depth_texts") >= texts:
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError("the queue never filled")
+
+
+@pytest.fixture(scope="module")
+def busy_server(big_artifacts_dir: Path) -> Iterator[LiveServer]:
+    args = ("--max-batch-size", "64", "--torch-threads", "1", "--no-warmup", "--max-wait-ms", "0")
+    with launch_server(big_artifacts_dir, *args) as s:
+        yield s
+
+
+def test_expired_deadlines_under_load_are_504_and_never_computed(busy_server: LiveServer) -> None:
+    url = busy_server.url
+    before = httpx.get(f"{url}/metrics").text
+
+    async def scenario() -> tuple[int, list[httpx.Response]]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(keep_busy(url, stop))
+        await wait_for_backlog(url, 3 * 64)
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+            headers = {"X-Request-Timeout-Ms": "1"}
+            late = await asyncio.gather(
+                *(client.post("/predict", json={"text": f"deadline {i}"}, headers=headers) for i in range(100))
+            )
+        stop.set()
+        return await load, late
+
+    answered, late = asyncio.run(scenario())
+    assert [r.status_code for r in late] == [504] * 100
+    assert all(r.headers.get("retry-after") == "1" and "not computed" in r.json()["error"]["message"] for r in late)
+    after = httpx.get(f"{url}/metrics").text
+    # Every text the model computed belongs to the background load: none of the 100 got in.
+    computed = metric(after, "hc_batch_size_texts_sum") - metric(before, "hc_batch_size_texts_sum", 0)
+    assert computed == answered * 64, (computed, answered)
+    dropped = metric(after, 'hc_dropped_requests_total{reason="deadline"}')
+    assert dropped - metric(before, 'hc_dropped_requests_total{reason="deadline"}') == 100
+
+
+def test_client_that_disconnects_while_queued_is_never_computed(busy_server: LiveServer) -> None:
+    url = busy_server.url
+    before = httpx.get(f"{url}/metrics").text
+    body = json.dumps({"text": "I will not wait for this"}).encode()
+    request = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    async def scenario() -> int:
+        stop = asyncio.Event()
+        load = asyncio.create_task(keep_busy(url, stop))
+        await wait_for_backlog(url, 3 * 64)
+        writers = []
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", busy_server.port)
+            writer.write(request)
+            await writer.drain()
+            writers.append(writer)
+        # Once the server holds all five (in flight beyond what the 6 load clients can account for), hang up.
+        async with httpx.AsyncClient(base_url=url) as probe:
+            for _ in range(500):
+                text = (await probe.get("/metrics")).text
+                if metric(text, 'hc_http_requests_in_flight{route="/predict"}') >= 6 + 5:
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError("the server never held the five raw requests")
+        for writer in writers:
+            writer.close()
+        await asyncio.sleep(0.3)
+        stop.set()
+        return await load
+
+    answered = asyncio.run(scenario())
+    after = httpx.get(f"{url}/metrics").text
+    computed = metric(after, "hc_batch_size_texts_sum") - metric(before, "hc_batch_size_texts_sum", 0)
+    assert computed == answered * 64, (computed, answered)
+    dropped = metric(after, 'hc_dropped_requests_total{reason="disconnected"}')
+    assert dropped - metric(before, 'hc_dropped_requests_total{reason="disconnected"}') == 5
