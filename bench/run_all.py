@@ -115,8 +115,28 @@ def write_report(
             lines += [f"Not run (`{cmd}` has not written its JSON yet).", ""]
             continue
         lines += [f"Reproduce: `{cmd}`. Model: {result.get('model')}. {intro}", "", result["markdown"], ""]
+    lines += kept_sections(path)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+KEPT_SECTIONS = ("## Hostile clients",)
+
+
+def kept_sections(path: Path) -> list[str]:
+    """Sections written by benchmarks that compare two source trees (``bench.hostile_bench``),
+    which this command cannot rerun: carried over from the existing report unchanged."""
+    try:
+        old = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    kept: list[str] = []
+    for title in KEPT_SECTIONS:
+        start = old.find("\n" + title + "\n")
+        if start >= 0:
+            end = old.find("\n## ", start + 1)
+            kept += [old[start + 1 : end if end >= 0 else len(old)].rstrip("\n"), ""]
+    return kept
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

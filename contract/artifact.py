@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
+import re
 import secrets
 import shutil
 from dataclasses import dataclass, field
@@ -35,6 +37,10 @@ TRAIN_CONFIG = "train_config.json"
 MANIFEST = "manifest.json"
 REQUIRED_FILES = (WEIGHTS, MODEL_CONFIG, VOCAB, LABELS, PREPROCESSING, METRICS, TRAIN_CONFIG)
 TMP_PREFIX = ".tmp-"
+# A version folder name: a UTC timestamp, a dash and a short suffix (training writes 6 hex digits).
+VERSION_RE = re.compile(r"\d{8}T\d{6}Z-[0-9A-Za-z_-]{1,64}")
+
+log = logging.getLogger("contract.artifact")
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -184,14 +190,20 @@ def _read_json(folder: Path, name: str) -> Any:
         raise ArtifactError(f"{folder / name}: cannot read JSON ({exc})") from exc
 
 
+def _read_manifest(folder: Path) -> Any:
+    if not folder.is_dir():
+        raise ArtifactError(f"artifact folder not found: {folder}")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise ArtifactError(f"{folder}: cannot read the version folder (permission denied)")
+    if not (folder / MANIFEST).is_file():
+        raise ArtifactError(f"{folder}: no {MANIFEST} (incomplete or not an artifact)")
+    return _read_json(folder, MANIFEST)
+
+
 def verify_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Check the folder against its manifest; return the manifest or raise ArtifactError."""
     folder = Path(path)
-    if not folder.is_dir():
-        raise ArtifactError(f"artifact folder not found: {folder}")
-    if not (folder / MANIFEST).is_file():
-        raise ArtifactError(f"{folder}: no {MANIFEST} (incomplete or not an artifact)")
-    manifest = _read_json(folder, MANIFEST)
+    manifest = _read_manifest(folder)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{folder / MANIFEST}: malformed manifest (no 'files' table)")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -202,11 +214,18 @@ def verify_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing_from_manifest = [name for name in REQUIRED_FILES if name not in listed]
     if missing_from_manifest:
         raise ArtifactError(f"{folder / MANIFEST}: does not list {', '.join(missing_from_manifest)}")
+    inside = folder.resolve()
     for name, expected in listed.items():
         file = folder / name
+        if not file.resolve().is_relative_to(inside):
+            raise ArtifactError(f"{folder / MANIFEST}: lists {name[:80]!r}, outside the version folder; refused")
         if not file.is_file():
             raise ArtifactError(f"{folder}: missing file {name}")
-        if sha256_file(file) != expected:
+        try:
+            digest = sha256_file(file)
+        except OSError as exc:
+            raise ArtifactError(f"{file}: cannot read ({exc.strerror or exc})") from None
+        if digest != expected:
             raise ArtifactError(f"{file}: checksum mismatch (file changed since the artifact was written)")
     return manifest
 
@@ -249,29 +268,78 @@ def load_artifact(path: str | os.PathLike[str], device: str | torch.device = "cp
     )
 
 
+def is_version_name(name: str) -> bool:
+    """True for names :func:`new_version` makes; nothing else in an artifacts folder is a version."""
+    return VERSION_RE.fullmatch(name) is not None
+
+
+def _version_folder(root: Path, name: str) -> Path:
+    """``root/name``, refused when it is a symlink (or path) that leads outside ``root``."""
+    folder = root / name
+    try:
+        inside = folder.resolve(strict=True).is_relative_to(root.resolve(strict=True))
+    except OSError as exc:
+        raise ArtifactError(f"artifact folder not found: {folder}") from exc
+    if not inside:
+        raise ArtifactError(f"{folder}: leads outside the artifacts folder {root}; refused")
+    return folder
+
+
 def list_versions(artifacts_dir: str | os.PathLike[str]) -> list[str]:
-    """Version folder names, oldest first (temporary folders excluded)."""
+    """Version folder names (the :func:`new_version` format only), in name order."""
     root = Path(artifacts_dir)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        names = [p.name for p in root.iterdir()]
+    except OSError as exc:
+        raise ArtifactError(f"cannot list artifacts folder {root}: {exc.strerror or exc}") from None
+    return sorted(name for name in names if is_version_name(name) and (root / name).is_dir())
+
+
+def _created_at(folder: Path) -> str:
+    """The manifest's creation time (ISO 8601 UTC, so it sorts as text); raises ArtifactError."""
+    manifest = _read_manifest(folder)
+    created = manifest.get("created_at") if isinstance(manifest, dict) else None
+    if not isinstance(created, str):
+        raise ArtifactError(f"{folder / MANIFEST}: no created_at")
+    try:
+        return datetime.fromisoformat(created).astimezone(UTC).isoformat()
+    except ValueError:
+        raise ArtifactError(f"{folder / MANIFEST}: created_at {created[:40]!r} is not an ISO time") from None
 
 
 def resolve_version(artifacts_dir: str | os.PathLike[str], version: str = "latest") -> Path:
-    """Folder of ``version``, or of the newest version that passes verification for ``latest``."""
+    """Folder of ``version``, or for ``latest`` of the version with the newest manifest
+    ``created_at`` that passes verification; versions that fail are skipped with a warning."""
     root = Path(artifacts_dir)
     if not root.is_dir():
         raise ArtifactError(f"artifacts folder not found: {root}")
     if version != "latest":
-        if "/" in version or version.startswith("."):
-            raise ArtifactError(f"invalid version name: {version!r}")
-        return root / version
-    reasons = []
-    for name in reversed(list_versions(root)):
+        if not is_version_name(version):
+            shown = version if len(version) <= 40 else version[:40] + "..."
+            raise ArtifactError(f"invalid version name {shown!r} (expected 'latest' or a name like {new_version()!r})")
+        return _version_folder(root, version)
+    candidates: list[tuple[str, str, Path]] = []
+    reasons: list[str] = []
+    for name in list_versions(root):
         try:
-            verify_artifact(root / name)
-            return root / name
+            folder = _version_folder(root, name)
+            candidates.append((_created_at(folder), name, folder))
         except ArtifactError as exc:
             reasons.append(str(exc))
+    chosen: Path | None = None
+    for _, _, folder in sorted(candidates, reverse=True):
+        try:
+            verify_artifact(folder)
+        except ArtifactError as exc:
+            reasons.append(str(exc))
+        else:
+            chosen = folder
+            break
+    if chosen is not None:
+        for reason in reasons:
+            log.warning("skipped artifact version: %s", reason)
+        return chosen
     detail = f" ({'; '.join(reasons)})" if reasons else ""
     raise ArtifactError(f"no valid artifact version in {root}{detail}")

@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported after settings so `--help` and bad flags answer without loading torch.
     from contract.artifact import ArtifactError
     from service.app import create_app
+    from service.http_guard import ConnectionLimits, guarded_protocol, raise_open_files_limit
     from service.logs import setup_logging
     from service.predictor import Predictor, configure_torch_threads
 
@@ -44,10 +45,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_exit() -> None:
         state.draining = True
 
+    limits = ConnectionLimits(
+        max_connections=settings.max_connections,
+        header_timeout_s=settings.header_timeout_s,
+        body_idle_timeout_s=settings.body_idle_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_pending_body_bytes=settings.max_pending_body_mb * 1024 * 1024,
+        retry_after_s=settings.retry_after_s,
+    )
+    raise_open_files_limit(settings.max_connections)
     config = uvicorn.Config(
         close_connections_when_draining(app, state),
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),  # uvicorn takes whole seconds

@@ -18,7 +18,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batching import Batcher
-from service.errors import InvalidRequest, MalformedBody, PayloadTooLarge, ServiceError, error_body, jsonable
+from service.errors import (
+    InvalidRequest,
+    MalformedBody,
+    PayloadTooLarge,
+    ServiceError,
+    error_body,
+    summarize_validation_errors,
+)
 from service.fastpath import PredictPath
 from service.gc_tuning import settle_garbage_collector
 from service.logs import access_writer
@@ -94,8 +101,9 @@ class ObservabilityMiddleware:
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 status = await self._respond(_error_response(self._too_large()), scope, receive, send, header)
-            elif predict and length is not None:
-                status = await self._fast(scope, receive, send, header, timeout)
+            elif predict:  # a chunked body is counted against the limit as it arrives
+                limited = receive if length is not None else self._limit(receive)
+                status = await self._fast(scope, limited, send, header, timeout)
             elif length is None and method == "POST":
                 status = await self._dispatch(scope, self._limit(receive), send, header)
             else:  # the server reads exactly Content-Length bytes
@@ -126,6 +134,10 @@ class ObservabilityMiddleware:
 
         try:
             return await self.fast(scope, receive, tracking_send, header, timeout)
+        except ServiceError as exc:  # e.g. a chunked body over the limit, raised while reading it
+            if started:
+                raise
+            return await self._respond(_error_response(exc), scope, receive, send, header)
         except Exception as exc:
             if started:
                 raise
@@ -218,19 +230,12 @@ def _error_response(exc: ServiceError) -> Response:
 
 def _validation_response(exc: RequestValidationError) -> Response:
     errors = exc.errors()
-    details = [
-        {
-            "loc": list(e.get("loc", ())),
-            "msg": str(e.get("msg", "")).removeprefix("Value error, "),
-            "type": e.get("type", ""),
-        }
-        for e in errors
-    ]
     if any(e.get("type") == "json_invalid" for e in errors):
         reason = next((e.get("ctx", {}).get("error") for e in errors if e.get("type") == "json_invalid"), None)
-        return _error_response(MalformedBody(f"body is not valid JSON ({reason or 'decode error'})", jsonable(details)))
-    message = "; ".join(f"{'.'.join(str(p) for p in d['loc'])}: {d['msg']}" for d in details) or "invalid request"
-    return _error_response(InvalidRequest(message, jsonable(details)))
+        _, details = summarize_validation_errors(errors)
+        return _error_response(MalformedBody(f"body is not valid JSON ({reason or 'decode error'})", details))
+    message, details = summarize_validation_errors(errors)
+    return _error_response(InvalidRequest(message, details))
 
 
 def _http_error_response(exc: StarletteHTTPException) -> Response:
@@ -286,6 +291,8 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Servic
         lifespan=lifespan,
         docs_url=None,  # served by fastapi_swagger below, from its packaged assets (no CDN)
         swagger_ui_oauth2_redirect_url=None,
+        # No 307 from /predict/ to /predict: its Location would echo the client's Host header.
+        redirect_slashes=False,
     )
     patch_fastapi(app, docs_url="/docs", redirect_from_root_to_docs=False)
     app.state.service = state

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from starlette.types import Message, Receive, Scope, Send
 
+from service.body_screen import screen_predict_body
 from service.errors import ServiceError, error_body
 from service.routes import ANNOUNCED, predict_texts, render_predictions, request_timeout
 from service.schemas import is_blank
@@ -101,6 +102,11 @@ class PredictPath:
             return CLIENT_GONE
         texts = self.accepted_texts(body)
         if texts is None:
+            # Before the full parse: a body no valid request can be is refused in bounded work
+            # (a 3 MB list of 1.5 million numbers must not become 1.5 million pydantic errors).
+            problem = screen_predict_body(body, self.max_texts, self.max_chars)
+            if problem is not None:
+                raise problem
             return await self.fallback(scope, _replay(body, receive), send, id_header)
         state = self.state
         if scope.get(ANNOUNCED):  # read and checked: no longer "arriving" (see Batcher.announce)

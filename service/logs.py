@@ -158,7 +158,7 @@ def setup_logging(level: str, stream: TextIO | None = None) -> logging.handlers.
     handler_out.setFormatter(JsonFormatter())
     listener = _Listener(records, handler_out)
     handler = DeferredQueueHandler(records)
-    for name in ("service", "uvicorn", "uvicorn.error"):
+    for name in ("service", "contract", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler] if name != "uvicorn.error" else []
         logger.setLevel(level.upper())

@@ -12,6 +12,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
 
 from contract.artifact import ArtifactError
 from service.batching import ClientDisconnected, DeadlineExceeded, Overloaded
@@ -20,12 +21,14 @@ from service.errors import (
     ClientClosedRequest,
     InvalidHeader,
     InvalidRequest,
+    MalformedBody,
     NotFound,
     ReloadFailed,
     ServiceError,
     ServiceUnavailable,
     Timeout,
     Unauthorized,
+    summarize_validation_errors,
 )
 from service.gc_tuning import settle_garbage_collector
 from service.predictor import Prediction, Predictor
@@ -132,9 +135,9 @@ async def predict_texts(state: ServiceState, texts: list[str], timeout_s: float,
     except DeadlineExceeded as exc:
         state.metrics.rejected.labels("timeout").inc()
         message = f"prediction did not finish within {timeout_s:g} s"
-        if exc.computed:
-            raise Timeout(f"{message} (its batch was still running)") from None
         headers = {"Retry-After": str(settings.retry_after_s)}
+        if exc.computed:
+            raise Timeout(f"{message} (its batch was still running)", headers=headers) from None
         raise Timeout(f"{message} (it was still queued and was not computed)", headers=headers) from None
     except ClientDisconnected:
         raise ClientClosedRequest("client disconnected before its batch started") from None
@@ -142,6 +145,27 @@ async def predict_texts(state: ServiceState, texts: list[str], timeout_s: float,
         raise ServiceError(f"prediction failed: {type(exc).__name__}: {exc}") from exc
     finally:
         gone.close()
+
+
+def bearer_token_matches(authorization: str | None, token: str) -> bool:
+    """``Authorization: Bearer <token>``, the scheme matched case-insensitively (RFC 9110 11.1)."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+async def read_reload_body(request: Request) -> ReloadRequest:
+    """The optional reload body, validated only once the caller is known to be the admin."""
+    raw = await request.body()
+    if not raw.strip():
+        return ReloadRequest(version="latest")
+    try:
+        return ReloadRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise MalformedBody("body is not valid UTF-8 encoded JSON") from None
+        message, details = summarize_validation_errors(errors)
+        raise InvalidRequest(message, details) from None
 
 
 def render_predictions(prediction: Prediction) -> bytes:
@@ -172,11 +196,14 @@ async def predict(body: PredictRequest, request: Request, state: State) -> Respo
     return Response(render_predictions(prediction), media_type="application/json")
 
 
+# HEAD too: load balancers probe with it.
+@router.head("/health/live", include_in_schema=False)
 @router.get("/health/live", response_model=HealthResponse, summary="Liveness: 200 while the process runs")
 async def live() -> Response:
     return JSONResponse({"status": "alive"})
 
 
+@router.head("/health/ready", include_in_schema=False)
 @router.get(
     "/health/ready",
     response_model=HealthResponse,
@@ -215,17 +242,21 @@ async def metrics(state: State) -> Response:
         422: {"model": ErrorResponse, "description": "Body is not a valid reload request"},
     },
     summary="Load, verify and warm another model version, then swap it in atomically",
+    # The body is read by hand, after the token check, so that it is documented here.
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": ReloadRequest.model_json_schema()}},
+        }
+    },
 )
-async def reload(
-    state: State, body: ReloadRequest | None = None, authorization: Annotated[str | None, Header()] = None
-) -> Response:
+async def reload(state: State, request: Request, authorization: Annotated[str | None, Header()] = None) -> Response:
     token = state.settings.admin_token
     if token is None:
         raise NotFound("admin endpoint disabled: no admin token configured")
-    expected = f"Bearer {token.get_secret_value()}"
-    if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
+    if not bearer_token_matches(authorization, token.get_secret_value()):
         raise Unauthorized("missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-    version = body.version if body is not None else "latest"
+    version = (await read_reload_body(request)).version
     async with state.reload_lock:
         previous = state.predictor
         started = time.monotonic()

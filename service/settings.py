@@ -63,6 +63,38 @@ class Settings(BaseSettings):
         True,
         description="Count input tokens, OOV tokens, empty inputs, labels and confidence on /metrics (drift signals).",
     )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Most open client connections; past it a new connection gets 503 with Retry-After and is closed.",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="How long an idle keep-alive connection stays open between requests."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time from a request's first byte (or the connection opening) to its last header; "
+        "past it the connection gets 408 and is closed.",
+    )
+    body_idle_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a request body may stall with no bytes arriving; past it the connection gets 408 "
+        "and is closed.",
+    )
+    max_header_bytes: int = Field(
+        65536,
+        ge=1024,
+        description="Largest request line plus headers, in bytes; past it 414 (URL) or 431 (headers) and close.",
+    )
+    max_pending_body_mb: int = Field(
+        128,
+        ge=1,
+        description="MiB of request bodies received and not yet answered, all connections together; past it a "
+        "body over 64 KiB gets 503 with Retry-After and its connection is closed (bounds what large or stalled "
+        "uploads can pin in memory).",
+    )
     shutdown_timeout_s: float = Field(
         30.0, gt=0, description="On SIGTERM, how long in-flight requests may take before they are cancelled."
     )

@@ -1,0 +1,64 @@
+"""Which folder a version name or ``latest`` resolves to (issue 8, section 4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from contract.artifact import MANIFEST, ArtifactError, list_versions, resolve_version, write_artifact
+from contract.model import ModelConfig, TextClassifier
+from contract.text import LabelEncoder, PreprocessSettings, Vocabulary
+
+
+def _write(root: Path, version: str, created_at: str) -> Path:
+    torch.manual_seed(0)
+    model = TextClassifier(ModelConfig(vocab_size=10, num_classes=2, embedding_dim=4, hidden_dim=4, fc_dim=4))
+    vocab = Vocabulary(["<PAD>", "<UNK>", *[f"w{i}" for i in range(8)]])
+    folder = write_artifact(
+        root,
+        model=model.eval(),
+        vocab=vocab,
+        labels=LabelEncoder(["a", "b"]),
+        preprocessing=PreprocessSettings(),
+        metrics={},
+        train_config={},
+        version=version,
+    )
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["created_at"] = created_at
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_latest_is_newest_by_creation_time_among_version_names(tmp_path: Path) -> None:
+    newer = _write(tmp_path, "20260101T000000Z-aaaaaa", "2026-03-01T00:00:00+00:00")
+    _write(tmp_path, "20260201T000000Z-bbbbbb", "2026-01-01T00:00:00+00:00")
+    _write(tmp_path, "20200101T000000Z-cccccc", "2020-01-01T00:00:00+00:00").rename(tmp_path / "backup-of-2020")
+    assert list_versions(tmp_path) == ["20260101T000000Z-aaaaaa", "20260201T000000Z-bbbbbb"]
+    assert resolve_version(tmp_path) == newer
+
+
+def test_symlinks_out_and_manifest_paths_out_are_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "artifacts", tmp_path / "elsewhere"
+    root.mkdir()
+    old = _write(root, "20260101T000000Z-aaaaaa", "2026-01-01T00:00:00+00:00")
+    escaped = _write(outside, "20270101T000000Z-dddddd", "2027-01-01T00:00:00+00:00")
+    (root / escaped.name).symlink_to(escaped, target_is_directory=True)
+    assert resolve_version(root) == old
+    with pytest.raises(ArtifactError, match="outside the artifacts folder"):
+        resolve_version(root, escaped.name)
+    manifest = json.loads((old / MANIFEST).read_text())
+    manifest["files"]["../../elsewhere/x"] = "0" * 64
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="no valid artifact version"):
+        resolve_version(root)
+
+
+@pytest.mark.parametrize("name", ["", "x" * 300, "..", "backup-of-2020", "20260101T000000Z-a/b"])
+def test_bad_names_are_refused_with_a_short_message(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ArtifactError, match="invalid version name") as info:
+        resolve_version(tmp_path, name)
+    assert len(str(info.value)) < 200
