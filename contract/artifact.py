@@ -64,7 +64,12 @@ class Artifact:
     manifest: dict[str, Any] = field(repr=False)
 
     def text_encoder(self) -> TextEncoder:
-        return TextEncoder(self.preprocessing, self.vocab)
+        return TextEncoder(self.preprocessing, self.vocab, self.config.subword_hasher())
+
+    @property
+    def temperature(self) -> float:
+        """Divides the logits before the softmax (1.0 for artifacts written before calibration)."""
+        return self.config.temperature
 
 
 def new_version(now: datetime | None = None) -> str:

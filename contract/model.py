@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from contract.text import PAD_INDEX
+from contract.text import PAD_INDEX, SubwordHasher
 
 RNN_TYPES = ("rnn", "gru", "bigru")
 POOLINGS = ("last", "max", "last_max")
@@ -39,6 +39,14 @@ class ModelConfig:
     dropout: float = 0.5
     embedding_dropout: float = 0.3
     pooling: str = "last_max"
+    # Character n-gram embeddings (0: off, the format of artifacts written before they existed).
+    subword_buckets: int = 0
+    subword_min_n: int = 3
+    subword_max_n: int = 5
+    subword_max_per_token: int = 32
+    # Logits are divided by this before the softmax; fitted on the validation split after
+    # training (temperature scaling), 1.0 for an uncalibrated model.
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.rnn_type not in RNN_TYPES:
@@ -47,6 +55,16 @@ class ModelConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.vocab_size < 2 or self.num_classes < 2:
             raise ValueError("vocab_size and num_classes must be at least 2")
+        if self.subword_buckets < 0:
+            raise ValueError("subword_buckets must be >= 0")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+    def subword_hasher(self) -> SubwordHasher | None:
+        """The tokenizer half of the subword embeddings (None when they are off)."""
+        if not self.subword_buckets:
+            return None
+        return SubwordHasher(self.subword_buckets, self.subword_min_n, self.subword_max_n, self.subword_max_per_token)
 
     @property
     def bidirectional(self) -> bool:
@@ -71,6 +89,11 @@ class TextClassifier(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=PAD_INDEX)
+        self.subword_embedding = (
+            nn.Embedding(config.subword_buckets + 1, config.embedding_dim, padding_idx=0)
+            if config.subword_buckets
+            else None
+        )
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         rnn_cls = nn.RNN if config.rnn_type == "rnn" else nn.GRU
         self.rnn = rnn_cls(
@@ -82,15 +105,34 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.fc2 = nn.Linear(config.fc_dim, config.num_classes)
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token vectors ``[B, T, E]``: the word's vector plus the mean of its n-gram vectors.
+
+        ``ids`` is ``[B, T]`` word indices, or ``[B, T, 1 + K]`` with the word index first and
+        up to K n-gram bucket ids (0-padded) after it for a model with subword embeddings.
+        An unknown word is ``<UNK>``'s vector plus its n-grams, which training simulates by
+        word dropout (the word index is dropped, its n-grams are kept).
+        """
+        if self.subword_embedding is None:
+            return self.embedding(ids[..., 0] if ids.dim() == 3 else ids)
+        if ids.dim() != 3:
+            raise ValueError("this model has subword embeddings: ids must be [B, T, 1 + K] (see TextEncoder)")
+        words, grams = ids[..., 0], ids[..., 1:]
+        counts = (grams != 0).sum(dim=2, keepdim=True).clamp_min(1)
+        return self.embedding(words) + self.subword_embedding(grams).sum(dim=2) / counts
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, pack: bool | None = None) -> torch.Tensor:
-        """``ids``: [B, T] token indices, ``lengths``: [B] true lengths (≥ 1, on any device).
+        """``ids``: [B, T] token indices (or [B, T, 1 + K] with n-grams, see :meth:`embed`),
+        ``lengths``: [B] true lengths (≥ 1, on any device).
 
         ``pack=None`` packs only when rows differ in length: a batch of equal-length rows (the
         common case with length-bucketed batches) has no padding, so the plain recurrence gives
         the same result without the packing overhead. ``pack=False`` forces the plain path and
         is only correct when no row is padded.
         """
-        x = self.embedding_dropout(self.embedding(ids))
+        x = self.embedding_dropout(self.embed(ids))
+        if ids.dim() == 3:
+            ids = ids[..., 0]
         if pack is None:
             lengths_cpu = lengths.cpu()
             pack = bool(lengths_cpu.min() != lengths_cpu.max()) or int(lengths_cpu[0]) != ids.shape[1]
@@ -115,19 +157,34 @@ class TextClassifier(nn.Module):
 
 
 def pad_batch(
-    sequences: Sequence[Sequence[int]], device: torch.device | str = "cpu"
+    sequences: Sequence[Sequence[Any]], device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad index lists into ``[B, T]`` with ``<PAD>``, plus their lengths."""
+    """Right-pad encoded texts into ``[B, T]`` (or ``[B, T, 1 + K]`` for subword features,
+    see :class:`contract.text.TextEncoder`) with ``<PAD>``/0, plus their lengths."""
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     if len(sequences) == 0 or lengths.min() < 1:
         raise ValueError("every sequence needs at least one token")
+    if isinstance(sequences[0][0], tuple):
+        widths = [len(token) for s in sequences for token in s]
+        ids = np.zeros((len(sequences), int(lengths.max()), max(widths)), dtype=np.int64)
+        rows = np.repeat(np.arange(len(sequences)), lengths)
+        cols = np.concatenate([np.arange(n) for n in lengths])
+        flat = np.fromiter((i for s in sequences for token in s for i in token), dtype=np.int64, count=sum(widths))
+        depth = np.concatenate([np.arange(w) for w in widths])
+        ids[np.repeat(rows, widths), np.repeat(cols, widths), depth] = flat
+        return torch.from_numpy(ids).to(device), torch.from_numpy(lengths)
     ids = np.full((len(sequences), int(lengths.max())), PAD_INDEX, dtype=np.int64)
     mask = np.arange(ids.shape[1])[None, :] < lengths[:, None]
     ids[mask] = np.fromiter((i for s in sequences for i in s), dtype=np.int64, count=int(lengths.sum()))
     return torch.from_numpy(ids).to(device), torch.from_numpy(lengths)
 
 
+def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Softmax of temperature-scaled logits (float32): what the service serves."""
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
 @torch.inference_mode()
 def predict_proba(model: TextClassifier, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Class probabilities (float32, on the model's device) for a padded batch."""
-    return torch.softmax(model(ids, lengths).float(), dim=-1)
+    """Calibrated class probabilities (float32, on the model's device) for a padded batch."""
+    return probabilities(model(ids, lengths), model.config.temperature)

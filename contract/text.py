@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,8 +36,14 @@ class PreprocessSettings:
     """
 
     lowercase: bool = True
-    remove_stopwords: bool = True
+    # None: remove exactly when a stopword list is given. One rule for every caller, so the
+    # contract's default agrees with training's (stopwords kept unless a list is loaded).
+    remove_stopwords: bool | None = None
     stopwords: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.remove_stopwords is None:
+            object.__setattr__(self, "remove_stopwords", bool(self.stopwords))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -95,11 +102,6 @@ class Normalizer:
 
 
 _ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
-
-
-def normalize(text: str, settings: PreprocessSettings) -> str:
-    """Convenience wrapper; build a :class:`Normalizer` once for bulk work."""
-    return Normalizer(settings).normalize(text)
 
 
 def load_stopwords(nltk_data: str | os.PathLike[str] | None = None, download: bool = True) -> tuple[str, ...]:
@@ -214,17 +216,65 @@ class LabelEncoder:
         return cls([str(c) for c in data["classes"]])
 
 
-class TextEncoder:
-    """Raw title → token indices, exactly as at training time. Shared by trainer and server."""
+def char_ngrams(token: str, min_n: int, max_n: int) -> list[str]:
+    """fastText-style character n-grams of ``<token>`` (the brackets mark word start and end)."""
+    word = f"<{token}>"
+    return [word[i : i + n] for n in range(min_n, max_n + 1) for i in range(len(word) - n + 1)]
 
-    def __init__(self, settings: PreprocessSettings, vocab: Vocabulary) -> None:
+
+class SubwordHasher:
+    """Token → bucket ids of its character n-grams, so a word never seen in training still
+    gets a vector built from pieces it shares with known words ("microsoft's" ≈ "microsoft").
+
+    Ids are ``1..buckets`` (0 is padding). The hash is CRC-32, fixed by the standard, so every
+    process and machine maps an n-gram to the same bucket; the three numbers below, stored in
+    the model config, are all a server needs to rebuild the mapping. At most ``max_per_token``
+    n-grams are kept (shorter n first), which bounds the cost of a pathological long token.
+    """
+
+    def __init__(self, buckets: int, min_n: int = 3, max_n: int = 5, max_per_token: int = 32) -> None:
+        if buckets < 1 or not 1 <= min_n <= max_n or max_per_token < 1:
+            raise ValueError(f"invalid subword settings: buckets {buckets}, n {min_n}..{max_n}, cap {max_per_token}")
+        self.buckets = buckets
+        self.min_n = min_n
+        self.max_n = max_n
+        self.max_per_token = max_per_token
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def __call__(self, token: str) -> tuple[int, ...]:
+        found = self._cache.get(token)
+        if found is None:
+            grams = char_ngrams(token, self.min_n, self.max_n)[: self.max_per_token]
+            found = tuple(zlib.crc32(g.encode("utf-8")) % self.buckets + 1 for g in grams)
+            if len(self._cache) >= 200_000:  # bounded: a server sees unbounded distinct tokens
+                self._cache.clear()
+            self._cache[token] = found
+        return found
+
+
+class TextEncoder:
+    """Raw title → token features, exactly as at training time. Shared by trainer and server.
+
+    Without subwords a text becomes a list of word indices. With a :class:`SubwordHasher`
+    every token becomes a tuple ``(word index, n-gram bucket ids...)``; ``len()`` of the list
+    is still the number of tokens, and :func:`contract.model.pad_batch` pads either form.
+    """
+
+    def __init__(self, settings: PreprocessSettings, vocab: Vocabulary, subwords: SubwordHasher | None = None) -> None:
         self.normalizer = Normalizer(settings)
         self.vocab = vocab
+        self.subwords = subwords
 
-    def encode(self, text: str) -> tuple[list[int], bool]:
-        """Indices and whether the text had no tokens left after preprocessing."""
+    def encode(self, text: str) -> tuple[list[Any], bool]:
+        """Token features and whether the text had no tokens left after preprocessing."""
         tokens = self.normalizer.tokens(text)
-        return self.vocab.encode(tokens), not tokens
+        ids = self.vocab.encode(tokens)
+        if self.subwords is None:
+            return ids, not tokens
+        if not tokens:
+            return [(ids[0],)], True
+        hasher = self.subwords
+        return [(i, *hasher(t)) for i, t in zip(ids, tokens, strict=True)], False
 
-    def encode_many(self, texts: Iterable[str]) -> list[list[int]]:
+    def encode_many(self, texts: Iterable[str]) -> list[list[Any]]:
         return [self.encode(t)[0] for t in texts]

@@ -19,7 +19,7 @@ import torch
 
 from contract.artifact import Artifact, ArtifactError, load_artifact, resolve_version
 from contract.drift import InputCounts, count_encoded
-from contract.model import pad_batch
+from contract.model import pad_batch, probabilities
 from service.drift import read_reference
 
 # Length groups inside a batch. The packed recurrence already runs every row only for its own
@@ -156,7 +156,9 @@ class Predictor:
         # With no padding in the group the plain (unpacked) recurrence gives the same result
         # and skips packing overhead: the common case for single short requests.
         logits = self.model(ids, lengths, pack=not same_length)
-        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        # The artifact's fitted temperature (1.0 for uncalibrated models): served
+        # probabilities are the calibrated ones that metrics.json describes.
+        return probabilities(logits, self.artifact.temperature).cpu().numpy()
 
     def warmup_batches(self, rounds: int = 2) -> list[list[str]]:
         """Warm-up inputs: several batch sizes and lengths (allocator, kernels, caches), one pass each."""

@@ -6,12 +6,13 @@ import sys
 
 from contract.artifact import ArtifactError
 from contract.text import StopwordsUnavailableError
-from training.config import TrainConfig
+from training.config import ConfigError, TrainConfig
 from training.data import DataError
 from training.pipeline import run
 
-# Errors a user can fix from the command line: one line on stderr, exit status 2.
-USER_ERRORS = (DataError, StopwordsUnavailableError, ArtifactError, ValueError)
+# Errors a user can fix from the command line: one line on stderr, exit status 2. Anything
+# else (a bare ValueError included) is a bug and keeps its traceback.
+USER_ERRORS = (DataError, StopwordsUnavailableError, ArtifactError, ConfigError)
 
 
 def main(argv: list[str] | None = None) -> int:

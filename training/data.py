@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.text import PAD_INDEX, Vocabulary
+from contract.text import PAD_INDEX, UNK_INDEX, SubwordHasher, Vocabulary
 
 REQUIRED_COLUMNS = ("title", "category")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "headline-classifier"
@@ -168,6 +168,57 @@ def stratified_split(
     return train, val, test
 
 
+def time_split(
+    labels: Sequence[str], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train/val/test as consecutive blocks in file order: train on the past, test on the future.
+
+    A random split of a few weeks of news puts the same stories in train and test, which
+    overstates what the model does next month. Here the file order is taken as time order:
+    the first ``fractions[0]`` of rows train, the next block validates, the last block tests.
+    Every class must appear in the training block, or :class:`DataError` names it.
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
+        raise ValueError(f"fractions must be three positive shares summing to 1, got {fractions}")
+    n = len(labels)
+    n_val = int(round(n * fractions[1]))
+    n_test = int(round(n * fractions[2]))
+    n_train = n - n_val - n_test
+    if min(n_train, n_val, n_test) < 1:
+        raise DataError(f"{n} row(s) are too few for a time split of train/val/test = {fractions}")
+    rows = np.arange(n)
+    train = rows[:n_train]
+    missing = sorted(set(labels) - {labels[i] for i in train})
+    if missing:
+        raise DataError(
+            f"category {missing[0]!r} never occurs in the first {n_train} rows (the time split's training part); "
+            "use --split random or add earlier rows of it"
+        )
+    return train, rows[n_train : n_train + n_val], rows[n_train + n_val :]
+
+
+def subword_table(
+    vocab: Vocabulary, token_lists: Sequence[Sequence[str]], hasher: SubwordHasher
+) -> tuple[Vocabulary, np.ndarray]:
+    """An extended vocabulary (the real one, then every other token type in ``token_lists``)
+    and its feature table ``[types, 1 + K]``: word index (``<UNK>`` for types outside
+    ``vocab``) then the type's n-gram bucket ids, 0-padded.
+
+    Encoding texts with the extended vocabulary and looking rows up in the table gives, in
+    one gather per batch, exactly what :class:`TextEncoder` gives a server for the same text,
+    without storing n-grams per position.
+    """
+    unseen = sorted({t for tokens in token_lists for t in tokens if t not in vocab.stoi})
+    extended = Vocabulary([*vocab.itos, *unseen])
+    grams = [() if i < 2 else hasher(token) for i, token in enumerate(extended.itos)]
+    table = np.zeros((len(extended), 1 + max(1, max(len(g) for g in grams))), dtype=np.int64)
+    table[: len(vocab), 0] = np.arange(len(vocab))
+    table[len(vocab) :, 0] = UNK_INDEX
+    for i, g in enumerate(grams):
+        table[i, 1 : 1 + len(g)] = g
+    return extended, table
+
+
 def encode_matrix(token_lists: Sequence[Sequence[str]], vocab: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
     """Every text once into a right-padded ``int64`` matrix ``[N, T]`` plus lengths (≥ 1)."""
     encoded = [vocab.encode(tokens) for tokens in token_lists]
@@ -242,4 +293,3 @@ def slice_batch(ids: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> tuple
     """Rows of the padded matrix, trimmed to the longest row in the batch."""
     lens = lengths[rows]
     return ids[rows, : int(lens.max())], lens
-

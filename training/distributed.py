@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -67,6 +68,14 @@ class DistContext:
         if not self.enabled:
             return list(values)
         return [v / self.world_size for v in self._reduce(values)]
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (picklable objects; a no-op without DDP)."""
+        if not self.enabled:
+            return value
+        holder = [value if self.is_main else None]
+        torch_dist.broadcast_object_list(holder, src=0)
+        return holder[0]
 
     def barrier(self) -> None:
         if self.enabled:

@@ -25,11 +25,25 @@ log = logging.getLogger("training")
 
 
 def apply_word_dropout(ids: torch.Tensor, p: float) -> torch.Tensor:
-    """Replace a share ``p`` of real tokens with ``<UNK>`` so its embedding learns "unknown word"."""
+    """Replace a share ``p`` of real tokens with ``<UNK>`` so its embedding learns "unknown word".
+
+    With subword features (``[B, T, 1 + K]``) only the word index is dropped: the token keeps
+    its n-grams, exactly what a word unseen in training looks like at serving time.
+    """
     if p <= 0:
         return ids
-    drop = (torch.rand(ids.shape, device=ids.device) < p) & (ids != PAD_INDEX)
+    words = ids[..., 0] if ids.dim() == 3 else ids
+    drop = (torch.rand(words.shape, device=ids.device) < p) & (words != PAD_INDEX)
+    if ids.dim() == 3:
+        out = ids.clone()
+        out[..., 0] = words.masked_fill(drop, UNK_INDEX)
+        return out
     return ids.masked_fill(drop, UNK_INDEX)
+
+
+def features(ids: torch.Tensor, token_table: torch.Tensor | None) -> torch.Tensor:
+    """Model input for a batch: the indices themselves, or their rows of the subword table."""
+    return ids if token_table is None else token_table[ids]
 
 
 def train_step(
@@ -63,14 +77,20 @@ def eval_step(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor) -> tor
 
 @torch.inference_mode()
 def predict_logits(
-    model: TextClassifier, ids: np.ndarray, lengths: np.ndarray, device: torch.device, batch_size: int = 1024
+    model: TextClassifier,
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    device: torch.device,
+    batch_size: int = 1024,
+    token_table: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits (CPU, float32) for every row of a padded matrix, in row order."""
     batcher = BucketBatcher(lengths, batch_size, seed=0, shuffle=False)
     out = torch.empty((len(lengths), model.config.num_classes), dtype=torch.float32)
     for rows in batcher:
         b_ids, b_len = slice_batch(ids, lengths, rows)
-        logits = eval_step(model, torch.from_numpy(b_ids).to(device), torch.from_numpy(b_len))
+        b_in = features(torch.from_numpy(b_ids), token_table).to(device)
+        logits = eval_step(model, b_in, torch.from_numpy(b_len))
         out[torch.from_numpy(rows)] = logits.float().cpu()
     return out
 
@@ -82,9 +102,10 @@ def evaluate_split(
     targets: np.ndarray,
     device: torch.device,
     loss_fn: nn.Module,
+    token_table: torch.Tensor | None = None,
 ) -> tuple[float, float, np.ndarray]:
     """Mean loss, weighted F1 and predictions on one split."""
-    logits = predict_logits(model, ids, lengths, device)
+    logits = predict_logits(model, ids, lengths, device, token_table=token_table)
     y = torch.from_numpy(targets)
     loss = float(loss_fn(logits, y))
     pred = logits.argmax(dim=1).numpy()
@@ -161,6 +182,8 @@ def fit(
     progress: bool,
     log_epoch: Callable[[dict[str, Any]], None] | None = None,
     ema_decay: float | None = None,
+    token_table: torch.Tensor | None = None,
+    lr_schedule: list[float] | None = None,
 ) -> FitResult:
     """Train ``model`` (the bare module) in place and leave the best epoch's weights in it.
 
@@ -168,6 +191,10 @@ def fit(
     validation metrics are averaged over ranks so every rank stops and decays together.
     With ``ema_decay`` the weights that are validated, kept and returned are an exponential
     moving average of the trained ones (smoother than any single step's weights).
+
+    ``lr_schedule`` replays a learning rate per epoch (a refit on train + val of the epochs an
+    earlier run chose): the plateau scheduler and early stopping are off, and the model ends
+    with the last epoch's weights, since the "validation" rows are then training rows.
     """
     net = dist.wrap(model)
     # The fused kernel updates all parameters in one pass: on CPU the default per-tensor loop
@@ -196,8 +223,13 @@ def fit(
     # The model that is validated and kept: the EMA copy when there is one.
     scored = cast(TextClassifier, ema.module if ema is not None else model)
     started = time.perf_counter()
+    if lr_schedule is not None:
+        epochs = len(lr_schedule)
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
+        if lr_schedule is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_schedule[epoch - 1]
         batcher.set_epoch(epoch)
         batches = batcher.batches()
         bar = _progress(len(batches), f"epoch {epoch}/{epochs}", progress)
@@ -205,7 +237,7 @@ def fit(
         for rows in batches:
             rows_t = torch.from_numpy(rows)
             b_len = len_t[rows_t]
-            b_ids = ids_t[rows_t, : int(b_len.max())].to(device, non_blocking=True)
+            b_ids = features(ids_t[rows_t, : int(b_len.max())], token_table).to(device, non_blocking=True)
             b_y = y_t[rows_t].to(device, non_blocking=True)
             loss = train_step(net, optimizer, loss_fn, b_ids, b_len, b_y, word_dropout, grad_clip)
             if ema is not None:
@@ -219,7 +251,9 @@ def fit(
             bar.close()
         loss_total, rows_total = dist.all_reduce_sum([loss_sum, float(seen)])
         train_loss = loss_total / rows_total
-        val_loss, val_f1, _ = evaluate_split(scored, val_ids, val_lengths, val_targets, device, val_loss_fn)
+        val_loss, val_f1, _ = evaluate_split(
+            scored, val_ids, val_lengths, val_targets, device, val_loss_fn, token_table=token_table
+        )
         val_loss, val_f1 = dist.all_reduce_mean([val_loss, val_f1])
         lr_now = optimizer.param_groups[0]["lr"]
         seconds = time.perf_counter() - t0
@@ -234,10 +268,16 @@ def fit(
         result.history.append(record)
         if log_epoch is not None:
             log_epoch(record)
+        if lr_schedule is not None:
+            stopper.best_epoch = epoch
+            continue
         scheduler.step(val_loss)
         if stopper.step(val_loss if early_stopping_metric == "val_loss" else val_f1, epoch, scored):
             break
-    stopper.restore(model)
+    if lr_schedule is None:
+        stopper.restore(model)
+    elif scored is not model:  # refit with EMA: keep the averaged weights, as a normal run does
+        model.load_state_dict(scored.state_dict())
     result.best_epoch = stopper.best_epoch
     result.train_seconds = time.perf_counter() - started
     return result

@@ -16,6 +16,7 @@ BASELINE_CS = (1.0, 3.0, 10.0, 30.0)
 # Class indices: a list or a numpy array.
 Labels = Sequence[int] | np.ndarray
 
+
 def performance(y_true: Labels, y_pred: Labels, classes: Sequence[str]) -> dict[str, Any]:
     """``{"overall": {precision, recall, f1, num_samples}, "class": {name: {...}}}``, weighted overall."""
     labels = list(range(len(classes)))
@@ -74,8 +75,11 @@ def _figure_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-def plot_files(history: list[dict[str, Any]], cm: dict[str, Any], best_epoch: int) -> dict[str, bytes]:
-    """PNG bytes for the loss curves, learning rate and confusion matrix, keyed by artifact path."""
+def plot_files(
+    history: list[dict[str, Any]], cm: dict[str, Any], best_epoch: int, calibration: dict[str, Any] | None = None
+) -> dict[str, bytes]:
+    """PNG bytes for the loss curves, learning rate, confusion matrix and (with a calibration
+    report) the reliability diagram, keyed by artifact path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,4 +111,29 @@ def plot_files(history: list[dict[str, Any]], cm: dict[str, Any], best_epoch: in
             color = "white" if matrix[i, j] > matrix.max() / 2 else "black"
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=color)
     cm_png = _figure_bytes(fig)
-    return {"plots/loss.png": loss_png, "plots/lr.png": lr_png, "plots/confusion_matrix.png": cm_png}
+    files = {"plots/loss.png": loss_png, "plots/lr.png": lr_png, "plots/confusion_matrix.png": cm_png}
+    if calibration is not None:
+        files["plots/reliability.png"] = _reliability_png(calibration)
+    return files
+
+
+def _reliability_png(calibration: dict[str, Any]) -> bytes:
+    """Accuracy against mean confidence per bin on the test split, before and after scaling."""
+    import matplotlib.pyplot as plt
+
+    bins = calibration["bins"]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+    test = calibration["test"]
+    for key, label, marker in (
+        ("reliability_before", f"before (ECE {test['ece_before']:.3f})", "o"),
+        ("reliability_after", f"T = {calibration['temperature']:.2f} (ECE {test['ece_after']:.3f})", "s"),
+    ):
+        table = calibration[key]
+        used = np.asarray(table["counts"]) > 0
+        ax.plot(np.asarray(table["confidence"])[used], np.asarray(table["accuracy"])[used], marker=marker, label=label)
+    ax.set_xticks(np.linspace(0, 1, 6))
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean confidence (top class)", ylabel="accuracy")
+    ax.set_title(f"Reliability on the test split ({bins} bins)")
+    ax.legend(loc="upper left")
+    return _figure_bytes(fig)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,31 @@ import numpy as np
 import torch
 
 from contract.artifact import round_weights_, sha256_file, write_artifact
-from contract.model import ModelConfig, TextClassifier
-from contract.text import PAD_INDEX, LabelEncoder, Normalizer, PreprocessSettings, Vocabulary, load_stopwords
+from contract.model import ModelConfig, TextClassifier, probabilities
+from contract.text import (
+    PAD_INDEX,
+    LabelEncoder,
+    Normalizer,
+    PreprocessSettings,
+    SubwordHasher,
+    Vocabulary,
+    load_stopwords,
+)
 from training import distributed
+from training.calibration import calibration_report
 from training.config import TrainConfig
-from training.data import encode_matrix, fetch_data, read_dataset, sample_rows, stratified_split
+from training.data import (
+    encode_matrix,
+    fetch_data,
+    read_dataset,
+    sample_rows,
+    stratified_split,
+    subword_table,
+    time_split,
+)
 from training.engine import fit, format_epoch, predict_logits, progress_enabled
 from training.evaluate import BASELINE_NAME, confusion, performance, plot_files, tfidf_baseline
+from training.reference import drift_reference
 
 
 @dataclass
@@ -63,6 +81,9 @@ def build_model_config(config: TrainConfig, vocab_size: int, num_classes: int) -
         dropout=config.dropout,
         embedding_dropout=config.embedding_dropout,
         pooling=config.pooling,
+        subword_buckets=config.subword_buckets,
+        subword_min_n=config.subword_min_n,
+        subword_max_n=config.subword_max_n,
     )
 
 
@@ -73,6 +94,9 @@ def build_model(config: TrainConfig, vocab_size: int, num_classes: int) -> TextC
         with torch.no_grad():
             model.embedding.weight.normal_(0.0, config.embedding_init_std)
             model.embedding.weight[PAD_INDEX].zero_()
+            if model.subword_embedding is not None:
+                model.subword_embedding.weight.normal_(0.0, config.embedding_init_std)
+                model.subword_embedding.weight[0].zero_()
     return model
 
 
@@ -102,6 +126,38 @@ def lsa_embeddings(token_lists, vocab: Vocabulary, dim: int, std: float, seed: i
     return torch.from_numpy(vectors)
 
 
+def split_subword_vectors(
+    vectors: torch.Tensor, vocab: Vocabulary, hasher: SubwordHasher
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Share each word's LSA vector between the word and its character n-grams.
+
+    An n-gram bucket starts at the mean vector of the training words that contain it, and a
+    word keeps the rest, so every known word starts exactly at its LSA vector while a word
+    never seen in training starts at the mean of its n-grams' vectors: near known words that
+    share its pieces, instead of at <UNK>.
+    """
+    from scipy import sparse
+
+    rows: list[int] = []
+    cols: list[int] = []
+    for index, word in enumerate(vocab.itos[2:], start=2):
+        grams = hasher(word)
+        rows += [index] * len(grams)
+        cols += grams
+    words_to_grams = sparse.csr_matrix(
+        (np.ones(len(rows)), (rows, cols)), shape=(len(vocab), hasher.buckets + 1), dtype=np.float64
+    )
+    base = vectors.double().numpy()
+    per_gram = np.asarray(words_to_grams.sum(axis=0)).ravel()
+    gram_vectors = (words_to_grams.T @ base) / np.maximum(per_gram, 1)[:, None]
+    gram_vectors[0] = 0.0  # padding bucket
+    per_word = np.asarray(words_to_grams.sum(axis=1)).ravel()
+    word_gram_mean = (words_to_grams @ gram_vectors) / np.maximum(per_word, 1)[:, None]
+    word_vectors = base - word_gram_mean
+    word_vectors[:2] = base[:2]  # <PAD> and <UNK> have no n-grams
+    return torch.from_numpy(word_vectors).float(), torch.from_numpy(gram_vectors).float()
+
+
 def run(config: TrainConfig) -> RunResult:
     """Train, evaluate and (on rank 0) write a new artifact version; see ``python -m training -h``."""
     config.validate()
@@ -113,6 +169,25 @@ def run(config: TrainConfig) -> RunResult:
         return _run(config, dist, started)
     finally:
         dist.close()
+
+
+@dataclass
+class _Corpus:
+    """The preprocessed rows every split of one run draws from."""
+
+    titles: list[str]
+    tokens: list[list[str]]
+    targets: np.ndarray
+    labels: LabelEncoder
+    preprocessing: PreprocessSettings
+
+
+def split_indices(kind: str, labels: list[str], config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of train/val/test for ``kind`` ("random" or "time")."""
+    fractions = (1 - config.val_fraction - config.test_fraction, config.val_fraction, config.test_fraction)
+    if kind == "time":
+        return time_split(labels, fractions)
+    return stratified_split(labels, config.seed, fractions)
 
 
 def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> RunResult:
@@ -129,24 +204,129 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
     keep = sample_rows(len(dataset), config.limit_rows, config.seed)
     titles = [dataset.titles[i] for i in keep]
     raw_labels = [dataset.labels[i] for i in keep]
-    fractions = (1 - config.val_fraction - config.test_fraction, config.val_fraction, config.test_fraction)
-    train_idx, val_idx, test_idx = stratified_split(raw_labels, config.seed, fractions)
     say(
         f"data: {path} — {len(dataset)} usable rows, {dataset.dropped_empty} dropped (empty title or category); "
-        f"using {len(titles)}: train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)}"
+        f"using {len(titles)}"
     )
     timing["load_s"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()
-    stopwords = load_stopwords(config.nltk_data, download=dist.is_main) if config.remove_stopwords else ()
-    preprocessing = PreprocessSettings(remove_stopwords=config.remove_stopwords, stopwords=tuple(stopwords))
+    stopwords: tuple[str, ...] = ()
+    if config.remove_stopwords:
+        # Only rank 0 looks the list up (and may download it); the others receive it, so they
+        # need neither NLTK data nor the network, and every rank uses the same list.
+        found = load_stopwords(config.nltk_data) if dist.is_main else None
+        stopwords = tuple(dist.broadcast_object(found))
+    preprocessing = PreprocessSettings(remove_stopwords=config.remove_stopwords, stopwords=stopwords)
     normalizer = Normalizer(preprocessing)
-    tokens = [normalizer.tokens(t) for t in titles]
     labels = LabelEncoder.fit(raw_labels)
-    targets = np.asarray(labels.encode(raw_labels), dtype=np.int64)
-    vocab = Vocabulary.fit((tokens[i] for i in train_idx), max_size=config.max_vocab, min_freq=config.min_freq)
-    ids, lengths = encode_matrix(tokens, vocab)
+    corpus = _Corpus(
+        titles=titles,
+        tokens=[normalizer.tokens(t) for t in titles],
+        targets=np.asarray(labels.encode(raw_labels), dtype=np.int64),
+        labels=labels,
+        preprocessing=preprocessing,
+    )
     timing["preprocess_s"] = round(time.perf_counter() - t0, 3)
+
+    kinds = ["time", "random"] if config.split == "both" else [config.split]
+    summaries: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        split = split_indices(kind, raw_labels, config)
+        outcome = _train_split(config, dist, kind, corpus, split, say)
+        summaries[kind] = _split_summary(outcome.metrics)
+    model, vocab, metrics, extra = outcome.model, outcome.vocab, outcome.metrics, outcome.extra
+    metrics["splits"] = summaries
+    metrics["data"]["dropped_empty_titles"] = dataset.dropped_empty
+    metrics["timing"] = {**timing, **metrics["timing"]}
+    if not dist.is_main:
+        return RunResult(None, metrics, model, vocab, labels, preprocessing)
+    metrics["timing"]["total_s"] = round(time.perf_counter() - started, 3)
+    artifact_path = write_artifact(
+        config.artifacts_dir,
+        model=model,
+        vocab=vocab,
+        labels=labels,
+        preprocessing=preprocessing,
+        metrics=metrics,
+        train_config=config.to_dict(),
+        extra_files=extra,
+        provenance={"data_sha256": sha256_file(path), "git_commit": git_commit()},
+        weights_dtype=config.weights_dtype,
+    )
+    for kind, summary in summaries.items():
+        say(
+            f"{kind} split: test weighted F1 {summary['test_f1']:.4f} (best epoch {summary['best_epoch']}); "
+            f"TF-IDF baseline {summary['baseline_test_f1']:.4f}"
+        )
+    print(f"artifact written to {artifact_path}", flush=True)
+    return RunResult(artifact_path, metrics, model, vocab, labels, preprocessing)
+
+
+@dataclass
+class _SplitOutcome:
+    model: TextClassifier
+    vocab: Vocabulary
+    metrics: dict[str, Any]
+    extra: dict[str, bytes]
+
+
+def _split_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers that compare splits: F1 of the model and of TF-IDF, calibration, sizes."""
+    summary: dict[str, Any] = {
+        "test_f1": metrics["test"]["overall"]["f1"],
+        "best_epoch": metrics["best_epoch"],
+        "data": {k: metrics["data"][k] for k in ("train", "val", "test")},
+    }
+    if "baseline" in metrics:
+        summary["baseline_test_f1"] = metrics["baseline"]["test"]["overall"]["f1"]
+        if "train_only_test_f1" in metrics["baseline"]:
+            summary["baseline_train_only_test_f1"] = metrics["baseline"]["train_only_test_f1"]
+    if "calibration" in metrics:
+        summary["calibration"] = {
+            "temperature": metrics["calibration"]["temperature"],
+            **metrics["calibration"]["test"],
+        }
+    return summary
+
+
+@dataclass
+class _Fitted:
+    """A model trained on some rows, with the encoding it was trained with."""
+
+    model: TextClassifier
+    vocab: Vocabulary
+    ids: np.ndarray
+    lengths: np.ndarray
+    table: torch.Tensor | None
+    result: Any
+    timing: dict[str, Any]
+
+
+def _fit_model(
+    config: TrainConfig,
+    dist: distributed.DistContext,
+    corpus: _Corpus,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    say: Any,
+    lr_schedule: list[float] | None = None,
+) -> _Fitted:
+    """Vocabulary, encoding, initial embeddings and training, all from the ``fit_idx`` rows only."""
+    timing: dict[str, Any] = {}
+    tokens, targets, labels = corpus.tokens, corpus.targets, corpus.labels
+    vocab = Vocabulary.fit((tokens[i] for i in fit_idx), max_size=config.max_vocab, min_freq=config.min_freq)
+    model_config = build_model_config(config, len(vocab), len(labels))
+    hasher = model_config.subword_hasher()
+    table: torch.Tensor | None = None
+    if hasher is None:
+        ids, lengths = encode_matrix(tokens, vocab)
+    else:
+        # Every token type of the run gets a row of (word index, n-gram ids); a text is then
+        # encoded once, as indices into that table, exactly as a server would encode it.
+        extended, rows = subword_table(vocab, tokens, hasher)
+        ids, lengths = encode_matrix(tokens, extended)
+        table = torch.from_numpy(rows)
     say(f"vocabulary: {len(vocab)} tokens (min_freq {config.min_freq}, max {config.max_vocab}); {labels.classes}")
 
     torch.manual_seed(config.seed)
@@ -154,20 +334,25 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
     if config.embedding_init == "lsa":
         t0 = time.perf_counter()
         std = config.embedding_init_std or 0.1
-        vectors = lsa_embeddings([tokens[i] for i in train_idx], vocab, config.embedding_dim, std, config.seed)
+        vectors = lsa_embeddings([tokens[i] for i in fit_idx], vocab, config.embedding_dim, std, config.seed)
+        subword_vectors = None
+        if hasher is not None and config.subword_lsa_init:
+            vectors, subword_vectors = split_subword_vectors(vectors, vocab, hasher)
         with torch.no_grad():
             model.embedding.weight.copy_(vectors)
+            if subword_vectors is not None and model.subword_embedding is not None:
+                model.subword_embedding.weight.copy_(subword_vectors)
         timing["embedding_init_s"] = round(time.perf_counter() - t0, 3)
     model = model.to(dist.device)
     # Same initial weights everywhere (DDP broadcasts rank 0's anyway); per-rank dropout noise.
     torch.manual_seed(config.seed + dist.rank)
-    weights = class_weight_tensor(targets[train_idx], len(labels)) if config.class_weights else None
+    weights = class_weight_tensor(targets[fit_idx], len(labels)) if config.class_weights else None
     say(f"training {config.model} on {dist.device} x{dist.world_size}, {torch.get_num_threads()} CPU thread(s)")
     fit_result = fit(
         model,
-        ids[train_idx],
-        lengths[train_idx],
-        targets[train_idx],
+        ids[fit_idx],
+        lengths[fit_idx],
+        targets[fit_idx],
         ids[val_idx],
         lengths[val_idx],
         targets[val_idx],
@@ -189,6 +374,8 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
         progress=dist.is_main and progress_enabled(config.quiet),
         log_epoch=lambda record: say(format_epoch(record)),
         ema_decay=config.ema_decay,
+        token_table=table,
+        lr_schedule=lr_schedule,
     )
     epoch_seconds = [h["seconds"] for h in fit_result.history]
     timing.update(
@@ -200,34 +387,75 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
         device=str(dist.device),
         world_size=dist.world_size,
     )
-
-    t0 = time.perf_counter()
     model.eval()
     round_weights_(model, config.weights_dtype)  # evaluate exactly what the artifact stores
-    test_pred = predict_logits(model, ids[test_idx], lengths[test_idx], dist.device).argmax(dim=1).numpy()
+    return _Fitted(model, vocab, ids, lengths, table, fit_result, timing)
+
+
+def _train_split(
+    config: TrainConfig,
+    dist: distributed.DistContext,
+    kind: str,
+    corpus: _Corpus,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray],
+    say: Any,
+) -> _SplitOutcome:
+    """Fit the vocabulary and the model on one split's training rows; evaluate on its test rows.
+
+    With ``refit``, a second model is then trained on train + validation rows for the epochs
+    (and learning rates) the first run chose, and the first run's temperature is kept: the
+    validation rows are the most recent ones on the time split, the closest to what comes next.
+    """
+    train_idx, val_idx, test_idx = split
+    tokens, targets, labels = corpus.tokens, corpus.targets, corpus.labels
+    say(f"{kind} split: train {len(train_idx)}, val {len(val_idx)}, test {len(test_idx)}")
+    first = _fit_model(config, dist, corpus, train_idx, val_idx, say)
+    fit_result, timing = first.result, first.timing
+    metrics: dict[str, Any] = {"split": kind}
+    val_logits = torch.empty(0)
+    if config.calibrate:
+        val_logits = predict_logits(
+            first.model, first.ids[val_idx], first.lengths[val_idx], dist.device, token_table=first.table
+        )
+    final = first
+    if config.refit:
+        schedule = [h["lr"] for h in fit_result.history[: fit_result.best_epoch]]
+        say(f"refit on train + val ({len(train_idx) + len(val_idx)} rows) for {len(schedule)} epoch(s)")
+        final = _fit_model(config, dist, corpus, np.sort(np.concatenate([train_idx, val_idx])), val_idx, say, schedule)
+        metrics["refit"] = {"rows": len(train_idx) + len(val_idx), "epochs": len(schedule)}
+        timing["refit_train_s"] = final.timing["train_s"]
+    model, vocab, ids, lengths, table = final.model, final.vocab, final.ids, final.lengths, final.table
+
+    t0 = time.perf_counter()
+    test_logits = predict_logits(model, ids[test_idx], lengths[test_idx], dist.device, token_table=table)
     test_true = targets[test_idx]
+    if config.calibrate:
+        metrics["calibration"] = calibration_report(val_logits, targets[val_idx], test_logits, test_true)
+        model.config = replace(model.config, temperature=metrics["calibration"]["temperature"])
+    test_probs = probabilities(test_logits, model.config.temperature).numpy()
+    test_pred = test_probs.argmax(axis=1)
     test_perf = performance(test_true, test_pred, labels.classes)
     cm = confusion(test_true, test_pred, labels.classes)
     timing["eval_s"] = round(time.perf_counter() - t0, 3)
-
-    metrics: dict[str, Any] = {
-        "test": test_perf,
-        "confusion_matrix": cm,
-        "history": fit_result.history,
-        "best_epoch": fit_result.best_epoch,
-        "data": {
-            "rows": len(titles),
-            "dropped_empty_titles": dataset.dropped_empty,
+    metrics.update(
+        test=test_perf,
+        confusion_matrix=cm,
+        history=fit_result.history,
+        best_epoch=fit_result.best_epoch,
+        data={
+            "rows": len(tokens),
             "train": len(train_idx),
             "val": len(val_idx),
             "test": len(test_idx),
         },
-        "timing": timing,
-    }
+        reference=drift_reference([tokens[i] for i in test_idx], vocab.stoi, test_probs, labels.classes),
+        timing=timing,
+    )
     if not dist.is_main:
-        return RunResult(None, metrics, model, vocab, labels, preprocessing)
+        return _SplitOutcome(model, vocab, metrics, {})
 
     t0 = time.perf_counter()
+    titles = corpus.titles
     base_pred, base_info = tfidf_baseline(
         [titles[i] for i in train_idx],
         targets[train_idx],
@@ -236,26 +464,23 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
         [titles[i] for i in test_idx],
         c=config.baseline_c,
     )
+    if config.refit:
+        # The same rows as the shipped model: C chosen on validation, then fitted on train + val.
+        fit_rows = np.sort(np.concatenate([train_idx, val_idx]))
+        base_info["train_only_test_f1"] = performance(test_true, base_pred, labels.classes)["overall"]["f1"]
+        base_pred, _ = tfidf_baseline(
+            [titles[i] for i in fit_rows],
+            targets[fit_rows],
+            [titles[i] for i in val_idx],
+            targets[val_idx],
+            [titles[i] for i in test_idx],
+            c=base_info["C"],
+        )
+        base_info["fitted_on"] = "train+val"
     base_perf = performance(test_true, base_pred, labels.classes)
     metrics["baseline"] = {"name": BASELINE_NAME, **base_info, "test": base_perf}
     timing["baseline_s"] = round(time.perf_counter() - t0, 3)
-    extra = plot_files(fit_result.history, cm, fit_result.best_epoch) if config.plots else {}
-    timing["total_s"] = round(time.perf_counter() - started, 3)
-    artifact_path = write_artifact(
-        config.artifacts_dir,
-        model=model,
-        vocab=vocab,
-        labels=labels,
-        preprocessing=preprocessing,
-        metrics=metrics,
-        train_config=config.to_dict(),
-        extra_files=extra,
-        provenance={"data_sha256": sha256_file(path), "git_commit": git_commit()},
-        weights_dtype=config.weights_dtype,
+    extra = (
+        plot_files(fit_result.history, cm, fit_result.best_epoch, metrics.get("calibration")) if config.plots else {}
     )
-    say(
-        f"test weighted F1 {test_perf['overall']['f1']:.4f} (best epoch {fit_result.best_epoch}); "
-        f"TF-IDF baseline {metrics['baseline']['test']['overall']['f1']:.4f}"
-    )
-    print(f"artifact written to {artifact_path}", flush=True)
-    return RunResult(artifact_path, metrics, model, vocab, labels, preprocessing)
+    return _SplitOutcome(model, vocab, metrics, extra)

@@ -71,3 +71,39 @@ def test_missing_file_is_named(tmp_path, model):
     (folder / "labels.json").unlink()
     with pytest.raises(ArtifactError, match="missing file labels.json"):
         load_artifact(folder)
+
+
+def _rewrite(folder, name, content):
+    """Replace one file and fix its manifest checksum, as an older writer would have produced it."""
+    from contract.artifact import sha256_file
+
+    (folder / name).write_text(json.dumps(content))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][name] = sha256_file(folder / name)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_artifact_written_before_subwords_and_calibration_still_loads(tmp_path, model):
+    folder = _write(tmp_path, model, "20260101T000000Z-aaaaaa")
+    old = {k: v for k, v in model.config.to_dict().items() if not k.startswith("subword_") and k != "temperature"}
+    _rewrite(folder, "model_config.json", old)
+    loaded = load_artifact(folder)
+    assert loaded.temperature == 1.0 and loaded.config.subword_buckets == 0
+    assert loaded.text_encoder().subwords is None
+    ids, lengths = pad_batch([[2, 3, 4], [5]])
+    assert torch.equal(predict_proba(loaded.model, ids, lengths), predict_proba(model, ids, lengths))
+
+
+def test_subword_artifact_rebuilds_its_tokenizer_and_temperature(tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=12, num_classes=3, embedding_dim=8, hidden_dim=8, subword_buckets=64)
+    model = TextClassifier(config).eval()
+    model.config = ModelConfig(**{**config.to_dict(), "temperature": 1.7})
+    folder = _write(tmp_path, model, "20260101T000000Z-aaaaaa")
+    loaded = load_artifact(folder)
+    assert loaded.temperature == 1.7
+    encoder = loaded.text_encoder()
+    assert encoder.subwords is not None and encoder.subwords.buckets == 64
+    ids, lengths = pad_batch(encoder.encode_many(["w1 w2 unseenword", "w3"]))
+    assert ids.dim() == 3
+    assert torch.equal(predict_proba(loaded.model, ids, lengths), predict_proba(model, ids, lengths))

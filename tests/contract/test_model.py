@@ -1,10 +1,111 @@
-"""The classifier's recurrent features: the backward GRU state has read the whole title, padding changes nothing."""
+"""Model contract: packed vs unpacked recurrence, batched vs single rows, subword embeddings,
+temperature, and configs written before the newer fields existed."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from contract.model import ModelConfig, TextClassifier, pad_batch
+from contract.model import POOLINGS, RNN_TYPES, ModelConfig, TextClassifier, pad_batch, predict_proba, probabilities
+from contract.text import UNK_INDEX, PreprocessSettings, TextEncoder, Vocabulary
+
+WORDS = ["oil", "prices", "fall", "stocks", "rally", "microsoft", "shares", "team", "wins"]
+
+
+def _model(rnn_type: str = "bigru", pooling: str = "last_max", **extra: int) -> TextClassifier:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        len(WORDS) + 2, 3, rnn_type=rnn_type, embedding_dim=8, hidden_dim=8, fc_dim=8, pooling=pooling, **extra
+    )
+    return TextClassifier(config).eval()
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("rnn_type", RNN_TYPES)
+def test_packed_and_unpacked_agree_without_padding(rnn_type, pooling):
+    """The unpacked fast path (equal lengths) computes what the packed path computes."""
+    model = _model(rnn_type, pooling)
+    ids, lengths = pad_batch([[2, 3, 4, 5], [6, 7, 8, 9], [3, 3, 2, 10]])
+    with torch.inference_mode():
+        packed = model(ids, lengths, pack=True)
+        plain = model(ids, lengths, pack=False)
+    assert torch.allclose(packed, plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("rnn_type", RNN_TYPES)
+def test_padding_never_changes_a_rows_output(rnn_type, pooling):
+    """Each row of a padded batch equals that row alone: padding stays out of the recurrence."""
+    model = _model(rnn_type, pooling)
+    rows = [[2, 3, 4, 5, 6, 7], [8], [9, 10, 2]]
+    ids, lengths = pad_batch(rows)
+    batched = predict_proba(model, ids, lengths)
+    for i, row in enumerate(rows):
+        single = predict_proba(model, *pad_batch([row]))
+        assert torch.allclose(batched[i], single[0], atol=1e-6), i
+
+
+def test_subword_model_handles_padding_and_unseen_words():
+    vocab = Vocabulary(["<PAD>", "<UNK>", *WORDS])
+    model = _model(subword_buckets=97)
+    encoder = TextEncoder(PreprocessSettings(), vocab, model.config.subword_hasher())
+    texts = ["Oil prices fall", "Microsofts shares rally today", "zzzz"]
+    encoded = encoder.encode_many(texts)
+    ids, lengths = pad_batch(encoded)
+    assert ids.dim() == 3 and ids.shape[:2] == (3, 4) and lengths.tolist() == [3, 4, 1]
+    batched = predict_proba(model, ids, lengths)
+    for i, row in enumerate(encoded):
+        assert torch.allclose(batched[i], predict_proba(model, *pad_batch([row]))[0], atol=1e-6)
+    # Two different unseen words get different vectors (both would be plain <UNK> without
+    # subwords), and an unseen word shares its n-grams with the known word it contains.
+    assert encoder.subwords is not None
+    unseen, _ = pad_batch([[(UNK_INDEX, *encoder.subwords(w)) for w in ("microsofts", "zzzz")]])
+    known, _ = pad_batch([[(vocab.stoi["microsoft"], *encoder.subwords("microsoft"))]])
+    with torch.no_grad():
+        vectors = model.embed(unseen)[0]
+        sub_only = vectors - model.embedding.weight[UNK_INDEX]
+        known_sub = model.embed(known)[0, 0] - model.embedding.weight[vocab.stoi["microsoft"]]
+    assert not torch.allclose(vectors[0], vectors[1])
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(sub_only[0], known_sub, dim=0) > cos(sub_only[1], known_sub, dim=0) + 0.3
+
+
+def test_subword_model_refuses_word_ids_alone():
+    model = _model(subword_buckets=97)
+    with pytest.raises(ValueError, match="subword embeddings"):
+        model(*pad_batch([[2, 3]]))
+
+
+def test_temperature_rescales_probabilities_but_never_the_prediction():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    sharp, flat = probabilities(logits, 0.5), probabilities(logits, 2.0)
+    assert torch.equal(sharp.argmax(1), flat.argmax(1))
+    assert (sharp.max(1).values > probabilities(logits).max(1).values).all()
+    assert (flat.max(1).values < probabilities(logits).max(1).values).all()
+    model = _model()
+    calibrated = TextClassifier(ModelConfig(**{**model.config.to_dict(), "temperature": 2.0})).eval()
+    calibrated.load_state_dict(model.state_dict())
+    ids, lengths = pad_batch([[2, 3, 4]])
+    with torch.inference_mode():
+        expected = torch.softmax(model(ids, lengths) / 2.0, dim=-1)
+    assert torch.allclose(predict_proba(calibrated, ids, lengths), expected)
+
+
+def test_config_without_the_newer_fields_means_no_subwords_and_no_scaling():
+    old = {
+        "vocab_size": 50, "num_classes": 4, "rnn_type": "bigru", "embedding_dim": 8, "hidden_dim": 8,
+        "fc_dim": 8, "dropout": 0.5, "embedding_dropout": 0.3, "pooling": "last_max",
+    }  # fmt: skip
+    config = ModelConfig.from_dict(old)
+    assert config.subword_buckets == 0 and config.subword_hasher() is None and config.temperature == 1.0
+    assert TextClassifier(config).subword_embedding is None
+
+
+@pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"subword_buckets": -1}])
+def test_invalid_new_fields_are_refused(bad):
+    with pytest.raises(ValueError):
+        ModelConfig(10, 2, **bad)
+
 
 
 def features(model: TextClassifier, sequences: list[list[int]]) -> torch.Tensor:

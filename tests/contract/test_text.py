@@ -108,3 +108,28 @@ def test_missing_nltk_data_is_a_clear_error(tmp_path):
 
     with pytest.raises(StopwordsUnavailableError, match="not found"):
         load_stopwords(tmp_path / "nope", download=False)
+
+
+def test_char_ngrams_mark_word_boundaries():
+    from contract.text import char_ngrams
+
+    assert char_ngrams("cat", 3, 5) == ["<ca", "cat", "at>", "<cat", "cat>", "<cat>"]
+
+
+def test_subword_ids_are_fixed_by_the_hash_not_the_process():
+    """CRC-32 buckets: the same ids in every process and on every machine (pinned values)."""
+    from contract.text import SubwordHasher
+
+    hasher = SubwordHasher(1000)
+    assert hasher("oil") == (995, 747, 262, 246, 391, 617)
+    assert all(1 <= i <= 1000 for i in hasher("anything-long" * 5))
+    assert len(SubwordHasher(1000, max_per_token=4)("internationalisation")) == 4
+
+
+def test_stopword_removal_default_follows_the_list():
+    """One default for training and the contract: removal is on exactly when a list is given."""
+    assert PreprocessSettings().remove_stopwords is False
+    assert PreprocessSettings(stopwords=("the",)).remove_stopwords is True
+    assert PreprocessSettings(remove_stopwords=False, stopwords=("the",)).remove_stopwords is False
+    restored = PreprocessSettings.from_dict(PreprocessSettings(stopwords=("the",)).to_dict())
+    assert restored.remove_stopwords is True and restored.stopwords == ("the",)

@@ -16,6 +16,8 @@ from training.data import (
     read_dataset,
     sample_rows,
     stratified_split,
+    subword_table,
+    time_split,
 )
 
 
@@ -175,3 +177,39 @@ def test_failed_download_is_a_clear_data_error(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DataError, match=r"cannot download https://example\.invalid/news\.csv: .*--data"):
         fetch_data("https://example.invalid/news.csv", cache_dir=tmp_path)
+
+
+def test_time_split_keeps_file_order_past_to_future():
+    labels = ["a", "b", "c", "d"] * 250
+    train, val, test = time_split(labels)
+    assert np.array_equal(train, np.arange(700))
+    assert np.array_equal(val, np.arange(700, 850)) and np.array_equal(test, np.arange(850, 1000))
+
+
+def test_time_split_names_a_category_missing_from_the_past():
+    labels = ["a", "b"] * 400 + ["late"] * 200
+    with pytest.raises(DataError, match=r"category 'late' never occurs in the first 700 rows"):
+        time_split(labels)
+
+
+def test_subword_table_gives_the_servers_encoding():
+    """Training's table lookup and the service's TextEncoder produce the same model input."""
+    import torch
+
+    from contract.model import pad_batch
+    from contract.text import PreprocessSettings, SubwordHasher, TextEncoder
+
+    hasher = SubwordHasher(500)
+    train = [["oil", "prices", "fall"], ["stocks", "rally"]]
+    vocab = Vocabulary.fit(train)
+    texts = ["Oil prices fall", "Stocks rally on unseen news", "(Reuters)"]
+    encoder = TextEncoder(PreprocessSettings(), vocab, hasher)
+    tokens = [encoder.normalizer.tokens(t) for t in texts]
+    extended, table = subword_table(vocab, tokens, hasher)
+    assert extended.itos[: len(vocab)] == vocab.itos and set(extended.itos[len(vocab) :]) == {"on", "unseen", "news"}
+    ids, lengths = encode_matrix(tokens, extended)
+    served, served_lengths = pad_batch(encoder.encode_many(texts))
+    looked_up = torch.from_numpy(table)[torch.from_numpy(ids)]
+    assert torch.equal(torch.from_numpy(lengths), served_lengths)
+    width = served.shape[2]
+    assert torch.equal(looked_up[:, :, :width], served) and not looked_up[:, :, width:].any()

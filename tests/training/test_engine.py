@@ -86,3 +86,53 @@ def test_device_auto_and_cuda_request():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_restore_returns_the_best_epochs_weights_when_validation_loss_rises_late(monkeypatch):
+    """Validation loss falls, then rises for two epochs: the model must end at epoch 3's weights."""
+    from training import engine
+
+    train_texts, train_y = _toy_split(200, 0)
+    vocab = Vocabulary.fit(train_texts)
+    ids, lengths = encode_matrix(train_texts, vocab)
+    torch.manual_seed(0)
+    model = TextClassifier(ModelConfig(len(vocab), 3, embedding_dim=8, hidden_dim=8, fc_dim=8))
+    losses = iter([1.0, 0.8, 0.6, 0.9, 1.2])
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def scripted_validation(scored, *args, **kwargs):
+        seen.append({k: v.clone() for k, v in scored.state_dict().items()})
+        return next(losses), 0.5, np.zeros(0)
+
+    monkeypatch.setattr(engine, "evaluate_split", scripted_validation)
+    result = fit(
+        model, ids, lengths, train_y, ids, lengths, train_y,
+        epochs=5, batch_size=32, lr=0.01, weight_decay=0.0, label_smoothing=0.0, word_dropout=0.0, grad_clip=1.0,
+        patience=10, lr_patience=10, lr_factor=0.5, early_stopping_metric="val_loss", class_weights=None,
+        seed=0, device=torch.device("cpu"), dist=DistContext(), progress=False,
+    )  # fmt: skip
+    assert result.best_epoch == 3 and len(seen) == 5
+    final = model.state_dict()
+    assert all(torch.equal(final[k], v) for k, v in seen[2].items())  # epoch 3
+    assert not all(torch.equal(final[k], v) for k, v in seen[4].items())  # not the last epoch
+
+
+def test_replayed_schedule_runs_every_epoch_at_its_rate_and_keeps_the_last_weights(monkeypatch):
+    """A refit replays the chosen epochs: no early stop, no plateau decay, last weights kept."""
+    from training import engine
+
+    train_texts, train_y = _toy_split(120, 0)
+    vocab = Vocabulary.fit(train_texts)
+    ids, lengths = encode_matrix(train_texts, vocab)
+    torch.manual_seed(0)
+    model = TextClassifier(ModelConfig(len(vocab), 3, embedding_dim=8, hidden_dim=8, fc_dim=8))
+    losses = iter([0.5, 0.9, 1.5, 2.0])  # would stop and restore epoch 1 in a normal run
+    monkeypatch.setattr(engine, "evaluate_split", lambda *a, **k: (next(losses), 0.5, np.zeros(0)))
+    result = fit(
+        model, ids, lengths, train_y, ids, lengths, train_y,
+        epochs=15, batch_size=32, lr=0.01, weight_decay=0.0, label_smoothing=0.0, word_dropout=0.0, grad_clip=1.0,
+        patience=1, lr_patience=0, lr_factor=0.5, early_stopping_metric="val_loss", class_weights=None,
+        seed=0, device=torch.device("cpu"), dist=DistContext(), progress=False, lr_schedule=[0.01, 0.01, 0.005, 0.001],
+    )  # fmt: skip
+    assert [h["lr"] for h in result.history] == [0.01, 0.01, 0.005, 0.001]
+    assert result.best_epoch == 4

@@ -41,7 +41,8 @@ def tiny_csv(news_csv, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_csv, tmp_path_factory):
-    return run(tiny_config(tiny_csv, tmp_path_factory.mktemp("artifacts")))
+    """Both splits (the shipped model on the random one), subword embeddings and calibration."""
+    return run(tiny_config(tiny_csv, tmp_path_factory.mktemp("artifacts"), split="both", subword_buckets=300))
 
 
 def test_artifact_reproduces_the_in_memory_model(tiny_run):
@@ -58,7 +59,26 @@ def test_artifact_reproduces_the_in_memory_model(tiny_run):
 def test_metrics_report_shape_and_dropped_rows(tiny_run):
     metrics = json.loads((tiny_run.artifact_path / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(tiny_run.metrics))
-    assert metrics["data"] == {"rows": 600, "dropped_empty_titles": 3, "train": 420, "val": 90, "test": 90}
+    assert metrics["data"] == {"rows": 600, "train": 420, "val": 90, "test": 90, "dropped_empty_titles": 3}
+    assert metrics["split"] == "random" and list(metrics["splits"]) == ["time", "random"]
+    for summary in metrics["splits"].values():
+        assert set(summary) == {
+            "test_f1", "baseline_test_f1", "baseline_train_only_test_f1", "best_epoch", "data", "calibration",
+        }  # fmt: skip
+        assert set(summary["calibration"]) == {
+            "temperature", "ece_before", "ece_after", "nll_before", "nll_after", "ece_noise_floor",
+        }  # fmt: skip
+    assert metrics["splits"]["random"]["test_f1"] == metrics["test"]["overall"]["f1"]
+    assert metrics["splits"]["time"]["test_f1"] != metrics["splits"]["random"]["test_f1"]
+    calibration = metrics["calibration"]
+    assert calibration["fitted_on"] == "val" and calibration["bins"] == 15
+    assert calibration["temperature"] == json.loads((tiny_run.artifact_path / "model_config.json").read_text())[
+        "temperature"
+    ]
+    assert sum(calibration["reliability_after"]["counts"]) == 90
+    reference = metrics["reference"]
+    assert (reference["split"], reference["texts"]) == ("test", 90)
+    assert 0 < reference["oov_token_rate"] < 0.5 and sum(reference["confidence_histogram"]) == pytest.approx(1.0)
     for perf in (metrics["test"], metrics["baseline"]["test"]):
         assert set(perf) == {"overall", "class"}
         assert set(perf["overall"]) == {"precision", "recall", "f1", "num_samples"}
@@ -75,7 +95,7 @@ def test_metrics_report_shape_and_dropped_rows(tiny_run):
 
 def test_artifact_holds_config_plots_and_provenance(tiny_run, tiny_csv):
     folder = tiny_run.artifact_path
-    for name in ("plots/loss.png", "plots/lr.png", "plots/confusion_matrix.png"):
+    for name in ("plots/loss.png", "plots/lr.png", "plots/confusion_matrix.png", "plots/reliability.png"):
         assert (folder / name).read_bytes().startswith(b"\x89PNG")
     assert TrainConfig.from_dict(json.loads((folder / "train_config.json").read_text())).hidden_dim == 16
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -84,13 +104,15 @@ def test_artifact_holds_config_plots_and_provenance(tiny_run, tiny_csv):
 
 
 def test_same_seed_gives_identical_metrics(tiny_run, tiny_csv, tmp_path):
-    again = run(tiny_config(tiny_csv, tmp_path, plots=False))
+    again = run(tiny_config(tiny_csv, tmp_path, plots=False, split="both", subword_buckets=300))
 
     def strip_time(metrics):
         history = [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]
         return history, metrics["test"], metrics["best_epoch"]
 
-    assert strip_time(again.metrics) == strip_time(tiny_run.metrics)
+    assert strip_time(again.metrics) == strip_time(tiny_run.metrics) and again.metrics["splits"] == tiny_run.metrics[
+        "splits"
+    ]
     for name, tensor in tiny_run.model.state_dict().items():
         assert torch.equal(tensor, again.model.state_dict()[name]), name
 
@@ -187,3 +209,72 @@ def test_lsa_embeddings_put_co_occurring_words_together():
         return torch.cosine_similarity(vectors[vocab.stoi[a]], vectors[vocab.stoi[b]], dim=0).item()
 
     assert cos("stocks", "shares") > cos("stocks", "team") + 0.5
+
+
+def test_vocabulary_is_fitted_on_the_training_rows_only(tiny_run, tiny_csv):
+    from contract.text import Normalizer
+    from training.data import read_dataset, sample_rows
+    from training.pipeline import split_indices
+
+    config = tiny_config(tiny_csv, Path("unused"))
+    data = read_dataset(tiny_csv)
+    keep = sample_rows(len(data), config.limit_rows, config.seed)
+    labels = [data.labels[i] for i in keep]
+    tokens = [Normalizer(tiny_run.preprocessing).tokens(data.titles[i]) for i in keep]
+    train, val, test = split_indices("random", labels, config)
+    # With --refit the shipped model's training rows are train + val; never test.
+    fit_rows = (*train, *val) if config.refit else tuple(train)
+    train_words = {t for i in fit_rows for t in tokens[i]}
+    held_out_only = {t for i in (*val, *test) if i not in fit_rows for t in tokens[i]} - train_words
+    assert held_out_only  # the check below means something
+    assert set(tiny_run.vocab.itos[2:]) == train_words
+
+
+def test_served_probabilities_are_the_calibrated_ones(tiny_run):
+    """The service's Predictor divides by the stored temperature: what metrics.json describes."""
+    from contract.model import probabilities
+    from service.predictor import Predictor
+
+    loaded = load_artifact(tiny_run.artifact_path)
+    temperature = loaded.temperature
+    assert temperature != 1.0
+    served = Predictor(loaded, torch.device("cpu")).predict(TITLES).probabilities
+    ids, lengths = pad_batch(loaded.text_encoder().encode_many(TITLES))
+    with torch.inference_mode():
+        logits = loaded.model(ids, lengths)
+    assert torch.allclose(torch.from_numpy(served), probabilities(logits, temperature), atol=1e-6)
+    assert not torch.allclose(torch.from_numpy(served), probabilities(logits), atol=1e-4)
+
+
+def test_a_bug_is_not_reported_as_a_user_error(monkeypatch, tmp_path):
+    """Only the project's own data/config errors get the one-line treatment; a ValueError from a
+    bug propagates with its traceback."""
+    import training.__main__ as cli
+
+    def buggy(config):
+        raise ValueError("bug deep inside")
+
+    monkeypatch.setattr(cli, "run", buggy)
+    with pytest.raises(ValueError, match="bug deep inside"):
+        cli.main(["--data", str(tmp_path / "x.csv")])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--limit-rows", "0"], "limit-rows must be at least 1"),
+        (["--max-vocab", "2"], "max-vocab must be at least 3"),
+        (["--split", "time", "--val-fraction", "0.9"], "fractions"),
+        (["--subword-buckets", "-1"], "subword buckets"),
+    ],
+)
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys, argv, message):
+    code = main(["--data", str(tmp_path / "x.csv"), "--artifacts-dir", str(tmp_path / "a"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_optional_int_keeps_zero():
+    from training.config import _optional_int
+
+    assert _optional_int("0") == 0 and _optional_int("none") is None and _optional_int("12") == 12
