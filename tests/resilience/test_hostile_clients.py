@@ -127,6 +127,18 @@ def test_stalled_uploads_cannot_pin_more_than_the_body_budget(two_versions: Path
         assert httpx.post(f"{live.url}/predict", json=PREDICT).status_code == 200
 
 
+def test_answered_bad_bodies_do_not_stay_in_memory(server: LiveServer) -> None:
+    # 200 complete 3 MB bodies the screen refuses: each must be freed once answered. An error
+    # raised with the body in its frame kept them all alive in reference cycles (+1 GB after).
+    idle_kb = read_rss_kb(server.process.pid)
+    outcome = asyncio.run(hold_stalled(server.port, "bigbody", 200, hold_s=1.0))
+    statuses = outcome["closed_by_server"]
+    assert statuses.get("422", 0) >= 50 and set(statuses) <= {"422", "503", "closed"}, outcome
+    time.sleep(1.0)
+    grown = (read_rss_kb(server.process.pid) - idle_kb) / 1024
+    assert grown < 100, f"RSS stayed {grown:.0f} MB above idle after the bodies were answered"
+
+
 # -- 3. header and URL size ------------------------------------------------------------------
 @pytest.mark.parametrize(("kind", "status"), [("header", "431"), ("url", "414")])
 def test_endless_header_or_url_is_cut_off_without_slowing_others(server: LiveServer, kind: str, status: str) -> None:
