@@ -9,6 +9,7 @@ from typing import Any
 from contract.model import POOLINGS, RNN_TYPES, ModelConfig
 
 SPLITS = ("random", "time", "both")
+TEMPERATURE_FITS = ("crossfit", "first")
 DEFAULT_DATA_URL = "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/main/datasets/news.csv"
 
 
@@ -98,6 +99,7 @@ class TrainConfig:
     baseline_c: float | None = None
     calibrate: bool = True
     refit: bool = True
+    temperature_fit: str = "crossfit"
     # Runtime
     seed: int = 42
     device: str = "auto"
@@ -135,6 +137,8 @@ class TrainConfig:
             raise ConfigError("device must be auto, cpu or cuda")
         if self.embedding_init not in ("lsa", "normal"):
             raise ConfigError("embedding_init must be lsa or normal")
+        if self.temperature_fit not in TEMPERATURE_FITS:
+            raise ConfigError(f"temperature_fit must be one of {TEMPERATURE_FITS}")
         if self.early_stopping_metric not in ("val_loss", "val_f1"):
             raise ConfigError("early_stopping_metric must be val_loss or val_f1")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -274,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=d.refit,
         help="after early stopping, train a fresh model on train + val for the chosen epochs and ship that",
+    )
+    g.add_argument(
+        "--temperature-fit",
+        choices=TEMPERATURE_FITS,
+        default=d.temperature_fit,
+        help="with --refit, which validation logits the temperature is fitted on: crossfit: two models trained "
+        "like the refit on train + half of val, each scoring the other half; first: the pre-refit model's",
     )
     g = p.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for the split, initialisation and batches")

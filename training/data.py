@@ -197,6 +197,21 @@ def time_split(
     return train, rows[n_train : n_train + n_val], rows[n_train + n_val :]
 
 
+def stratified_halves(targets: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``0..len(targets)-1`` dealt into two halves with every class split evenly.
+
+    Used to cross-fit the temperature: each half is predicted by a model trained on the other.
+    """
+    rng = np.random.default_rng(seed)
+    halves: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    for label in np.unique(targets):
+        rows = rng.permutation(np.flatnonzero(targets == label))
+        halves[0].append(rows[0::2])
+        halves[1].append(rows[1::2])
+    first, second = (np.sort(np.concatenate(h)) if h else np.empty(0, dtype=np.int64) for h in halves)
+    return first, second
+
+
 def subword_table(
     vocab: Vocabulary, token_lists: Sequence[Sequence[str]], hasher: SubwordHasher
 ) -> tuple[Vocabulary, np.ndarray]:

@@ -30,6 +30,7 @@ from training.data import (
     fetch_data,
     read_dataset,
     sample_rows,
+    stratified_halves,
     stratified_split,
     subword_table,
     time_split,
@@ -392,6 +393,38 @@ def _fit_model(
     return _Fitted(model, vocab, ids, lengths, table, fit_result, timing)
 
 
+def crossfit_val_logits(
+    config: TrainConfig,
+    dist: distributed.DistContext,
+    corpus: _Corpus,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    schedule: list[float],
+    say: Any,
+) -> torch.Tensor:
+    """Out-of-fold logits for every validation row, from models trained the way the refit is.
+
+    The refit model has seen the validation rows, so its own logits on them are too confident
+    to fit a temperature on; the first run's model saw fewer rows and steps than the refit,
+    so its temperature is off for the model shipped. Here the validation rows are dealt into
+    two class-balanced halves, and each half is predicted by a model trained on train + the
+    other half with the refit's learning-rate schedule: closer to the shipped model, and every
+    validation row is still held out from the model that scores it.
+    """
+    halves = stratified_halves(corpus.targets[val_idx], config.seed)
+    out = torch.empty((len(val_idx), len(corpus.labels)), dtype=torch.float32)
+    for held, used in (halves, halves[::-1]):
+        held_rows, used_rows = val_idx[held], val_idx[used]
+        say(f"temperature cross-fit: train + {len(used_rows)} val rows, scoring the other {len(held_rows)}")
+        fitted = _fit_model(
+            config, dist, corpus, np.sort(np.concatenate([train_idx, used_rows])), held_rows, say, schedule
+        )
+        out[torch.from_numpy(held)] = predict_logits(
+            fitted.model, fitted.ids[held_rows], fitted.lengths[held_rows], dist.device, token_table=fitted.table
+        )
+    return out
+
+
 def _train_split(
     config: TrainConfig,
     dist: distributed.DistContext,
@@ -403,8 +436,10 @@ def _train_split(
     """Fit the vocabulary and the model on one split's training rows; evaluate on its test rows.
 
     With ``refit``, a second model is then trained on train + validation rows for the epochs
-    (and learning rates) the first run chose, and the first run's temperature is kept: the
-    validation rows are the most recent ones on the time split, the closest to what comes next.
+    (and learning rates) the first run chose: the validation rows are the most recent ones on
+    the time split, the closest to what comes next. Its temperature is fitted on out-of-fold
+    validation logits (``crossfit_val_logits``), or with ``temperature_fit="first"`` on the
+    first run's, which was trained on fewer rows and steps than the model shipped.
     """
     train_idx, val_idx, test_idx = split
     tokens, targets, labels = corpus.tokens, corpus.targets, corpus.labels
@@ -413,7 +448,8 @@ def _train_split(
     fit_result, timing = first.result, first.timing
     metrics: dict[str, Any] = {"split": kind}
     val_logits = torch.empty(0)
-    if config.calibrate:
+    crossfit = config.refit and config.temperature_fit == "crossfit"
+    if config.calibrate and not crossfit:
         val_logits = predict_logits(
             first.model, first.ids[val_idx], first.lengths[val_idx], dist.device, token_table=first.table
         )
@@ -424,6 +460,10 @@ def _train_split(
         final = _fit_model(config, dist, corpus, np.sort(np.concatenate([train_idx, val_idx])), val_idx, say, schedule)
         metrics["refit"] = {"rows": len(train_idx) + len(val_idx), "epochs": len(schedule)}
         timing["refit_train_s"] = final.timing["train_s"]
+        if config.calibrate and crossfit:
+            t0 = time.perf_counter()
+            val_logits = crossfit_val_logits(config, dist, corpus, train_idx, val_idx, schedule, say)
+            timing["temperature_crossfit_s"] = round(time.perf_counter() - t0, 3)
     model, vocab, ids, lengths, table = final.model, final.vocab, final.ids, final.lengths, final.table
 
     t0 = time.perf_counter()
@@ -431,6 +471,9 @@ def _train_split(
     test_true = targets[test_idx]
     if config.calibrate:
         metrics["calibration"] = calibration_report(val_logits, targets[val_idx], test_logits, test_true)
+        metrics["calibration"]["val_logits_from"] = (
+            "crossfit" if crossfit else ("first_model" if config.refit else "shipped_model")
+        )
         model.config = replace(model.config, temperature=metrics["calibration"]["temperature"])
     test_probs = probabilities(test_logits, model.config.temperature).numpy()
     test_pred = test_probs.argmax(axis=1)

@@ -15,6 +15,7 @@ from training.data import (
     fetch_data,
     read_dataset,
     sample_rows,
+    stratified_halves,
     stratified_split,
     subword_table,
     time_split,
@@ -97,6 +98,17 @@ def test_split_is_stratified_disjoint_complete_and_deterministic():
     assert all(np.array_equal(x, y) for x, y in zip((train, val, test), again, strict=True))
     other = stratified_split(labels, seed=8)
     assert not np.array_equal(train, other[0])
+
+
+def test_stratified_halves_deal_every_class_evenly_into_two_disjoint_halves():
+    targets = np.array([0] * 41 + [1] * 20 + [2] * 9)
+    first, second = stratified_halves(targets, seed=5)
+    assert np.array_equal(np.sort(np.concatenate([first, second])), np.arange(70))
+    for label, n in ((0, 41), (1, 20), (2, 9)):
+        counts = (int((targets[first] == label).sum()), int((targets[second] == label).sum()))
+        assert sorted(counts) == [n // 2, n - n // 2]
+    assert all(np.array_equal(x, y) for x, y in zip((first, second), stratified_halves(targets, seed=5), strict=True))
+    assert not np.array_equal(first, stratified_halves(targets, seed=6)[0])
 
 
 def test_sample_rows_is_seeded_and_spans_the_file():

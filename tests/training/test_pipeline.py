@@ -16,7 +16,9 @@ from contract import artifact as artifact_module
 from contract.artifact import ArtifactError, load_artifact, write_artifact
 from contract.model import pad_batch, predict_proba
 from tests.training.conftest import small_csv
+from training import pipeline
 from training.__main__ import main
+from training.calibration import fit_temperature
 from training.config import DEFAULT_DATA_URL, TrainConfig, build_parser
 from training.pipeline import run
 
@@ -244,6 +246,54 @@ def test_served_probabilities_are_the_calibrated_ones(tiny_run):
         logits = loaded.model(ids, lengths)
     assert torch.allclose(torch.from_numpy(served), probabilities(logits, temperature), atol=1e-6)
     assert not torch.allclose(torch.from_numpy(served), probabilities(logits), atol=1e-4)
+
+
+def _spy_fits(monkeypatch) -> tuple[list[tuple], list[tuple]]:
+    """Record every model fit (rows trained on, rows scored, lr schedule) and every cross-fit."""
+    fits: list[tuple] = []
+    crossfits: list[tuple] = []
+    real_fit, real_crossfit = pipeline._fit_model, pipeline.crossfit_val_logits
+
+    def fit_model(config, dist, corpus, fit_idx, val_idx, say, lr_schedule=None):
+        fits.append((set(fit_idx.tolist()), set(val_idx.tolist()), lr_schedule))
+        return real_fit(config, dist, corpus, fit_idx, val_idx, say, lr_schedule)
+
+    def crossfit(config, dist, corpus, train_idx, val_idx, schedule, say):
+        logits = real_crossfit(config, dist, corpus, train_idx, val_idx, schedule, say)
+        crossfits.append((logits, corpus.targets[val_idx]))
+        return logits
+
+    monkeypatch.setattr(pipeline, "_fit_model", fit_model)
+    monkeypatch.setattr(pipeline, "crossfit_val_logits", crossfit)
+    return fits, crossfits
+
+
+def test_temperature_of_a_refit_model_comes_from_out_of_fold_models_trained_like_it(tiny_csv, tmp_path, monkeypatch):
+    """Each val row is scored by a model that never trained on it, with the refit's schedule."""
+    fits, crossfits = _spy_fits(monkeypatch)
+    result = run(tiny_config(tiny_csv, tmp_path, plots=False, epochs=3))
+    (train, val, _), (refit, _, schedule), (fit_a, held_a, sched_a), (fit_b, held_b, sched_b) = fits
+    assert refit == train | val and schedule is not None and len(schedule) == result.metrics["best_epoch"]
+    assert sched_a == sched_b == schedule
+    assert held_a | held_b == val and not held_a & held_b and abs(len(held_a) - len(held_b)) <= 4
+    assert fit_a == train | held_b and fit_b == train | held_a
+    calibration = result.metrics["calibration"]
+    assert calibration["val_logits_from"] == "crossfit"
+    ((logits, targets),) = crossfits
+    assert calibration["temperature"] == fit_temperature(logits, targets)
+    stored = json.loads((result.artifact_path / "model_config.json").read_text())["temperature"]
+    assert stored == calibration["temperature"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "source", "models"),
+    [({"temperature_fit": "first"}, "first_model", 2), ({"refit": False}, "shipped_model", 1)],
+)
+def test_temperature_source_is_recorded(tiny_csv, tmp_path, monkeypatch, overrides, source, models):
+    fits, crossfits = _spy_fits(monkeypatch)
+    result = run(tiny_config(tiny_csv, tmp_path, plots=False, **overrides))
+    assert result.metrics["calibration"]["val_logits_from"] == source
+    assert len(fits) == models and not crossfits
 
 
 def test_a_bug_is_not_reported_as_a_user_error(monkeypatch, tmp_path):
