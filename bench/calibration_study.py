@@ -15,6 +15,7 @@ Methods, each a temperature per run applied to that run's test logits:
 
 * ``none``: the refit model at T = 1;
 * ``first``: T fitted on the first model's val logits, applied to the refit model (the old default);
+* ``first_at_least_1``: as ``first``, but never below 1 (never sharpen the model's probabilities);
 * ``crossfit``: T fitted on the cross-fitted val logits, applied to the refit model (the new default);
 * ``crossfit_ece``: as ``crossfit``, but the T minimising val ECE rather than NLL;
 * ``no_refit``: the first model itself with its own val temperature (ships less data);
@@ -44,7 +45,7 @@ from sklearn.metrics import f1_score
 
 from contract.text import LabelEncoder, Normalizer, PreprocessSettings
 from training import distributed
-from training.calibration import ece_noise_floor, expected_calibration_error, fit_temperature, nll
+from training.calibration import ECE_BINS, ece_noise_floor, expected_calibration_error, fit_temperature, nll
 from training.config import TrainConfig
 from training.data import read_dataset
 from training.engine import predict_logits
@@ -52,7 +53,7 @@ from training.pipeline import _Corpus, _fit_model, crossfit_val_logits, split_in
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" / "news_10k.csv"))
-METHODS = ("none", "first", "crossfit", "crossfit_ece", "no_refit", "oracle")
+METHODS = ("none", "first", "first_at_least_1", "crossfit", "crossfit_ece", "no_refit", "oracle")
 
 
 def load_corpus(data: Path) -> tuple[_Corpus, list[str]]:
@@ -116,12 +117,14 @@ def ece_minimising_temperature(logits: torch.Tensor, targets: np.ndarray) -> flo
 def temperatures(run: dict[str, np.ndarray]) -> dict[str, float]:
     """Each method's temperature for one run."""
     val_cross = torch.from_numpy(run["val_cross"])
+    first = fit_temperature(torch.from_numpy(run["val_first"]), run["val_y"])
     return {
         "none": 1.0,
-        "first": fit_temperature(torch.from_numpy(run["val_first"]), run["val_y"]),
+        "first": first,
+        "first_at_least_1": max(first, 1.0),
         "crossfit": fit_temperature(val_cross, run["val_y"]),
         "crossfit_ece": ece_minimising_temperature(val_cross, run["val_y"]),
-        "no_refit": fit_temperature(torch.from_numpy(run["val_first"]), run["val_y"]),
+        "no_refit": first,
         "oracle": fit_temperature(torch.from_numpy(run["test_refit"]), run["test_y"]),
     }
 
@@ -132,10 +135,48 @@ def scored(run: dict[str, np.ndarray], method: str, temperature: float) -> tuple
     return torch.from_numpy(run[key]).double() / temperature, run["test_y"]
 
 
-def summarise(runs: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
-    """Per method: pooled ECE (with its noise floor), pooled NLL, per-run ECE and temperatures."""
+def _weighted_ece(confidence: np.ndarray, correct: np.ndarray, weight: np.ndarray) -> float:
+    """ECE (15 equal-width bins, as ``expected_calibration_error``) with a weight per prediction."""
+    index = np.clip(np.ceil(confidence * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
+    conf_sum = np.bincount(index, weights=weight * confidence, minlength=ECE_BINS)
+    acc_sum = np.bincount(index, weights=weight * correct, minlength=ECE_BINS)
+    return float(np.abs(acc_sum - conf_sum).sum() / weight.sum())
+
+
+def bootstrap(
+    pooled: dict[str, tuple[np.ndarray, np.ndarray]], rows: np.ndarray, reps: int = 300, seed: int = 0
+) -> dict[str, dict[str, list[float]]]:
+    """90% intervals of each method's pooled ECE and of its difference to ``first``.
+
+    Resamples titles (file rows), not predictions: the time split tests every seed on the
+    same 1,500 titles, so its predictions are not independent draws, and a title's luck is
+    shared by every model that scored it. The same resample is used for every method (paired).
+    """
+    rng = np.random.default_rng(seed)
+    unique, inverse = np.unique(rows, return_inverse=True)
+    samples = {method: [] for method in pooled}
+    diffs = {method: [] for method in pooled}
+    for _ in range(reps):
+        weight = np.bincount(rng.integers(0, len(unique), len(unique)), minlength=len(unique))[inverse].astype(float)
+        values = {m: _weighted_ece(conf, corr, weight) for m, (conf, corr) in pooled.items()}
+        for method, value in values.items():
+            samples[method].append(value)
+            diffs[method].append(value - values["first"])
+    q = (5, 95)
+    return {
+        m: {
+            "ece_ci90": [round(float(v), 4) for v in np.percentile(samples[m], q)],
+            "minus_first_ci90": [round(float(v), 4) for v in np.percentile(diffs[m], q)],
+        }
+        for m in pooled
+    }
+
+
+def summarise(runs: dict[str, dict[str, np.ndarray]], rows: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per method: pooled ECE (noise floor, title-bootstrap interval), pooled NLL, per-run ECE and T."""
     out: dict[str, Any] = {}
     temps = {name: temperatures(run) for name, run in runs.items()}
+    pooled_for_bootstrap: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for method in METHODS:
         pooled_logits, pooled_y, per_run = [], [], {}
         for name, run in runs.items():
@@ -144,6 +185,7 @@ def summarise(runs: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
             probs = torch.softmax(logits, 1).numpy()
             per_run[name] = {
                 "temperature": round(t, 4),
+                "oracle_temperature": round(fit_temperature(logits * t, y), 4),
                 "ece": round(expected_calibration_error(probs, y), 4),
                 "noise_floor": round(ece_noise_floor(probs, draws=100), 4),
                 "f1": round(float(f1_score(y, probs.argmax(1), average="weighted")), 4),
@@ -153,6 +195,7 @@ def summarise(runs: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
         logits_all = torch.cat(pooled_logits)
         y_all = np.concatenate(pooled_y)
         probs_all = torch.softmax(logits_all, 1).numpy()
+        pooled_for_bootstrap[method] = (probs_all.max(1), (probs_all.argmax(1) == y_all).astype(float))
         by_split = {}
         for kind in ("random", "time"):
             names = [n for n in runs if n.startswith(kind)]
@@ -166,12 +209,16 @@ def summarise(runs: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
                 }
         out[method] = {
             "pooled_n": len(y_all),
+            "pooled_distinct_titles": len(np.unique(np.concatenate(list(rows.values())))),
             "pooled_ece": round(expected_calibration_error(probs_all, y_all), 4),
             "pooled_noise_floor": round(ece_noise_floor(probs_all, draws=100), 4),
             "pooled_nll": round(nll(logits_all, y_all), 4),
             "by_split": by_split,
             "runs": per_run,
         }
+    intervals = bootstrap(pooled_for_bootstrap, np.concatenate([rows[name] for name in runs]))
+    for method, interval in intervals.items():
+        out[method].update(interval)
     return out
 
 
@@ -179,21 +226,32 @@ def print_report(results: dict[str, dict[str, Any]]) -> None:
     for smoothing, methods in results.items():
         n = methods["none"]["pooled_n"]
         print(f"\nlabel smoothing {smoothing}: {len(methods['none']['runs'])} runs, {n} pooled test titles")
-        print("| method | pooled ECE | noise floor | pooled NLL | random ECE | time ECE | per-run ECE | T per run |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(f"({methods['none']['pooled_distinct_titles']} distinct titles; intervals: 90%, resampling titles)")
+        print(
+            "| method | pooled ECE | 90% interval | minus `first` | noise floor | pooled NLL | random ECE | time ECE "
+            "| per-run ECE | T per run |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for method, m in methods.items():
             split = m["by_split"]
             eces = " ".join(f"{r['ece']:.3f}" for r in m["runs"].values())
             temps = " ".join(f"{r['temperature']:.3f}" for r in m["runs"].values())
             print(
-                f"| {method} | {m['pooled_ece']:.4f} | {m['pooled_noise_floor']:.4f} | {m['pooled_nll']:.4f} "
+                f"| {method} | {m['pooled_ece']:.4f} | {m['ece_ci90'][0]:.4f}-{m['ece_ci90'][1]:.4f} "
+                f"| {m['minus_first_ci90'][0]:+.4f} to {m['minus_first_ci90'][1]:+.4f} "
+                f"| {m['pooled_noise_floor']:.4f} | {m['pooled_nll']:.4f} "
                 f"| {split.get('random', {}).get('ece', float('nan')):.4f} "
                 f"| {split.get('time', {}).get('ece', float('nan')):.4f} "
                 f"| {eces} | {temps} |"
             )
-        print("weighted F1 (refit model / first model) per run:")
+        print("per run: weighted F1 refit / first model; T fitted on val (first model, cross-fit) and on test:")
         for name, run in methods["none"]["runs"].items():
-            print(f"  {name}: {run['f1']:.4f} / {methods['no_refit']['runs'][name]['f1']:.4f}")
+            t = {m: methods[m]["runs"][name]["temperature"] for m in ("first", "crossfit", "oracle")}
+            print(
+                f"  {name}: F1 {run['f1']:.4f} / {methods['no_refit']['runs'][name]['f1']:.4f}; "
+                f"T val first {t['first']:.3f}, val cross-fit {t['crossfit']:.3f}, test refit {t['oracle']:.3f}, "
+                f"test first {methods['no_refit']['runs'][name].get('oracle_temperature', float('nan')):.3f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,10 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.cache.mkdir(parents=True, exist_ok=True)
-    corpus, raw_labels = (None, None) if args.report_only else load_corpus(args.data)
+    corpus = None if args.report_only else load_corpus(args.data)[0]
+    raw_labels = read_dataset(args.data).labels
     results: dict[str, dict[str, Any]] = {}
     for smoothing in args.label_smoothing:
         runs: dict[str, dict[str, np.ndarray]] = {}
+        rows: dict[str, np.ndarray] = {}
         for kind in args.splits:
             for seed in args.seeds:
                 path = args.cache / f"ls{smoothing}-{kind}-seed{seed}.npz"
@@ -227,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{path.name}: {time.perf_counter() - t0:.0f}s", flush=True)
                 if path.exists():
                     runs[f"{kind}-seed{seed}"] = dict(np.load(path))
+                    rows[f"{kind}-seed{seed}"] = split_indices(kind, raw_labels, replace(TrainConfig(), seed=seed))[2]
         if runs:
-            results[str(smoothing)] = summarise(runs)
+            results[str(smoothing)] = summarise(runs, rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1))
     print_report(results)
