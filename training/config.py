@@ -9,7 +9,7 @@ from typing import Any
 from contract.model import POOLINGS, RNN_TYPES, ModelConfig
 
 SPLITS = ("random", "time", "both")
-TEMPERATURE_FITS = ("crossfit", "first")
+TEMPERATURE_FITS = ("first", "crossfit")
 DEFAULT_DATA_URL = "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/main/datasets/news.csv"
 
 
@@ -99,7 +99,7 @@ class TrainConfig:
     baseline_c: float | None = None
     calibrate: bool = True
     refit: bool = True
-    temperature_fit: str = "crossfit"
+    temperature_fit: str = "first"
     # Runtime
     seed: int = 42
     device: str = "auto"
@@ -283,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature-fit",
         choices=TEMPERATURE_FITS,
         default=d.temperature_fit,
-        help="with --refit, which validation logits the temperature is fitted on: crossfit: two models trained "
-        "like the refit on train + half of val, each scoring the other half; first: the pre-refit model's",
+        help="with --refit, which validation logits the temperature is fitted on: first: the early-stopped model's "
+        "(trained before the refit); crossfit: two models trained like the refit on train + half of val, each "
+        "scoring the other half (two more trainings)",
     )
     g = p.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for the split, initialisation and batches")

@@ -437,9 +437,10 @@ def _train_split(
 
     With ``refit``, a second model is then trained on train + validation rows for the epochs
     (and learning rates) the first run chose: the validation rows are the most recent ones on
-    the time split, the closest to what comes next. Its temperature is fitted on out-of-fold
-    validation logits (``crossfit_val_logits``), or with ``temperature_fit="first"`` on the
-    first run's, which was trained on fewer rows and steps than the model shipped.
+    the time split, the closest to what comes next. The refit model has trained on the
+    validation rows, so its temperature is fitted on held-out logits of another model: the
+    first run's (``temperature_fit="first"``), or out-of-fold ones from models trained like the
+    refit (``"crossfit"``, ``crossfit_val_logits``); ``bench/calibration_study.py`` compares them.
     """
     train_idx, val_idx, test_idx = split
     tokens, targets, labels = corpus.tokens, corpus.targets, corpus.labels

@@ -20,6 +20,7 @@ from training import pipeline
 from training.__main__ import main
 from training.calibration import fit_temperature
 from training.config import DEFAULT_DATA_URL, TrainConfig, build_parser
+from training.engine import predict_logits
 from training.pipeline import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,9 +75,11 @@ def test_metrics_report_shape_and_dropped_rows(tiny_run):
     assert metrics["splits"]["time"]["test_f1"] != metrics["splits"]["random"]["test_f1"]
     calibration = metrics["calibration"]
     assert calibration["fitted_on"] == "val" and calibration["bins"] == 15
-    assert calibration["temperature"] == json.loads((tiny_run.artifact_path / "model_config.json").read_text())[
-        "temperature"
-    ]
+    assert calibration["val_logits_from"] == "first_model"  # the default (bench/calibration_study.py)
+    assert (
+        calibration["temperature"]
+        == json.loads((tiny_run.artifact_path / "model_config.json").read_text())["temperature"]
+    )
     assert sum(calibration["reliability_after"]["counts"]) == 90
     reference = metrics["reference"]
     assert (reference["split"], reference["texts"]) == ("test", 90)
@@ -112,9 +115,10 @@ def test_same_seed_gives_identical_metrics(tiny_run, tiny_csv, tmp_path):
         history = [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]
         return history, metrics["test"], metrics["best_epoch"]
 
-    assert strip_time(again.metrics) == strip_time(tiny_run.metrics) and again.metrics["splits"] == tiny_run.metrics[
-        "splits"
-    ]
+    assert (
+        strip_time(again.metrics) == strip_time(tiny_run.metrics)
+        and again.metrics["splits"] == tiny_run.metrics["splits"]
+    )
     for name, tensor in tiny_run.model.state_dict().items():
         assert torch.equal(tensor, again.model.state_dict()[name]), name
 
@@ -249,14 +253,15 @@ def test_served_probabilities_are_the_calibrated_ones(tiny_run):
 
 
 def _spy_fits(monkeypatch) -> tuple[list[tuple], list[tuple]]:
-    """Record every model fit (rows trained on, rows scored, lr schedule) and every cross-fit."""
+    """Record every model fit (rows trained on, rows scored, lr schedule, the fit) and every cross-fit."""
     fits: list[tuple] = []
     crossfits: list[tuple] = []
     real_fit, real_crossfit = pipeline._fit_model, pipeline.crossfit_val_logits
 
     def fit_model(config, dist, corpus, fit_idx, val_idx, say, lr_schedule=None):
-        fits.append((set(fit_idx.tolist()), set(val_idx.tolist()), lr_schedule))
-        return real_fit(config, dist, corpus, fit_idx, val_idx, say, lr_schedule)
+        fitted = real_fit(config, dist, corpus, fit_idx, val_idx, say, lr_schedule)
+        fits.append((set(fit_idx.tolist()), set(val_idx.tolist()), lr_schedule, fitted, val_idx, corpus))
+        return fitted
 
     def crossfit(config, dist, corpus, train_idx, val_idx, schedule, say):
         logits = real_crossfit(config, dist, corpus, train_idx, val_idx, schedule, say)
@@ -268,11 +273,15 @@ def _spy_fits(monkeypatch) -> tuple[list[tuple], list[tuple]]:
     return fits, crossfits
 
 
-def test_temperature_of_a_refit_model_comes_from_out_of_fold_models_trained_like_it(tiny_csv, tmp_path, monkeypatch):
+def _stored_temperature(result) -> float:
+    return json.loads((result.artifact_path / "model_config.json").read_text())["temperature"]
+
+
+def test_crossfit_temperature_comes_from_out_of_fold_models_trained_like_the_refit(tiny_csv, tmp_path, monkeypatch):
     """Each val row is scored by a model that never trained on it, with the refit's schedule."""
     fits, crossfits = _spy_fits(monkeypatch)
-    result = run(tiny_config(tiny_csv, tmp_path, plots=False, epochs=3))
-    (train, val, _), (refit, _, schedule), (fit_a, held_a, sched_a), (fit_b, held_b, sched_b) = fits
+    result = run(tiny_config(tiny_csv, tmp_path, plots=False, epochs=3, temperature_fit="crossfit"))
+    (train, val, *_), (refit, _, schedule, *_), (fit_a, held_a, sched_a, *_), (fit_b, held_b, sched_b, *_) = fits
     assert refit == train | val and schedule is not None and len(schedule) == result.metrics["best_epoch"]
     assert sched_a == sched_b == schedule
     assert held_a | held_b == val and not held_a & held_b and abs(len(held_a) - len(held_b)) <= 4
@@ -280,20 +289,25 @@ def test_temperature_of_a_refit_model_comes_from_out_of_fold_models_trained_like
     calibration = result.metrics["calibration"]
     assert calibration["val_logits_from"] == "crossfit"
     ((logits, targets),) = crossfits
-    assert calibration["temperature"] == fit_temperature(logits, targets)
-    stored = json.loads((result.artifact_path / "model_config.json").read_text())["temperature"]
-    assert stored == calibration["temperature"]
+    assert calibration["temperature"] == fit_temperature(logits, targets) == _stored_temperature(result)
 
 
 @pytest.mark.parametrize(
-    ("overrides", "source", "models"),
-    [({"temperature_fit": "first"}, "first_model", 2), ({"refit": False}, "shipped_model", 1)],
+    ("overrides", "source", "models"), [({"refit": True}, "first_model", 2), ({"refit": False}, "shipped_model", 1)]
 )
-def test_temperature_source_is_recorded(tiny_csv, tmp_path, monkeypatch, overrides, source, models):
+def test_first_model_temperature_is_fitted_on_its_own_held_out_validation_logits(
+    tiny_csv, tmp_path, monkeypatch, overrides, source, models
+):
+    """``first``: the early-stopped model's val logits (the refit model trained on val, so not its own)."""
     fits, crossfits = _spy_fits(monkeypatch)
-    result = run(tiny_config(tiny_csv, tmp_path, plots=False, **overrides))
-    assert result.metrics["calibration"]["val_logits_from"] == source
+    result = run(tiny_config(tiny_csv, tmp_path, plots=False, temperature_fit="first", **overrides))
     assert len(fits) == models and not crossfits
+    _, val_rows, _, first, val_idx, corpus = fits[0]
+    assert not val_rows & fits[0][0]
+    logits = predict_logits(first.model, first.ids[val_idx], first.lengths[val_idx], torch.device("cpu"))
+    calibration = result.metrics["calibration"]
+    assert calibration["val_logits_from"] == source
+    assert calibration["temperature"] == fit_temperature(logits, corpus.targets[val_idx]) == _stored_temperature(result)
 
 
 def test_a_bug_is_not_reported_as_a_user_error(monkeypatch, tmp_path):
