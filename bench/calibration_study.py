@@ -250,10 +250,10 @@ def print_report(results: dict[str, dict[str, Any]]) -> None:
         print(f"\nlabel smoothing {smoothing}: {len(methods['none']['runs'])} runs, {n} pooled test titles")
         print(f"({methods['none']['pooled_distinct_titles']} distinct titles; intervals: 90%, resampling titles)")
         print(
-            "| method | pooled ECE | 90% interval | minus `first` | noise floor | pooled NLL | random ECE | time ECE "
-            "| per-run ECE | T per run |"
+            "| method | pooled ECE | 90% interval | minus `first` | noise floor | pooled NLL "
+            "| random ECE | time ECE | future ECE | per-run ECE | T per run |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for method, m in methods.items():
             split = m["by_split"]
             eces = " ".join(f"{r['ece']:.3f}" for r in m["runs"].values())
@@ -264,6 +264,7 @@ def print_report(results: dict[str, dict[str, Any]]) -> None:
                 f"| {m['pooled_noise_floor']:.4f} | {m['pooled_nll']:.4f} "
                 f"| {split.get('random', {}).get('ece', float('nan')):.4f} "
                 f"| {split.get('time', {}).get('ece', float('nan')):.4f} "
+                f"| {split.get('future', {}).get('ece', float('nan')):.4f} "
                 f"| {eces} | {temps} |"
             )
         print("per run: weighted F1 refit / first model; T fitted on val (first model, cross-fit) and on test:")
