@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -17,7 +18,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     """setup_logging writing into a StringIO; loggers and the access hook restored afterwards."""
     stream = io.StringIO()
     saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level) for n in ("service", "uvicorn")}
-    monkeypatch.setattr(logs, "_queued_access", None)
+    monkeypatch.setattr(logs, "_access_buffer", None)
     yield stream
     for name, (handlers, level) in saved.items():
         logging.getLogger(name).handlers[:] = handlers
@@ -54,3 +55,56 @@ def test_without_setup_the_access_log_is_a_plain_logging_call(caplog: pytest.Log
         write("GET", "/model", 200, 0.5, "rid")
     [record] = caplog.records
     assert record.name == "service.access" and record.request_id == "rid" and record.status == 200  # type: ignore[attr-defined]
+
+
+def test_on_the_loop_a_burst_is_one_hand_over_in_order_and_nothing_is_lost_at_exit(captured: io.StringIO) -> None:
+    listener = logs.setup_logging("info", captured)
+    buffer = logs._access_buffer
+    assert buffer is not None
+    handed: list[object] = []
+    real_put = buffer._put
+
+    def counting_put(item: object) -> None:
+        handed.append(item)
+        real_put(item)
+
+    buffer._put = counting_put  # type: ignore[method-assign]
+    write = logs.access_writer()
+    log = logging.getLogger("service")
+
+    async def serve() -> None:
+        for i in range(300):
+            write("POST", "/predict", 200, 1.0, f"a-{i}")
+        assert handed == []  # nothing crossed threads per request
+        await asyncio.sleep(logs.ACCESS_FLUSH_S * 3)  # the timer hands the burst over
+        assert len(handed) == 1 and isinstance(handed[0], bytes) and handed[0].count(b"\n") == 300
+        write("GET", "/model", 200, 1.0, "b-0")
+        log.info("a record from the loop")  # flushes b-0 first: the stream stays in order
+        for i in range(5):  # the loop stops before its timer fires: listener.stop() writes these
+            write("GET", "/health/live", 200, 1.0, f"c-{i}")
+
+    asyncio.run(serve())
+    listener.stop()
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    order = [e.get("request_id", e["message"]) for e in lines]
+    assert order == [f"a-{i}" for i in range(300)] + ["b-0", "a record from the loop"] + [f"c-{i}" for i in range(5)]
+    assert lines[0]["logger"] == "service.access" and lines[0]["status"] == 200 and lines[0]["ts"].endswith("Z")
+
+
+def test_access_lines_escape_what_clients_send(captured: io.StringIO) -> None:
+    listener = logs.setup_logging("info", captured)
+    write = logs.access_writer()
+    path = '/x"\\y\n\u2028\U0001f600'
+    write("GET", path, 404, 0.1, 'id"\\')
+    listener.stop()
+    [line] = captured.getvalue().rstrip("\n").split("\n")  # JSON lines end at \n only
+    entry = json.loads(line)
+    assert entry["path"] == path and entry["request_id"] == 'id"\\'
+
+
+def test_access_log_off_when_the_level_is_above_info(captured: io.StringIO) -> None:
+    listener = logs.setup_logging("warning", captured)
+    write = logs.access_writer()
+    write("GET", "/model", 200, 0.1, "rid")
+    listener.stop()
+    assert captured.getvalue() == ""
