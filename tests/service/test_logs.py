@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import time
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,25 @@ def test_access_log_off_when_the_level_is_above_info(captured: io.StringIO) -> N
     write("GET", "/model", 200, 0.1, "rid")
     listener.stop()
     assert captured.getvalue() == ""
+
+
+def test_a_file_stream_gets_bursts_as_bytes_in_order_with_other_records(captured: io.StringIO, tmp_path: Path) -> None:
+    path = tmp_path / "stderr.log"
+    with open(path, "w", encoding="utf-8") as stream:  # a TextIOWrapper with .buffer, like sys.stderr
+        listener = logs.setup_logging("info", stream)
+        write = logs.access_writer()
+
+        async def serve() -> None:
+            for i in range(50):
+                write("GET", "/é", 200, 1.0, f"a-{i}")
+            logging.getLogger("service").info("text record")
+            write("GET", "/x", 200, 1.0, "b-0")
+
+        asyncio.run(serve())
+        listener.stop()
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [e.get("request_id", e["message"]) for e in entries] == [f"a-{i}" for i in range(50)] + [
+        "text record",
+        "b-0",
+    ]
+    assert entries[0]["path"] == "/é"
