@@ -60,6 +60,9 @@ class DeferredQueueHandler(logging.handlers.QueueHandler):
 
 ACCESS_LOGGER = "service.access"
 ACCESS_FLUSH_S = 0.01  # access lines reach stderr at most this much later, in bursts
+# Encoded access lines handed to the logging thread and not yet written: past this (stderr not
+# draining: a stalled log collector, a full pipe), bursts are dropped and counted, not queued.
+ACCESS_BACKLOG_BYTES = 8 << 20
 AccessWriter = Callable[[str, str, int, float, str], None]
 _access_buffer: AccessBuffer | None = None  # set by setup_logging
 
@@ -99,6 +102,10 @@ class AccessBuffer:
         self._second_text = ""
         self._encode_lines = msgspec.json.Encoder().encode_lines
         self._loop_thread: int | None = None
+        self.handed_bytes = 0  # only the loop's thread adds to this ...
+        self.written_bytes = 0  # ... and only the logging thread to this: no lock needed
+        self.dropped_lines = 0
+        self._unreported_drops = 0
 
     def write(self, method: str, path: str, status: int, latency_ms: float, request_id: str) -> None:
         pending = self._pending
@@ -106,7 +113,7 @@ class AccessBuffer:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # not on an event loop: no timer to arm, hand the line over now
-                self._put(self._encode([(time.time(), method, path, status, latency_ms, request_id)]))
+                self._hand_over(self._encode([(time.time(), method, path, status, latency_ms, request_id)]), 1)
                 return
             self._loop_thread = threading.get_ident()
             loop.call_later(ACCESS_FLUSH_S, self.flush)
@@ -117,7 +124,28 @@ class AccessBuffer:
         record emitted there), or at exit once the loop has stopped: never beside an append."""
         if self._pending:
             lines, self._pending = self._pending, []
-            self._put(self._encode(lines))
+            self._hand_over(self._encode(lines), len(lines))
+
+    def _hand_over(self, data: bytes, lines: int) -> None:
+        if self.handed_bytes - self.written_bytes + len(data) > ACCESS_BACKLOG_BYTES:
+            self.dropped_lines += lines
+            self._unreported_drops += lines
+            return
+        if self._unreported_drops:  # stderr drains again: say what is missing, in line
+            self._put(
+                logging.LogRecord(
+                    ACCESS_LOGGER,
+                    logging.WARNING,
+                    __file__,
+                    0,
+                    "access log: %d lines dropped while stderr was not draining (backlog over %d bytes)",
+                    (self._unreported_drops, ACCESS_BACKLOG_BYTES),
+                    None,
+                )
+            )
+            self._unreported_drops = 0
+        self.handed_bytes += len(data)
+        self._put(data)
 
     def flush_if_on_loop(self) -> None:
         """Before another record from the loop's thread: keep the stream in order."""
@@ -164,6 +192,7 @@ class _Listener(logging.handlers.QueueListener):
                 else:
                     stream.write(record.decode())
                     stream.flush()
+            self._access.written_bytes += len(record)
             return
         super().handle(record)
 
@@ -182,6 +211,11 @@ class _QueueHandler(DeferredQueueHandler):
     def enqueue(self, record: logging.LogRecord) -> None:
         self._access.flush_if_on_loop()
         super().enqueue(record)
+
+
+def dropped_access_lines() -> int:
+    """Access lines dropped because stderr was not draining (0 without :func:`setup_logging`)."""
+    return _access_buffer.dropped_lines if _access_buffer is not None else 0
 
 
 def access_writer() -> AccessWriter:

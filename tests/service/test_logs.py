@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -131,3 +132,51 @@ def test_a_file_stream_gets_bursts_as_bytes_in_order_with_other_records(captured
         "b-0",
     ]
     assert entries[0]["path"] == "/é"
+
+
+class _StalledStream(io.StringIO):
+    """stderr whose reader stopped: every write blocks until ``drain`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drain = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.drain.wait(10)
+        return super().write(text)
+
+
+def test_a_stalled_stderr_costs_bounded_memory_and_the_drops_are_counted_and_reported(
+    monkeypatch: pytest.MonkeyPatch, captured: io.StringIO
+) -> None:
+    cap = 64 * 1024
+    monkeypatch.setattr(logs, "ACCESS_BACKLOG_BYTES", cap)
+    stream = _StalledStream()
+    listener = logs.setup_logging("info", stream)
+    buffer = logs._access_buffer
+    assert buffer is not None
+    write = logs.access_writer()
+    long_path = "/" + "p" * 1000  # ~1.2 KB per line
+    backlog: list[int] = []
+
+    async def serve(bursts: int) -> None:
+        for i in range(bursts):
+            for j in range(20):
+                write("GET", long_path, 404, 1.0, f"{i}-{j}")
+            await asyncio.sleep(logs.ACCESS_FLUSH_S * 2)
+            backlog.append(buffer.handed_bytes - buffer.written_bytes)
+
+    asyncio.run(serve(40))  # ~1 MB of lines while nothing drains
+    assert max(backlog) <= cap  # queued, not yet written: never past the cap
+    dropped = logs.dropped_access_lines()
+    assert dropped > 0 and dropped % 20 == 0
+    stream.drain.set()
+    time.sleep(0.2)  # the backlog drains
+    asyncio.run(serve(1))  # the next burst after recovery reports the gap first
+    listener.stop()
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = [e for e in entries if e.get("message") == "request"]
+    [warning] = [e for e in entries if e["level"] == "warning"]
+    assert f"{dropped} lines dropped" in warning["message"]
+    assert len(access) + dropped == 41 * 20
+    assert entries.index(warning) == len(entries) - 21  # just before the burst that followed the gap
