@@ -2,19 +2,20 @@
 
 Loggers put records on a queue (:class:`DeferredQueueHandler`); a
 :class:`logging.handlers.QueueListener` thread formats them and writes them to stderr.
-The access log goes further (:func:`access_writer`): the event loop puts a plain tuple on
-that queue and the listener thread builds the LogRecord. Creating a LogRecord (caller
-lookup, thread and process names, the ``extra`` copy) cost ~25 us of event-loop time per
-request, more than the rest of the access log; formatting and the write syscall were ~8%
-of the loop at 64 clients (BENCHMARKS.md).
+The access log goes further (:class:`AccessBuffer`): the event loop appends a plain tuple
+per request and hands the logging thread one pre-encoded burst every ``ACCESS_FLUSH_S``.
+A LogRecord per request cost ~25 us of event-loop time; a queue put per request cost a
+thread wake-up and a GIL switch per request (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.handlers
 import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -59,85 +60,176 @@ class DeferredQueueHandler(logging.handlers.QueueHandler):
 
 ACCESS_LOGGER = "service.access"
 ACCESS_FLUSH_S = 0.01  # access lines reach stderr at most this much later, in bursts
-# (created, method, path, status, latency_ms, request_id): one access-log line, built later.
-AccessEntry = tuple[float, str, str, int, float, str]
+# Encoded access lines handed to the logging thread and not yet written: past this (stderr not
+# draining: a stalled log collector, a full pipe), bursts are dropped and counted, not queued.
+ACCESS_BACKLOG_BYTES = 8 << 20
 AccessWriter = Callable[[str, str, int, float, str], None]
-_queued_access: Callable[[Any], None] | None = None  # set by setup_logging: the listener's queue
+_access_buffer: AccessBuffer | None = None  # set by setup_logging
 
 
-def _timestamp(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+class AccessLine(msgspec.Struct, gc=False):
+    """One access-log line; field order is the JSON key order JsonFormatter gives the same record."""
+
+    ts: str
+    level: str
+    logger: str
+    message: str
+    method: str
+    path: str
+    status: int
+    latency_ms: float
+    request_id: str
 
 
-def format_access(entry: AccessEntry) -> bytes:
-    """The access line JsonFormatter would write for the same request, built without a LogRecord."""
-    created, method, path, status, latency_ms, request_id = entry
-    return _encode(
-        {
-            "ts": _timestamp(created),
-            "level": "info",
-            "logger": ACCESS_LOGGER,
-            "message": "request",
-            "method": method,
-            "path": path,
-            "status": status,
-            "latency_ms": latency_ms,
-            "request_id": request_id,
-        }
-    )
+_MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # the timestamp's tail, looked up rather than formatted
+
+
+class AccessBuffer:
+    """Access lines collected on the event loop and handed to the logging thread in bursts.
+
+    A request costs one ``list.append``. The first line of a burst arms a ``call_later``
+    timer; when it fires (``ACCESS_FLUSH_S`` later) the whole burst is encoded by one msgspec
+    call and put on the listener's queue as one bytes object, which the logging thread
+    writes with one ``write``. A queue put per request instead woke the logging thread and
+    switched the GIL per request: 6% of the server's CPU at 8..256 clients (BENCHMARKS.md).
+    The write stays off the loop, so a stderr pipe that is slow to drain never stalls it.
+    """
+
+    def __init__(self, put: Callable[[Any], None]) -> None:
+        self._put = put
+        self._pending: list[tuple[float, str, str, int, float, str]] = []
+        self._second = -1
+        self._second_text = ""
+        self._encode_lines = msgspec.json.Encoder().encode_lines
+        self._loop_thread: int | None = None
+        self.handed_bytes = 0  # only the loop's thread adds to this ...
+        self.written_bytes = 0  # ... and only the logging thread to this: no lock needed
+        self.dropped_lines = 0
+        self._unreported_drops = 0
+
+    def write(self, method: str, path: str, status: int, latency_ms: float, request_id: str) -> None:
+        pending = self._pending
+        if not pending:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on an event loop: no timer to arm, hand the line over now
+                self._hand_over(self._encode([(time.time(), method, path, status, latency_ms, request_id)]), 1)
+                return
+            self._loop_thread = threading.get_ident()
+            loop.call_later(ACCESS_FLUSH_S, self.flush)
+        pending.append((time.time(), method, path, status, latency_ms, request_id))
+
+    def flush(self) -> None:
+        """Hand what is pending to the logging thread. Runs on the event loop (the timer, a log
+        record emitted there), or at exit once the loop has stopped: never beside an append."""
+        if self._pending:
+            lines, self._pending = self._pending, []
+            self._hand_over(self._encode(lines), len(lines))
+
+    def _hand_over(self, data: bytes, lines: int) -> None:
+        if self.handed_bytes - self.written_bytes + len(data) > ACCESS_BACKLOG_BYTES:
+            self.dropped_lines += lines
+            self._unreported_drops += lines
+            return
+        if self._unreported_drops:  # stderr drains again: say what is missing, in line
+            self._put(
+                logging.LogRecord(
+                    ACCESS_LOGGER,
+                    logging.WARNING,
+                    __file__,
+                    0,
+                    "access log: %d lines dropped while stderr was not draining (backlog over %d bytes)",
+                    (self._unreported_drops, ACCESS_BACKLOG_BYTES),
+                    None,
+                )
+            )
+            self._unreported_drops = 0
+        self.handed_bytes += len(data)
+        self._put(data)
+
+    def flush_if_on_loop(self) -> None:
+        """Before another record from the loop's thread: keep the stream in order."""
+        if self._pending and threading.get_ident() == self._loop_thread:
+            self.flush()
+
+    def _encode(self, lines: list[tuple[float, str, str, int, float, str]]) -> bytes:
+        """JSON lines for a burst. ``ts`` is ``2026-11-29T20:16:10.265Z``: ``strftime`` once per
+        second, the milliseconds from a table (a formatted ``ts`` per line was a third of the
+        access log's event-loop time in a py-spy profile at 256 clients)."""
+        out = []
+        second, text, millis = self._second, self._second_text, _MILLIS
+        for created, method, path, status, latency, rid in lines:
+            whole = int(created)
+            if whole != second:
+                second, text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+            ts = text + millis[int((created - whole) * 1000)]
+            out.append(AccessLine(ts, "info", ACCESS_LOGGER, "request", method, path, status, latency, rid))
+        self._second, self._second_text = second, text
+        return self._encode_lines(out)
 
 
 class _Listener(logging.handlers.QueueListener):
-    """The logging thread: LogRecords go to the handler; access tuples are formatted here and
-    written in one ``write`` per burst (whatever queued up in the last ``ACCESS_FLUSH_S``)."""
+    """The logging thread: LogRecords go to the handler; bytes (a burst of encoded access
+    lines) are written as they are, under the handler's lock."""
 
-    def __init__(self, records: queue.SimpleQueue[Any], handler: logging.StreamHandler[Any]) -> None:
+    def __init__(
+        self, records: queue.SimpleQueue[Any], handler: logging.StreamHandler[Any], access: AccessBuffer
+    ) -> None:
         super().__init__(records, handler)
         self._handler = handler
-        self._pending: list[bytes] = []
+        self._access = access
 
     def handle(self, record: Any) -> None:
-        if isinstance(record, tuple):
-            self._pending.append(format_access(record))
-            if self.queue.empty():  # type: ignore[attr-defined]
-                self._flush()
-                # Let lines pile up for a moment: a put while this thread sleeps is a plain append,
-                # while a put to a thread blocked on the queue wakes it (a syscall on the event loop
-                # and a context switch per request, most of the access log's cost).
-                time.sleep(ACCESS_FLUSH_S)
-            return
-        self._flush()
-        super().handle(record)
-
-    def _flush(self) -> None:
-        if self._pending:
-            lines = b"\n".join(self._pending).decode() + "\n"
-            self._pending.clear()
+        if isinstance(record, bytes):
             handler = self._handler
             with handler.lock:  # type: ignore[union-attr]
-                handler.stream.write(lines)
-                handler.flush()
+                stream = handler.stream
+                raw = getattr(stream, "buffer", None)  # stderr: skip the text layer's decode and re-encode
+                if raw is not None:
+                    stream.flush()
+                    raw.write(record)
+                    raw.flush()
+                else:
+                    stream.write(record.decode())
+                    stream.flush()
+            self._access.written_bytes += len(record)
+            return
+        super().handle(record)
 
     def stop(self) -> None:
+        self._access.flush()  # the loop has stopped: what its timer did not hand over yet
         super().stop()
-        self._flush()
+
+
+class _QueueHandler(DeferredQueueHandler):
+    """Flushes the access lines the loop holds before a record from the loop's own thread."""
+
+    def __init__(self, records: queue.SimpleQueue[Any], access: AccessBuffer) -> None:
+        super().__init__(records)
+        self._access = access
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self._access.flush_if_on_loop()
+        super().enqueue(record)
+
+
+def dropped_access_lines() -> int:
+    """Access lines dropped because stderr was not draining (0 without :func:`setup_logging`)."""
+    return _access_buffer.dropped_lines if _access_buffer is not None else 0
 
 
 def access_writer() -> AccessWriter:
     """``write(method, path, status, latency_ms, request_id)``: one access-log line per call.
 
-    With :func:`setup_logging` in effect it costs one queue put; otherwise (tests, embedding)
-    it is an ordinary ``logging`` call on the ``service.access`` logger.
+    With :func:`setup_logging` in effect it is :meth:`AccessBuffer.write`; otherwise (tests,
+    embedding) an ordinary ``logging`` call on the ``service.access`` logger.
     """
     logger = logging.getLogger(ACCESS_LOGGER)
-    put = _queued_access
-    if put is not None:
-
-        def queued(method: str, path: str, status: int, latency_ms: float, request_id: str) -> None:
-            if logger.isEnabledFor(logging.INFO):
-                put((time.time(), method, path, status, latency_ms, request_id))
-
-        return queued
+    buffer = _access_buffer
+    if buffer is not None:
+        if not logger.isEnabledFor(logging.INFO):
+            return lambda method, path, status, latency_ms, request_id: None
+        return buffer.write
 
     def logged(method: str, path: str, status: int, latency_ms: float, request_id: str) -> None:
         if logger.isEnabledFor(logging.INFO):
@@ -152,18 +244,19 @@ def setup_logging(level: str, stream: TextIO | None = None) -> logging.handlers.
 
     Returns the started listener; stop it at exit to flush what is still queued.
     """
-    global _queued_access
+    global _access_buffer
     records: queue.SimpleQueue[Any] = queue.SimpleQueue()
     handler_out = logging.StreamHandler(stream or sys.stderr)
     handler_out.setFormatter(JsonFormatter())
-    listener = _Listener(records, handler_out)
-    handler = DeferredQueueHandler(records)
+    access = AccessBuffer(records.put)
+    listener = _Listener(records, handler_out, access)
+    handler = _QueueHandler(records, access)
     for name in ("service", "contract", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler] if name != "uvicorn.error" else []
         logger.setLevel(level.upper())
         logger.propagate = name == "uvicorn.error"
     logging.getLogger("uvicorn.access").disabled = True  # we log requests ourselves
-    _queued_access = records.put
+    _access_buffer = access
     listener.start()
     return listener

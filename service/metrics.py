@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from service.drift import DriftCollector
+from service.logs import dropped_access_lines
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -53,6 +57,7 @@ class Metrics:
         # Drift signals: input tokens / OOV / empty, predicted labels, confidence, and the reference.
         self.drift = DriftCollector()
         r.register(self.drift)
+        r.register(_AccessLogDrops())
 
     # BatchMetrics protocol
     def observe_batch(self, texts: int, requests: int, compute_s: float) -> None:
@@ -75,3 +80,14 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _AccessLogDrops:
+    """``hc_access_log_dropped_lines_total``: read at scrape time from the process's access log."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "hc_access_log_dropped_lines",
+            "Access-log lines dropped because stderr was not draining (the backlog passed its cap)",
+            value=dropped_access_lines(),
+        )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +20,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     """setup_logging writing into a StringIO; loggers and the access hook restored afterwards."""
     stream = io.StringIO()
     saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).level) for n in ("service", "uvicorn")}
-    monkeypatch.setattr(logs, "_queued_access", None)
+    monkeypatch.setattr(logs, "_access_buffer", None)
     yield stream
     for name, (handlers, level) in saved.items():
         logging.getLogger(name).handlers[:] = handlers
@@ -54,3 +57,126 @@ def test_without_setup_the_access_log_is_a_plain_logging_call(caplog: pytest.Log
         write("GET", "/model", 200, 0.5, "rid")
     [record] = caplog.records
     assert record.name == "service.access" and record.request_id == "rid" and record.status == 200  # type: ignore[attr-defined]
+
+
+def test_on_the_loop_a_burst_is_one_hand_over_in_order_and_nothing_is_lost_at_exit(captured: io.StringIO) -> None:
+    listener = logs.setup_logging("info", captured)
+    buffer = logs._access_buffer
+    assert buffer is not None
+    handed: list[object] = []
+    real_put = buffer._put
+
+    def counting_put(item: object) -> None:
+        handed.append(item)
+        real_put(item)
+
+    buffer._put = counting_put  # type: ignore[method-assign]
+    write = logs.access_writer()
+    log = logging.getLogger("service")
+
+    async def serve() -> None:
+        for i in range(300):
+            write("POST", "/predict", 200, 1.0, f"a-{i}")
+        assert handed == []  # nothing crossed threads per request
+        await asyncio.sleep(logs.ACCESS_FLUSH_S * 3)  # the timer hands the burst over
+        assert len(handed) == 1 and isinstance(handed[0], bytes) and handed[0].count(b"\n") == 300
+        write("GET", "/model", 200, 1.0, "b-0")
+        log.info("a record from the loop")  # flushes b-0 first: the stream stays in order
+        for i in range(5):  # the loop stops before its timer fires: listener.stop() writes these
+            write("GET", "/health/live", 200, 1.0, f"c-{i}")
+
+    asyncio.run(serve())
+    listener.stop()
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    order = [e.get("request_id", e["message"]) for e in lines]
+    assert order == [f"a-{i}" for i in range(300)] + ["b-0", "a record from the loop"] + [f"c-{i}" for i in range(5)]
+    assert lines[0]["logger"] == "service.access" and lines[0]["status"] == 200 and lines[0]["ts"].endswith("Z")
+
+
+def test_access_lines_escape_what_clients_send(captured: io.StringIO) -> None:
+    listener = logs.setup_logging("info", captured)
+    write = logs.access_writer()
+    path = '/x"\\y\n\u2028\U0001f600'
+    write("GET", path, 404, 0.1, 'id"\\')
+    listener.stop()
+    [line] = captured.getvalue().rstrip("\n").split("\n")  # JSON lines end at \n only
+    entry = json.loads(line)
+    assert entry["path"] == path and entry["request_id"] == 'id"\\'
+
+
+def test_access_log_off_when_the_level_is_above_info(captured: io.StringIO) -> None:
+    listener = logs.setup_logging("warning", captured)
+    write = logs.access_writer()
+    write("GET", "/model", 200, 0.1, "rid")
+    listener.stop()
+    assert captured.getvalue() == ""
+
+
+def test_a_file_stream_gets_bursts_as_bytes_in_order_with_other_records(captured: io.StringIO, tmp_path: Path) -> None:
+    path = tmp_path / "stderr.log"
+    with open(path, "w", encoding="utf-8") as stream:  # a TextIOWrapper with .buffer, like sys.stderr
+        listener = logs.setup_logging("info", stream)
+        write = logs.access_writer()
+
+        async def serve() -> None:
+            for i in range(50):
+                write("GET", "/é", 200, 1.0, f"a-{i}")
+            logging.getLogger("service").info("text record")
+            write("GET", "/x", 200, 1.0, "b-0")
+
+        asyncio.run(serve())
+        listener.stop()
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [e.get("request_id", e["message"]) for e in entries] == [f"a-{i}" for i in range(50)] + [
+        "text record",
+        "b-0",
+    ]
+    assert entries[0]["path"] == "/é"
+
+
+class _StalledStream(io.StringIO):
+    """stderr whose reader stopped: every write blocks until ``drain`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drain = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.drain.wait(10)
+        return super().write(text)
+
+
+def test_a_stalled_stderr_costs_bounded_memory_and_the_drops_are_counted_and_reported(
+    monkeypatch: pytest.MonkeyPatch, captured: io.StringIO
+) -> None:
+    cap = 64 * 1024
+    monkeypatch.setattr(logs, "ACCESS_BACKLOG_BYTES", cap)
+    stream = _StalledStream()
+    listener = logs.setup_logging("info", stream)
+    buffer = logs._access_buffer
+    assert buffer is not None
+    write = logs.access_writer()
+    long_path = "/" + "p" * 1000  # ~1.2 KB per line
+    backlog: list[int] = []
+
+    async def serve(bursts: int) -> None:
+        for i in range(bursts):
+            for j in range(20):
+                write("GET", long_path, 404, 1.0, f"{i}-{j}")
+            await asyncio.sleep(logs.ACCESS_FLUSH_S * 2)
+            backlog.append(buffer.handed_bytes - buffer.written_bytes)
+
+    asyncio.run(serve(40))  # ~1 MB of lines while nothing drains
+    assert max(backlog) <= cap  # queued, not yet written: never past the cap
+    dropped = logs.dropped_access_lines()
+    assert dropped > 0 and dropped % 20 == 0
+    stream.drain.set()
+    time.sleep(0.2)  # the backlog drains
+    asyncio.run(serve(1))  # the next burst after recovery reports the gap first
+    listener.stop()
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = [e for e in entries if e.get("message") == "request"]
+    [warning] = [e for e in entries if e["level"] == "warning"]
+    assert f"{dropped} lines dropped" in warning["message"]
+    assert len(access) + dropped == 41 * 20
+    assert entries.index(warning) == len(entries) - 21  # just before the burst that followed the gap
