@@ -130,8 +130,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up load per server before the rounds")
     parser.add_argument("--engine", choices=("auto", "wrk", "async"), default="auto")
     parser.add_argument("--workers", type=int, default=1, help="wrk threads / async client processes")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64 clients, 2 rounds of 1 s")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.clients, args.rounds, args.duration, args.warmup = [64], 2, 1.0, 0.5
     args.rounds = max(1, args.rounds)
     return args
 

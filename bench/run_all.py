@@ -4,8 +4,9 @@ python -m bench.run_all                 # full run (training bench takes a while
 python -m bench.run_all --quick         # smoke run: training on 10K only, short serving points
 python -m bench.run_all --skip-train    # serving only (keeps the training section if its JSON exists)
 
-Offline scoring (bench.score_bench) and the drift-counter A/B (bench.drift_bench) run after the
-serving bench; ``--skip-score`` / ``--skip-drift`` keep their previous JSON instead.
+Offline scoring (bench.score_bench), the drift-counter A/B (bench.drift_bench) and the
+access-log A/B (bench.access_log_bench) run after the serving bench; ``--skip-score`` /
+``--skip-drift`` / ``--skip-access-log`` keep their previous JSON instead.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--skip-serve", action="store_true", help="do not run the serving bench")
     parser.add_argument("--skip-score", action="store_true", help="do not run the offline scoring bench")
     parser.add_argument("--skip-drift", action="store_true", help="do not run the drift-counter A/B bench")
+    parser.add_argument("--skip-access-log", action="store_true", help="do not run the access-log A/B bench")
     parser.add_argument("--quick", action="store_true", help="short smoke runs of both")
     parser.add_argument("--serve-duration", type=float, default=None, help="seconds per serving load point")
     parser.add_argument("--artifacts-dir", type=Path, default=None, help="passed to the serving bench")
@@ -187,6 +189,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
         from bench import drift_bench
 
         drift = drift_bench.main(quick)
+    access_cmd = " ".join(["python -m bench.access_log_bench", *quick])
+    if args.skip_access_log:
+        access = _load(OUT / "access_log_bench.json")
+    else:
+        from bench import access_log_bench
+
+        access = access_log_bench.main(quick)
     extra = [
         (
             "Offline scoring",
@@ -201,6 +210,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
             drift_cmd,
             "Two servers, identical but for `--drift-metrics` / `--no-drift-metrics`, loaded in turn "
             "(ABBA) in one run.",
+        ),
+        (
+            "Access log",
+            access,
+            access_cmd,
+            "Four servers, two with the access log on and two with `--no-access-log`, loaded in a "
+            "rotating order in one run; the pairs within an arm give the method's own noise (A/A).",
         ),
     ]
     report = write_report(args.report, train, serve, train_cmd, serve_cmd, extra)
