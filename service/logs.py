@@ -90,9 +90,10 @@ class AccessBuffer:
     A request costs one ``list.append``. The first line of a burst arms a ``call_later``
     timer; when it fires (``ACCESS_FLUSH_S`` later) the whole burst is encoded by one msgspec
     call and put on the listener's queue as one bytes object, which the logging thread
-    writes with one ``write``. A queue put per request instead woke the logging thread and
-    switched the GIL per request: 6% of the server's CPU at 8..256 clients (BENCHMARKS.md).
-    The write stays off the loop, so a stderr pipe that is slow to drain never stalls it.
+    writes with one ``write``. The design before (a queue put per request, each line built
+    by the logging thread) measured 6% of the server's CPU at 8..256 clients; this one 2%
+    of a request measured alone, 4-5% in an A/B as noisy as that (BENCHMARKS.md). The write
+    stays off the loop, so a stderr pipe that is slow to drain never stalls it.
     """
 
     def __init__(self, put: Callable[[Any], None]) -> None:
