@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import random
 import statistics
 import tempfile
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.drift_bench import process_cpu_s
+from bench.report import publish, stamped
 from service.logs import ACCESS_FLUSH_S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,14 +140,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from bench.loadgen import run_load, write_bodies
-    from bench.serve_bench import DEFAULT_DATA, access_log_us_per_line, find_artifacts, machine, read_titles
+    from bench.serve_bench import DEFAULT_DATA, access_log_us_per_line, find_artifacts, read_titles
     from tests.service.live_server import launch_server
 
     args = parse_args(argv)
     titles = read_titles(args.data or DEFAULT_DATA)
     results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **stamped(),
         "settings": {
             "clients": args.clients,
             "rounds": args.rounds,
@@ -207,12 +205,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results["request_cpu_us"] = at64["arms"]["on"]["cpu_us_per_request"]
     results["overall"] = overall(results["points"])
     results["markdown"] = markdown(results)
-    print()
-    print(results["markdown"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
-    return results
+    return publish(results, args.out)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ batch's own predict: the figure that does not depend on the machine being quiet.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import random
 import statistics
@@ -28,6 +26,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from bench.report import publish, stamped
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "out" / "drift_bench.json"
@@ -129,14 +129,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from bench.loadgen import run_load, write_bodies
-    from bench.serve_bench import DEFAULT_DATA, find_artifacts, machine, read_titles
+    from bench.serve_bench import DEFAULT_DATA, find_artifacts, read_titles
     from tests.service.live_server import launch_server
 
     args = parse_args(argv)
     titles = read_titles(args.data or DEFAULT_DATA)
     results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **stamped(),
         "settings": {
             "clients": args.clients,
             "rounds": args.rounds,
@@ -189,12 +188,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if results["counted_texts"]["on"] <= 0 or results["counted_texts"]["off"] != 0:
         raise SystemExit(f"error: counters did not behave as configured: {results['counted_texts']}")
     results["markdown"] = markdown(results)
-    print()
-    print(results["markdown"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
-    return results
+    return publish(results, args.out)
 
 
 if __name__ == "__main__":

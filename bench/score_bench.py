@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
-import json
 import os
 import re
 import subprocess
@@ -28,6 +26,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from bench.report import publish, stamped
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" / "news_10k.csv"))
@@ -180,12 +180,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from bench.serve_bench import find_artifacts, machine, read_titles
+    from bench.serve_bench import find_artifacts, read_titles
 
     args = parse_args(argv)
     results: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **stamped(),
         "settings": {"threads": args.threads, "batch_size": args.batch_size, "repeat": args.repeat},
         "points": {},
     }
@@ -212,12 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             results["served_texts"] = served_texts_figure(artifacts_dir, read_titles(args.data), scratch, args.served_s)
             print(f"  {results['served_texts']['headlines_per_s']:>9,.0f} headlines/s", flush=True)
     results["markdown"] = markdown(results)
-    print()
-    print(results["markdown"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
-    return results
+    return publish(results, args.out)
 
 
 if __name__ == "__main__":
