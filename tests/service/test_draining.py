@@ -45,7 +45,8 @@ def test_responses_say_connection_close_only_while_draining() -> None:
 def _refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # Reset: this probe sat in the listener's accept queue as the listener closed (seen in CI).
         return True
     return False
 
