@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import tempfile
 import time
@@ -128,7 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from bench.loadgen import run_load, write_bodies
+    from bench.loadgen import run_load, single_headline_bodies
     from bench.serve_bench import DEFAULT_DATA, find_artifacts, read_titles
     from tests.service.live_server import launch_server
 
@@ -150,8 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         scratch = Path(tmp)
         artifacts_dir, described = find_artifacts(args.artifacts_dir, titles, scratch)
         results["model"] = described
-        sample = random.Random(0).sample(titles, min(len(titles), 2000))
-        bodies = write_bodies(({"text": t} for t in sample), scratch / "single.jsonl")
+        bodies = single_headline_bodies(titles, scratch / "single.jsonl")
         print(f"model {described}; {args.clients} clients, {args.rounds} x {args.duration:g} s per arm", flush=True)
         with (
             launch_server(artifacts_dir, ARMS["on"], "--no-access-log") as on,

@@ -21,6 +21,7 @@ import json
 import math
 import multiprocessing
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,13 @@ def write_bodies(bodies: Iterable[Any], path: str | os.PathLike[str]) -> Path:
         for body in bodies:
             fh.write(json.dumps(body, ensure_ascii=True) + "\n")
     return target
+
+
+def single_headline_bodies(titles: Sequence[str], path: str | os.PathLike[str], count: int = 2000) -> Path:
+    """``{"text": ...}`` bodies for ``count`` titles drawn with a fixed seed: every A/B arm
+    and every run sends the same requests."""
+    sample = random.Random(0).sample(list(titles), min(len(titles), count))
+    return write_bodies(({"text": t} for t in sample), path)
 
 
 # --------------------------------------------------------------------------- async engine
