@@ -12,12 +12,21 @@ the next batch.
 A request is never split: its texts stay together. ``max_batch_size=1`` runs every request
 alone (the no-batching baseline).
 
+No idle model between full batches: when, while a batch runs, the queue already holds a full
+batch (``max_batch_size`` texts, or a request too large to share), that batch is formed at
+once and handed to the model thread behind the running one. Waiting could not make it any
+larger, and the model thread goes straight on to it instead of waiting for the event loop to
+wake, deliver the last result and hand over the next batch (about 1 ms on a busy 2-CPU box,
+11% of the model's time at 256 texts per request). Smaller batches still form when the
+model becomes free, so they take in everything that arrived meanwhile.
+
 No work for requests nobody waits for: each request has a deadline (the client's
 ``X-Request-Timeout-Ms``, capped by the server's request timeout). A timer answers it the
-moment the deadline passes: still queued, it leaves the queue uncomputed (counted as dropped,
+moment the deadline passes: not yet started, it is never computed (counted as dropped,
 reason ``deadline``); already running, its caller gets the timeout at once and the batch's
 result for it is discarded. A request whose client disconnected is dropped (reason
-``disconnected``) when its batch is about to start; the HTTP layer hands in a cheap probe.
+``disconnected``) when its batch starts on the model thread; the HTTP layer hands in a cheap
+probe that any thread may call.
 """
 
 from __future__ import annotations
@@ -84,6 +93,25 @@ class _Request:
     stage: int = _QUEUED
 
 
+@dataclass(slots=True)
+class _Outcome:
+    """What the model thread did with a batch: the requests it ran, those it skipped, and the result."""
+
+    live: list[_Request]
+    dropped: list[tuple[_Request, str]]  # (request, reason) for requests not worth computing
+    started: float
+    finished: float
+    result: Prediction | BaseException | None = None  # None: nothing was left to compute
+
+
+@dataclass(slots=True)
+class _Job:
+    """A batch handed to the model thread, and the future of its outcome."""
+
+    batch: list[_Request]
+    future: asyncio.Future[_Outcome]
+
+
 def split_prediction(prediction: Prediction, sizes: Sequence[int]) -> list[Prediction]:
     """Cut a merged batch result back into one result per request, in order."""
     parts = []
@@ -107,7 +135,8 @@ def merge_texts(requests: Sequence[_Request]) -> list[str]:
 
 
 class Batcher:
-    """Queue + consumer task. ``get_predictor`` is read once per batch, so a reload swaps models between batches."""
+    """Queue + consumer task. ``get_predictor`` is read once per batch (on the model thread, as it
+    starts), so a reload swaps models between batches."""
 
     def __init__(
         self,
@@ -131,7 +160,9 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._current: list[_Request] = []  # the batch being formed or computed
+        self._current: list[_Request] = []  # the batch being formed
+        self._running: _Job | None = None  # the batch on the model thread
+        self._ahead: _Job | None = None  # a full batch handed over behind it
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -147,7 +178,7 @@ class Batcher:
             self._wakeup.set()  # a batch waiting for announced requests runs now
         if self._task is not None:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while (self._queue or self._current) and not self._task.done():
+            while (self._queue or self._current or self._running or self._ahead) and not self._task.done():
                 if deadline is not None and time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.01)
@@ -232,6 +263,7 @@ class Batcher:
         self._set_depth()
         assert self._wakeup is not None
         self._wakeup.set()
+        self._hand_over_full_batch()
         try:
             return await request.future
         finally:
@@ -274,21 +306,88 @@ class Batcher:
                 size += len(request.texts)
         return size
 
-    def _start(self, batch: list[_Request], now: float) -> list[_Request]:
-        """The requests of ``batch`` still worth computing, marked running; the rest are dropped."""
-        live = []
+    def _select(self, batch: list[_Request], now: float) -> tuple[list[_Request], list[tuple[_Request, str]]]:
+        """Split ``batch`` into requests still worth computing (marked running) and those to drop.
+
+        Runs on the model thread as the batch starts. It only reads the futures and the
+        disconnect probes and leaves answering the dropped requests to the event loop.
+        """
+        live: list[_Request] = []
+        dropped: list[tuple[_Request, str]] = []
         for request in batch:
             if request.future.done():  # answered by its deadline timer, or cancelled
                 continue
             if request.deadline <= now:  # the timer is due but has not run yet
-                assert request.timeout_s is not None
-                self._drop(request, "deadline", DeadlineExceeded(request.timeout_s, computed=False))
+                dropped.append((request, "deadline"))
             elif request.gone is not None and request.gone():
-                self._drop(request, "disconnected", ClientDisconnected("client disconnected before its batch started"))
+                dropped.append((request, "disconnected"))
             else:
                 request.stage = _RUNNING
                 live.append(request)
-        return live
+        return live, dropped
+
+    def _run(self, batch: list[_Request]) -> _Outcome:
+        """The model thread's part of a batch: skip what nobody waits for, compute the rest.
+
+        The model is read here, as the batch starts, so a reload swaps models between batches.
+        """
+        started = self._clock()
+        live, dropped = self._select(batch, started)
+        outcome = _Outcome(live, dropped, started, started)
+        if live:
+            try:
+                outcome.result = self._get_predictor().predict(merge_texts(live))
+            except Exception as exc:  # noqa: BLE001 - delivered to this batch's callers only
+                outcome.result = exc
+            outcome.finished = self._clock()
+        return outcome
+
+    def _hand_over(self, batch: list[_Request]) -> _Job:
+        return _Job(batch, asyncio.get_running_loop().run_in_executor(self._executor, self._run, batch))
+
+    def _hand_over_full_batch(self) -> None:
+        """While a batch runs, hand the next one over too if it is already as large as it can get."""
+        if self._running is None or self._ahead is not None or self._queued_texts < self.max_batch_size:
+            return
+        batch: list[_Request] = []
+        self._take_queued(batch, 0, first=True)
+        self._set_depth()
+        if batch:
+            self._ahead = self._hand_over(batch)
+
+    def _deliver(self, outcome: _Outcome) -> None:
+        """Answer every request of a finished batch (on the event loop)."""
+        for request, reason in outcome.dropped:
+            if request.future.done():  # the deadline timer got there first
+                continue
+            if reason == "deadline":
+                assert request.timeout_s is not None
+                self._drop(request, reason, DeadlineExceeded(request.timeout_s, computed=False))
+            else:
+                self._drop(request, reason, ClientDisconnected("client disconnected before its batch started"))
+        result = outcome.result
+        if result is None:
+            return
+        for request in outcome.live:
+            self._observe_wait(outcome.started - request.enqueued)
+        if isinstance(result, BaseException):
+            log.error(
+                "batch of %d texts failed",
+                sum(len(r.texts) for r in outcome.live),
+                exc_info=(type(result), result, result.__traceback__),
+            )
+            for request in outcome.live:
+                if not request.future.done():
+                    request.future.set_exception(result)
+            return
+        if self._metrics is not None:
+            self._metrics.observe_batch(
+                len(result.probabilities), len(outcome.live), outcome.finished - outcome.started
+            )
+        parts = split_prediction(result, [len(r.texts) for r in outcome.live])
+        for request, part in zip(outcome.live, parts, strict=True):
+            if not request.future.done():  # not answered already by its deadline
+                request.future.set_result(part)
 
     async def _fill_batch(self, batch: list[_Request]) -> None:
         """Fill ``batch`` (initially empty) in place, so a cancellation never loses a request."""
@@ -317,41 +416,27 @@ class Batcher:
         self._set_depth()
 
     async def _consume(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch: list[_Request] = []
-            self._current = batch
+            job, self._ahead = self._ahead, None
             try:
-                await self._fill_batch(batch)
-                started = self._clock()
-                batch[:] = self._start(batch, started)
-                if not batch:
-                    continue
-                for request in batch:
-                    self._observe_wait(started - request.enqueued)
-                predictor = self._get_predictor()
-                texts = merge_texts(batch)
-                prediction = await loop.run_in_executor(self._executor, predictor.predict, texts)
+                if job is None:
+                    batch: list[_Request] = []
+                    self._current = batch
+                    await self._fill_batch(batch)
+                    self._current = []
+                    job = self._hand_over(batch)
+                self._running = job
+                self._hand_over_full_batch()
+                outcome = await job.future
             except asyncio.CancelledError:
-                for request in batch:
+                for request in [*self._current, *(r for j in (job, self._ahead) if j for r in j.batch)]:
                     if not request.future.done():
                         request.future.set_exception(Overloaded("server is shutting down"))
                 raise
-            except Exception as exc:  # noqa: BLE001 - delivered to this batch's callers only
-                log.exception("batch of %d texts failed", sum(len(r.texts) for r in batch))
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
-            else:
-                if self._metrics is not None:
-                    self._metrics.observe_batch(len(texts), len(batch), self._clock() - started)
-                for request, part in zip(
-                    batch, split_prediction(prediction, [len(r.texts) for r in batch]), strict=True
-                ):
-                    if not request.future.done():  # not answered already by its deadline
-                        request.future.set_result(part)
             finally:
                 self._current = []
+                self._running = None
+            self._deliver(outcome)
 
     def _observe_wait(self, seconds: float) -> None:
         if self._metrics is not None:

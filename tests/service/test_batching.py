@@ -144,6 +144,31 @@ def test_a_batch_never_exceeds_max_batch_size_and_never_splits_a_request(predict
     assert_own_answers(texts, results, predictor)
 
 
+def test_a_full_batch_queued_while_one_runs_starts_without_the_event_loop(predictor: Predictor) -> None:
+    model = GatedPredictor(predictor)
+    texts = distinct_texts(4)
+
+    async def main() -> list[Prediction]:
+        batcher = make_batcher(model, max_batch_size=2)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(texts[:1]))
+        await model.started()
+        full = asyncio.create_task(batcher.submit(texts[1:3]))  # a whole batch: cannot grow by waiting
+        partial = asyncio.create_task(batcher.submit(texts[3:]))  # could still grow: waits for the model
+        await queued()
+        model.gate.set()
+        # The event loop is blocked from here: only the model thread can go on to the next batch.
+        assert model._started.acquire(True, NEVER), "the full batch waited for the event loop"
+        assert model.batches == [texts[:1], texts[1:3]]
+        results = await asyncio.gather(first, full, partial)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert model.batches == [texts[:1], texts[1:3], texts[3:]]
+    assert_own_answers(texts, results, predictor)
+
+
 def test_idle_request_runs_without_waiting(predictor: Predictor) -> None:
     model = GatedPredictor(predictor, gated=False)
 

@@ -127,6 +127,32 @@ def test_disconnected_client_is_dropped_before_its_batch(predictor: Predictor) -
     assert dropped(metrics, "disconnected") == 1
 
 
+def test_a_client_gone_while_its_batch_waits_on_the_model_thread_is_dropped(predictor: Predictor) -> None:
+    gate = GatedPredictor(predictor)
+    metrics = Metrics()
+    left = threading.Event()
+
+    async def main() -> BaseException | Prediction:
+        batcher = Batcher(lambda: gate, max_batch_size=1, max_wait_ms=0, max_queue_size=1024, metrics=metrics)
+        batcher.start()
+        busy = asyncio.create_task(batcher.submit(["busy batch"]))
+        await started(gate)
+        # A full batch: handed to the model thread at once, behind the busy one.
+        waiting = asyncio.create_task(batcher.submit(["leaves while waiting"], gone=left.is_set))
+        await asyncio.sleep(0.01)
+        left.set()  # the client goes while its batch waits on the model thread
+        gate.release.set()
+        await busy
+        result = (await asyncio.wait_for(asyncio.gather(waiting, return_exceptions=True), 5))[0]
+        await batcher.stop()
+        return result
+
+    result = asyncio.run(main())
+    assert isinstance(result, ClientDisconnected), result
+    assert gate.computed == ["busy batch"]
+    assert dropped(metrics, "disconnected") == 1
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
