@@ -105,7 +105,10 @@ echo "cuda=$HAS_CUDA torch=$("$PY" -c 'import torch; print(torch.__version__)' 2
 # The resilience suite (tests/resilience, and the marker) and the container tests need a long
 # live-server run or docker; tests/scripts checks for the pinned +cpu torch build. All left out.
 fast_tests() {
-    timeout 240 "$PY" -m pytest -q -p no:cacheprovider --maxfail=5 -rfEs --durations=10 \
+    local per_test=()
+    # pytest-timeout, where installed, ends a hung test instead of the whole step.
+    "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout=90)
+    timeout 210 "$PY" -m pytest -q -p no:cacheprovider --maxfail=5 -rfEs --durations=10 ${per_test[@]+"${per_test[@]}"} \
         tests/contract tests/training tests/service tests/bench
 }
 step tests tests.log fast_tests
@@ -120,7 +123,7 @@ train_on() {
         echo "skip: training on cuda (CUDA not available)"
         return 0
     fi
-    timeout 150 "$PY" -m training "${TRAIN_ARGS[@]}" --device "$device" --artifacts-dir "$WORK/art-$device"
+    timeout 120 "$PY" -m training "${TRAIN_ARGS[@]}" --device "$device" --artifacts-dir "$WORK/art-$device"
 }
 train_report() {
     "$PY" -m bench.device_check --summary "$SUMMARY" train-report cuda="$WORK/art-cuda" cpu="$WORK/art-cpu"
@@ -136,8 +139,8 @@ for candidate in "$WORK/art-cpu" "$WORK/art-cuda"; do
     ls "$candidate"/*/manifest.json >/dev/null 2>&1 && ART=$candidate
 done
 echo "serving $ART" | tee -a "$OUT/serve.log"
-inproc() { timeout 120 "$PY" -m bench.device_check --summary "$SUMMARY" inproc --artifacts-dir "$ART"; }
-serve() { timeout 240 "$PY" -m bench.device_check --summary "$SUMMARY" serve --artifacts-dir "$ART" --seconds 3; }
+inproc() { timeout 90 "$PY" -m bench.device_check --summary "$SUMMARY" inproc --artifacts-dir "$ART"; }
+serve() { timeout 180 "$PY" -m bench.device_check --summary "$SUMMARY" serve --artifacts-dir "$ART" --seconds 3; }
 step inproc serve.log inproc
 step serve serve.log serve
 
