@@ -14,6 +14,7 @@ from contract.artifact import load_artifact, resolve_version
 from contract.model import pad_batch, predict_proba
 from service.app import create_app
 from tests.service.conftest import CATEGORIES, TOKEN_TEXTS, make_artifact, make_settings
+from tests.tolerance import SERVED_ATOL
 
 
 def check_error(response, status: int | tuple[int, ...], error_type: str | None = None) -> dict:
@@ -53,7 +54,7 @@ def test_predict_many_in_order_with_empty_flag(client: TestClient) -> None:
         alone = client.post("/predict", json={"text": text}).json()["predictions"][0]
         assert alone["label"] == pred["label"]
         for c in CATEGORIES:
-            assert math.isclose(alone["probabilities"][c], pred["probabilities"][c], abs_tol=1e-6)
+            assert math.isclose(alone["probabilities"][c], pred["probabilities"][c], abs_tol=SERVED_ATOL)
 
 
 def test_output_equals_training_predict_proba(client: TestClient, artifacts_dir: Path) -> None:
@@ -63,7 +64,7 @@ def test_output_equals_training_predict_proba(client: TestClient, artifacts_dir:
     expected = predict_proba(artifact.model, ids, lengths).numpy()
     preds = client.post("/predict", json={"texts": TOKEN_TEXTS}).json()["predictions"]
     got = np.array([[p["probabilities"][c] for c in artifact.labels.classes] for p in preds])
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=SERVED_ATOL)
 
 
 @pytest.mark.parametrize(

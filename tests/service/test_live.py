@@ -17,6 +17,7 @@ import pytest
 from service.predictor import Predictor
 from tests.service.conftest import distinct_texts
 from tests.service.live_server import LiveServer, launch_server, start_server
+from tests.tolerance import SERVED_ATOL
 
 LONG = "Intel unveils a faster chip for laptops while NASA probe sends images of Mars craters " * 3
 
@@ -60,7 +61,7 @@ def test_concurrent_clients_are_batched_and_get_their_own_answers(server: LiveSe
     for text, expected, r in zip(texts, singles, responses, strict=True):
         probs = r.json()["predictions"][0]["probabilities"]
         got = [probs[c] for c in predictor.classes]
-        np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=text)
+        np.testing.assert_allclose(got, expected, atol=SERVED_ATOL, err_msg=text)
     text = httpx.get(f"{server.url}/metrics").text
     batches = metric(text, "hc_batch_size_requests_count")
     requests = metric(text, "hc_batch_size_requests_sum")

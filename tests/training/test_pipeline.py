@@ -15,6 +15,7 @@ import torch
 from contract import artifact as artifact_module
 from contract.artifact import ArtifactError, load_artifact, write_artifact
 from contract.model import pad_batch, predict_proba
+from tests.tolerance import SERVED_ATOL
 from tests.training.conftest import small_csv
 from training import pipeline
 from training.__main__ import main
@@ -53,8 +54,9 @@ def test_artifact_reproduces_the_in_memory_model(tiny_run):
     encoder = loaded.text_encoder()
     ids, lengths = pad_batch(encoder.encode_many(TITLES))
     tiny_run.model.eval()
-    expected = predict_proba(tiny_run.model, ids, lengths)
-    assert torch.allclose(predict_proba(loaded.model, ids, lengths), expected, atol=1e-6)
+    device = next(tiny_run.model.parameters()).device  # trained on CUDA when there is one
+    expected = predict_proba(tiny_run.model, ids.to(device), lengths).cpu()
+    assert torch.allclose(predict_proba(loaded.model, ids, lengths), expected, atol=SERVED_ATOL)
     assert loaded.vocab.itos == tiny_run.vocab.itos
     assert loaded.labels.classes == ["Business", "Sci/Tech", "Sports", "World"]
 
@@ -304,7 +306,8 @@ def test_first_model_temperature_is_fitted_on_its_own_held_out_validation_logits
     assert len(fits) == models and not crossfits
     _, val_rows, _, first, val_idx, corpus = fits[0]
     assert not val_rows & fits[0][0]
-    logits = predict_logits(first.model, first.ids[val_idx], first.lengths[val_idx], torch.device("cpu"))
+    device = next(first.model.parameters()).device  # where training ran, as the pipeline computed them
+    logits = predict_logits(first.model, first.ids[val_idx], first.lengths[val_idx], device)
     calibration = result.metrics["calibration"]
     assert calibration["val_logits_from"] == source
     assert calibration["temperature"] == fit_temperature(logits, corpus.targets[val_idx]) == _stored_temperature(result)
