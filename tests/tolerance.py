@@ -16,3 +16,5 @@ CPU_ATOL = 1e-6
 # and CPU by up to 6e-5. Labels agreed on all 2,048 titles compared.
 CUDA_ATOL = 1e-4
 SERVED_ATOL = CUDA_ATOL if torch.cuda.is_available() else CPU_ATOL
+# Where a server started with the default ``--device auto`` runs its model.
+SERVED_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

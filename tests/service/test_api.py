@@ -14,7 +14,7 @@ from contract.artifact import load_artifact, resolve_version
 from contract.model import pad_batch, predict_proba
 from service.app import create_app
 from tests.service.conftest import CATEGORIES, TOKEN_TEXTS, make_artifact, make_settings
-from tests.tolerance import SERVED_ATOL
+from tests.tolerance import SERVED_ATOL, SERVED_DEVICE
 
 
 def check_error(response, status: int | tuple[int, ...], error_type: str | None = None) -> dict:
@@ -180,7 +180,7 @@ def test_metrics_exposition(client: TestClient) -> None:
         "hc_batch_compute_seconds_bucket",
         "hc_batch_size_texts_bucket",
         "hc_queue_depth_texts",
-        'hc_model_info{device="cpu",version="20260101T000000Z-000001"} 1.0',
+        f'hc_model_info{{device="{SERVED_DEVICE}",version="20260101T000000Z-000001"}} 1.0',
     ):
         assert name in text
 

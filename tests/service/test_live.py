@@ -165,7 +165,8 @@ async def wait_for_backlog(url: str, texts: int) -> None:
 
 @pytest.fixture(scope="module")
 def busy_server(big_artifacts_dir: Path) -> Iterator[LiveServer]:
-    args = ("--max-batch-size", "64", "--torch-threads", "1", "--no-warmup", "--max-wait-ms", "0")
+    # CPU with one thread: the big model must be slow enough to keep a queue (a GPU drains it in ms).
+    args = ("--max-batch-size", "64", "--torch-threads", "1", "--no-warmup", "--max-wait-ms", "0", "--device", "cpu")
     with launch_server(big_artifacts_dir, *args) as s:
         yield s
 

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from service import score
 from service.app import create_app
 from tests.service.conftest import CATEGORIES, TITLES, TOKEN_TEXTS, make_settings, read_news
+from tests.tolerance import SERVED_ATOL
 
 ROOT = Path(__file__).resolve().parents[2]
 PROB_COLUMNS = [f"prob_{c}" for c in CATEGORIES]
@@ -84,7 +85,7 @@ def test_results_equal_predict_for_the_same_texts(artifacts_dir: Path, tmp_path:
         for c in CATEGORIES:
             # Same artifact, preprocessing and forward pass; only the batch companions differ,
             # which moves float32 sums by rounding at most.
-            assert float(row[f"prob_{c}"]) == pytest.approx(pred["probabilities"][c], abs=1e-6)
+            assert float(row[f"prob_{c}"]) == pytest.approx(pred["probabilities"][c], abs=SERVED_ATOL)
 
 
 def test_chunking_and_batch_size_do_not_change_the_output(artifacts_dir: Path, tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_chunking_and_batch_size_do_not_change_the_output(artifacts_dir: Path, t
     assert [r["label"] for r in a] == [r["label"] for r in b]
     for ra, rb in zip(a, b, strict=True):
         for c in PROB_COLUMNS:
-            assert float(ra[c]) == pytest.approx(float(rb[c]), abs=1e-6)
+            assert float(ra[c]) == pytest.approx(float(rb[c]), abs=SERVED_ATOL)
 
 
 def test_same_length_batches() -> None:
