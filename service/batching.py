@@ -343,6 +343,8 @@ class Batcher:
         return outcome
 
     def _hand_over(self, batch: list[_Request]) -> _Job:
+        if self._executor is None:  # never the loop's default executor: one model thread only
+            raise Overloaded("server is shutting down")
         return _Job(batch, asyncio.get_running_loop().run_in_executor(self._executor, self._run, batch))
 
     def _hand_over_full_batch(self) -> None:
@@ -423,8 +425,8 @@ class Batcher:
                     batch: list[_Request] = []
                     self._current = batch
                     await self._fill_batch(batch)
-                    self._current = []
                     job = self._hand_over(batch)
+                    self._current = []
                 self._running = job
                 self._hand_over_full_batch()
                 outcome = await job.future
@@ -433,6 +435,13 @@ class Batcher:
                     if not request.future.done():
                         request.future.set_exception(Overloaded("server is shutting down"))
                 raise
+            except Exception as exc:  # noqa: BLE001 - fail this batch's callers, keep serving the queue
+                failed = [*self._current, *(job.batch if job is not None else [])]
+                log.exception("batch of %d texts failed", sum(len(r.texts) for r in failed))
+                for request in failed:
+                    if not request.future.done():
+                        request.future.set_exception(exc)
+                continue
             finally:
                 self._current = []
                 self._running = None

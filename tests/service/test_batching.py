@@ -261,6 +261,26 @@ def test_failing_batch_fails_only_its_callers(predictor: Predictor) -> None:
     assert model.batches == [["fine a"], ["boom", "unlucky neighbour"], ["fine d"]]
 
 
+def test_an_error_outside_the_model_fails_only_its_batch_and_the_batcher_keeps_serving(predictor: Predictor) -> None:
+    model = GatedPredictor(predictor, gated=False)
+
+    def broken_probe() -> bool:
+        raise RuntimeError("probe broke")
+
+    async def main() -> tuple[BaseException | Prediction, Prediction]:
+        batcher = make_batcher(model, max_wait_ms=0)
+        batcher.start()
+        first = asyncio.wait_for(batcher.submit(["first"], gone=broken_probe), NEVER)
+        (failed,) = await asyncio.gather(first, return_exceptions=True)
+        after = await asyncio.wait_for(batcher.submit(["second"]), NEVER)
+        await batcher.stop()
+        return failed, after
+
+    failed, after = asyncio.run(main())
+    assert isinstance(failed, RuntimeError) and "probe broke" in str(failed)
+    assert len(after.probabilities) == 1 and model.batches == [["second"]]
+
+
 def test_queue_bound_raises_overloaded(predictor: Predictor) -> None:
     model = GatedPredictor(predictor)
 
