@@ -149,9 +149,12 @@ class TextClassifier(nn.Module):
             features = last
         else:
             if out_packed is not None:
-                out, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=ids.shape[1])
-            mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
-            pooled = out.masked_fill(~mask[:, :, None], float("-inf")).amax(dim=1)
+                # Padding comes back as -inf, so the max over time sees each row's own tokens only
+                # (every row has at least one); unpacked rows have no padding to hide.
+                out, _ = pad_packed_sequence(
+                    out_packed, batch_first=True, padding_value=float("-inf"), total_length=ids.shape[1]
+                )
+            pooled = out.amax(dim=1)
             features = pooled if self.config.pooling == "max" else torch.cat([last, pooled], dim=1)
         return self.fc2(self.dropout(torch.relu(self.fc1(features))))
 
