@@ -533,7 +533,7 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
             (results.get("access_log_line") or {}).get("all_threads_us"), cpu("default", 64)
         ),
         "cpu_texts_vs_in_process": _ratio(
-            in_proc and in_proc.get("headlines_per_cpu_s"), texts_cpu and TEXTS_PER_REQUEST / texts_cpu * 1e6
+            texts_cpu and TEXTS_PER_REQUEST / texts_cpu * 1e6, in_proc and in_proc.get("headlines_per_cpu_s")
         ),
     }
     checks: list[dict[str, Any]] = []
