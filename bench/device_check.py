@@ -32,10 +32,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.loadgen import text_groups
+from bench.serve_bench import TEXTS_PER_REQUEST
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" / "news_10k.csv"))
 BATCH_SIZES = (1, 64, 256)
-TEXTS_PER_REQUEST = 256
 # (label, body kind, clients): the load points, each run against every server in turn.
 LOAD_POINTS = (("single c=1", "single", 1), ("single c=64", "single", 64), ("texts256 c=2", "texts", 2))
 AGREE_TOLERANCE = 1e-4
@@ -191,11 +193,6 @@ def inproc(artifacts_dir: Path, titles: list[str], seconds: float, rounds: int, 
 # --------------------------------------------------------------------------- serving
 
 
-def text_groups(titles: Sequence[str], size: int = TEXTS_PER_REQUEST, most: int = 40) -> list[list[str]]:
-    """Consecutive full groups of ``size`` titles (at most ``most``): the bodies of the many-texts point."""
-    return [list(titles[i : i + size]) for i in range(0, len(titles) - size + 1, size)][:most]
-
-
 def smoke(port: int, device: str, titles: list[str]) -> tuple[list[str], list[list[float]], str]:
     """One headline and 256 through /predict, and GET /model; raises AssertionError on a wrong answer.
     Returns the classes, the 256-headline probabilities and the device /model reports."""
@@ -231,7 +228,9 @@ def serve(artifacts_dir: Path, titles: list[str], seconds: float, workers: int, 
         scratch = Path(tmp)
         bodies = {
             "single": single_headline_bodies(titles, scratch / "single.jsonl"),
-            "texts": write_bodies(({"texts": g} for g in text_groups(titles)), scratch / "texts.jsonl"),
+            "texts": write_bodies(
+                ({"texts": g} for g in text_groups(titles, TEXTS_PER_REQUEST)), scratch / "texts.jsonl"
+            ),
         }
         servers = {}
         for device in devices():

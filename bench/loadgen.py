@@ -112,6 +112,11 @@ def single_headline_bodies(titles: Sequence[str], path: str | os.PathLike[str], 
     return write_bodies(({"text": t} for t in sample), path)
 
 
+def text_groups(titles: Sequence[str], size: int, most: int = 40) -> list[list[str]]:
+    """Consecutive full groups of ``size`` titles (at most ``most``): the bodies of a many-texts point."""
+    return [list(titles[i : i + size]) for i in range(0, len(titles) - size + 1, size)][:most]
+
+
 # --------------------------------------------------------------------------- async engine
 
 

@@ -282,7 +282,7 @@ def median_point(group: str, config: dict[str, Any], slices: list[dict[str, Any]
 
 class Bench:
     def __init__(self, args: argparse.Namespace, artifacts_dir: Path, scratch: Path, titles: list[str]) -> None:
-        from bench.loadgen import write_bodies
+        from bench.loadgen import text_groups, write_bodies
 
         self.args = args
         self.artifacts_dir = artifacts_dir
@@ -292,8 +292,7 @@ class Bench:
         self.single = write_bodies(({"text": t} for t in sample), scratch / "single.jsonl")
         shuffled = titles[:]
         rng.shuffle(shuffled)
-        groups = [shuffled[i : i + TEXTS_PER_REQUEST] for i in range(0, len(shuffled), TEXTS_PER_REQUEST)]
-        self.text_groups = [g for g in groups if len(g) == TEXTS_PER_REQUEST][:40]
+        self.text_groups = text_groups(shuffled, TEXTS_PER_REQUEST)
         self.multi = write_bodies(({"texts": g} for g in self.text_groups), scratch / "texts.jsonl")
         self.points: list[dict[str, Any]] = []
 

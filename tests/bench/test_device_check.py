@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import device_check
-from bench.device_check import max_abs_diff, parse_run, response_table, text_groups, train_report
+from bench.device_check import max_abs_diff, parse_run, response_table, train_report
 from contract.artifact import resolve_version
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,13 +32,6 @@ def test_response_table_follows_request_order_and_the_given_class_order() -> Non
         ]
     }
     assert response_table(body, ["A", "B"]) == [[0.3, 0.7], [0.6, 0.4]]
-
-
-def test_text_groups_are_full_consecutive_and_capped() -> None:
-    titles = [str(i) for i in range(10)]
-    assert text_groups(titles, size=4) == [["0", "1", "2", "3"], ["4", "5", "6", "7"]]
-    assert text_groups(titles, size=3, most=2) == [["0", "1", "2"], ["3", "4", "5"]]
-    assert text_groups(titles, size=11) == []
 
 
 def test_parse_run_needs_device_and_folder() -> None:

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from bench.loadgen import encode_request, percentile, summarize
+from bench.loadgen import encode_request, percentile, summarize, text_groups
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,10 @@ def test_encoded_post_has_exact_content_length() -> None:
     head, body = raw.split(b"\r\n\r\n", 1)
     assert b"Content-Length: 13" in head and body == b'{"text": "x"}'
     assert encode_request("GET", "/health/live", None, 8000).endswith(b"\r\n\r\n")
+
+
+def test_text_groups_are_full_consecutive_and_capped() -> None:
+    titles = [str(i) for i in range(10)]
+    assert text_groups(titles, size=4) == [["0", "1", "2", "3"], ["4", "5", "6", "7"]]
+    assert text_groups(titles, size=3, most=2) == [["0", "1", "2"], ["3", "4", "5"]]
+    assert text_groups(titles, size=11) == []
