@@ -29,12 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.app import create_app
     from service.http_guard import ConnectionLimits, guarded_protocol, raise_open_files_limit
     from service.logs import setup_logging
-    from service.predictor import Predictor, configure_torch_threads
+    from service.model_process import load_predictor
+    from service.predictor import configure_torch_threads
 
     listener = setup_logging(settings.log_level)
-    configure_torch_threads(settings.torch_threads)
+    configure_torch_threads(settings.torch_threads)  # the model process gets the same budget
     try:
-        predictor = Predictor.load(settings.artifacts_dir, settings.version, settings.device)
+        predictor = load_predictor(settings.artifacts_dir, settings.version, settings.device, settings.model_process)
     except ArtifactError as exc:
         listener.stop()
         print(f"error: cannot load model from {settings.artifacts_dir}: {exc}", file=sys.stderr)

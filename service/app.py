@@ -30,6 +30,7 @@ from service.fastpath import PredictPath
 from service.gc_tuning import settle_garbage_collector
 from service.logs import access_writer
 from service.metrics import Metrics
+from service.model_process import load_predictor
 from service.predictor import Predictor
 from service.routes import ANNOUNCED, router
 from service.settings import Settings
@@ -261,7 +262,13 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Servic
         if handed_over:
             loaded = handed_over.pop()
         else:
-            loaded = await asyncio.to_thread(Predictor.load, settings.artifacts_dir, settings.version, settings.device)
+            loaded = await asyncio.to_thread(
+                load_predictor,
+                settings.artifacts_dir,
+                settings.version,
+                settings.device,
+                settings.model_process,
+            )
         state.set_predictor(loaded)
         state.batcher = Batcher(
             state.current_predictor,
@@ -286,6 +293,8 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Servic
             state.draining = True
             warmup.cancel()
             await state.batcher.stop(timeout=settings.shutdown_timeout_s)
+            if state.predictor is not None:
+                await asyncio.to_thread(state.predictor.close)  # after the batcher: no batch is running
             log.info("batcher drained; shutdown complete")
 
     app = ServiceApp(

@@ -160,6 +160,9 @@ class Predictor:
         # probabilities are the calibrated ones that metrics.json describes.
         return probabilities(logits, self.artifact.temperature).cpu().numpy()
 
+    def close(self) -> None:
+        """Release what outlives garbage collection: nothing here (a model process in a subclass)."""
+
     def warmup_batches(self, rounds: int = 2) -> list[list[str]]:
         """Warm-up inputs: several batch sizes and lengths (allocator, kernels, caches), one pass each."""
         word = next((w for w in self.artifact.vocab.itos[2:] if w not in self.encoder.normalizer._stopwords), "x")

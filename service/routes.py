@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import hmac
 import logging
 import time
@@ -30,7 +33,8 @@ from service.errors import (
     summarize_validation_errors,
 )
 from service.gc_tuning import freeze_new_objects
-from service.predictor import Prediction, Predictor
+from service.model_process import ModelProcessLost, load_predictor
+from service.predictor import Prediction
 from service.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -140,10 +144,16 @@ async def predict_texts(state: ServiceState, texts: list[str], timeout_s: float,
         raise Timeout(f"{message} (it was still queued and was not computed)", headers=headers) from None
     except ClientDisconnected:
         raise ClientClosedRequest("client disconnected before its batch started") from None
+    except ModelProcessLost as exc:
+        raise ServiceUnavailable(str(exc), headers={"Retry-After": str(settings.retry_after_s)}) from None
     except Exception as exc:  # noqa: BLE001 - a failed batch: tell its callers, keep serving
         raise ServiceError(f"prediction failed: {type(exc).__name__}: {exc}") from exc
     finally:
         gone.close()
+
+
+def _nothing() -> None:
+    pass
 
 
 def bearer_token_matches(authorization: str | None, token: str) -> bool:
@@ -259,21 +269,33 @@ async def reload(state: State, request: Request, authorization: Annotated[str | 
     async with state.reload_lock:
         previous = state.predictor
         started = time.monotonic()
+        new = None
         try:
             device = str(previous.device) if previous is not None else state.settings.device
             if state.batcher is None:
                 raise RuntimeError("the model thread is not running")
-            # On the model thread, between live batches: torch's thread budget is sized for it.
             batcher = state.batcher
-            new = await batcher.run_on_model_thread(Predictor.load, state.settings.artifacts_dir, version, device)
+            load = functools.partial(
+                load_predictor, state.settings.artifacts_dir, version, device, state.settings.model_process
+            )
+            # A model process loads in a process of its own (seconds, mostly importing torch) while
+            # the old one serves; in-process, loading runs on the model thread, between live
+            # batches, because torch's thread budget is sized for that thread.
+            new = await (asyncio.to_thread(load) if state.settings.model_process else batcher.run_on_model_thread(load))
             if state.settings.warmup:
                 await batcher.warm_up(new)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the old model serving
+            if new is not None:  # loaded but failed to warm up: stop its model process now
+                new.close()
             state.metrics.reloads.labels("failed").inc()
             reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
             log.warning("reload of %r failed: %s", version, reason)
             raise ReloadFailed(f"reload failed, still serving {previous and previous.version}: {reason}") from None
         state.set_predictor(new)
+        if previous is not None:
+            with contextlib.suppress(Overloaded):  # every batch that read ``previous`` has finished
+                await batcher.run_on_model_thread(_nothing)
+            await asyncio.to_thread(previous.close)
         freeze_new_objects()
         state.metrics.reloads.labels("ok").inc()
         log.info(

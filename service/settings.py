@@ -53,6 +53,10 @@ class Settings(BaseSettings):
         ge=0,
         description="Torch intra-op threads; 0 = usable CPUs (affinity, cgroup quota) minus one for the event loop.",
     )
+    model_process: bool = Field(
+        True,
+        description="Run the model in a child process, out of the event loop's GIL (off: a thread of this process).",
+    )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token that enables POST /admin/reload; unset disables the admin endpoint."
     )

@@ -15,9 +15,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
+from contract.artifact import resolve_version
 from service.app import create_app
+from service.model_process import ProcessPredictor
 from service.predictor import Prediction, Predictor
 from tests.service.conftest import make_artifact, make_settings
 
@@ -89,6 +92,7 @@ def test_readiness_is_503_during_warm_up(two_versions: Path) -> None:
 def test_running_batch_finishes_on_the_old_model_during_a_reload(
     two_versions: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Without a model process (``--no-model-process``) the new version loads on the model thread."""
     expected_old = Predictor.load(two_versions, version=V1, device="cpu").predict(["hold: Stocks rally"])
     threads: list[tuple[str, str]] = []  # (what, thread name) for every load and forward pass
     load, predict = Predictor.load, Predictor.predict
@@ -105,7 +109,7 @@ def test_running_batch_finishes_on_the_old_model_during_a_reload(
     monkeypatch.setattr(Predictor, "predict", recording_predict)
     predictor = holding(two_versions)
     threads.clear()
-    settings = make_settings(two_versions, version=V1, warmup=True, admin_token=TOKEN)
+    settings = make_settings(two_versions, version=V1, warmup=True, admin_token=TOKEN, model_process=False)
     with TestClient(create_app(settings, predictor=predictor)) as client:
         wait_until(lambda: client.get("/health/ready").status_code == 200, "startup")
         running, answer = in_thread(lambda: client.post("/predict", json={"text": "hold: Stocks rally"}))
@@ -127,6 +131,54 @@ def test_running_batch_finishes_on_the_old_model_during_a_reload(
     # Loading and warming the new version ran on the one model thread, like every batch.
     assert ("load", "model_0") in threads
     assert {name for _, name in threads} == {"model_0"}, threads
+
+
+class HoldingProcessPredictor(ProcessPredictor):
+    """A real predictor with a model process; a batch with a ``hold`` text waits before it is sent."""
+
+    gate: threading.Event
+    held: threading.Semaphore
+
+    def predict(self, texts: Sequence[str], *, observe: bool = True) -> Prediction:
+        if any("hold" in t for t in texts):
+            self.held.release()
+            assert self.gate.wait(NEVER), "the test never opened the gate"
+        return super().predict(texts, observe=observe)
+
+    wait_held = HoldingPredictor.wait_held
+
+
+def test_with_a_model_process_a_reload_loads_beside_a_running_batch_and_stops_the_old_process_after_it(
+    two_versions: Path,
+) -> None:
+    predictor = HoldingProcessPredictor(resolve_version(two_versions, V1), torch.device("cpu"))
+    predictor.gate, predictor.held = threading.Event(), threading.Semaphore(0)
+    old_pid = predictor.pid
+    assert old_pid is not None
+    settings = make_settings(two_versions, version=V1, admin_token=TOKEN)
+    assert settings.model_process  # the default
+    with TestClient(create_app(settings, predictor=predictor)) as client:
+        state = client.app.state.service  # type: ignore[attr-defined]
+        two = {"texts": ["hold: Stocks rally", "Oil"]}  # two texts: computed in the model process
+        running, answer = in_thread(lambda: client.post("/predict", json=two))
+        predictor.wait_held()
+        reloading, reloaded = in_thread(lambda: client.post("/admin/reload", headers=AUTH, json={"version": V2}))
+        # The new version loads and is swapped in while the old batch still holds the model thread ...
+        wait_until(lambda: state.predictor.version == V2, "the swap")
+        # ... but the old model process outlives the batch that is still using it.
+        reloading.join(0.3)
+        assert reloading.is_alive() and Path(f"/proc/{old_pid}").exists()
+        predictor.gate.set()
+        running.join(NEVER)
+        reloading.join(NEVER)
+        [old], [swap] = answer, reloaded
+        assert old.status_code == 200 and old.json()["model_version"] == V1, old.text
+        assert swap.status_code == 200 and swap.json() == {"previous_version": V1, "model_version": V2}
+        assert not Path(f"/proc/{old_pid}").exists(), "the old model process still runs"
+        after = client.post("/predict", json={"texts": ["Stocks rally", "Oil"]}).json()
+        assert after["model_version"] == V2
+        new_pid = state.predictor.pid
+    assert new_pid is not None and not Path(f"/proc/{new_pid}").exists(), "shutdown left the model process running"
 
 
 def test_largest_allowed_request_succeeds_on_an_idle_server(artifacts_dir: Path) -> None:

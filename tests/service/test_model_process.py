@@ -1,0 +1,121 @@
+"""The model process: same answers as the in-process predictor, and a lost child costs one batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from contract.artifact import ArtifactError
+from contract.drift import InputCounts
+from service.model_process import ModelProcessLost, ProcessPredictor, _Child
+from service.predictor import Predictor
+from tests.service.conftest import TITLES, distinct_texts
+from tests.service.live_server import launch_server
+from tests.tolerance import CPU_ATOL
+
+NEVER = 30.0
+
+
+def gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + NEVER
+    while not gone(pid):  # reaped by the parent's next join, or a zombie until then
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if not gone(pid) else "X"
+        if status == "Z":
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not die"
+        time.sleep(0.01)
+
+
+@pytest.fixture()
+def remote(artifacts_dir: Path) -> Iterator[ProcessPredictor]:
+    predictor = ProcessPredictor.start(artifacts_dir, device="cpu")
+    yield predictor
+    predictor.close()
+
+
+def test_answers_match_the_in_process_predictor(remote: ProcessPredictor, artifacts_dir: Path) -> None:
+    local = Predictor.load(artifacts_dir, device="cpu")
+    texts = [*TITLES, "!!! ???", *distinct_texts(60)]
+    seen: list[tuple[InputCounts, np.ndarray]] = []
+    expected_seen: list[tuple[InputCounts, np.ndarray]] = []
+    remote.observer = lambda counts, probs, classes: seen.append((counts, probs))
+    local.observer = lambda counts, probs, classes: expected_seen.append((counts, probs))
+    got, expected = remote.predict(texts), local.predict(texts)
+    assert (got.version, got.classes, got.empty) == (expected.version, expected.classes, expected.empty)
+    assert any(got.empty) and not all(got.empty)  # "!!! ???" has no tokens
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=CPU_ATOL)
+    # The drift counters see the same batch, counted in the child.
+    assert [c for c, _ in seen] == [c for c, _ in expected_seen]
+    np.testing.assert_allclose(seen[0][1], expected_seen[0][1], atol=CPU_ATOL)
+    assert remote.predict(texts, observe=False) is not None and len(seen) == 1
+    assert remote.device == torch.device("cpu") and remote.describe()["device"] == "cpu"
+
+
+def test_a_killed_child_fails_one_batch_and_is_started_again(remote: ProcessPredictor) -> None:
+    first = remote.pid
+    assert first is not None and first != os.getpid()
+    kill(first)
+    with pytest.raises(ModelProcessLost, match="exited .* restarted for the next batch"):
+        remote.predict(["Stocks rally", "Oil prices fall"])
+    assert remote.pid is None and gone(first)  # reaped, not left a zombie
+    # A lone text on the CPU never needed the child; a batch starts a new one.
+    assert remote.predict(["Stocks rally"]).probabilities.shape == (1, 4)
+    assert remote.pid is None
+    again = remote.predict(["Stocks rally", "Oil prices fall"])
+    assert again.probabilities.shape == (2, 4)
+    assert remote.pid not in (None, first)
+
+
+def test_close_stops_the_child_and_is_idempotent(artifacts_dir: Path) -> None:
+    predictor = ProcessPredictor.start(artifacts_dir, device="cpu")
+    pid = predictor.pid
+    assert pid is not None and not gone(pid)
+    predictor.close()
+    predictor.close()
+    assert gone(pid)
+    with pytest.raises(ModelProcessLost, match="no longer served"):  # not silently started again
+        predictor.predict(["Stocks rally", "Oil"])
+    assert predictor.pid is None
+
+
+def test_a_dropped_predictor_stops_its_child(artifacts_dir: Path) -> None:
+    predictor = ProcessPredictor.start(artifacts_dir, device="cpu")
+    pid = predictor.pid
+    assert pid is not None
+    del predictor  # reference counting alone: the service frees an old model this way after a reload
+    assert gone(pid)
+
+
+def test_a_child_that_cannot_load_names_the_folder_and_the_cause(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match=f"could not load {tmp_path}.*ArtifactError"):
+        _Child(str(tmp_path), "cpu", 1)
+
+
+def test_a_server_whose_model_process_is_killed_answers_503_then_recovers(artifacts_dir: Path) -> None:
+    """Over HTTP: the batch that lost the child gets 503 with Retry-After, never a 500 or a hang."""
+    with launch_server(artifacts_dir, "--torch-threads", "1") as server:
+        body = {"texts": ["Stocks rally", "Federer wins the final"]}
+        assert httpx.post(f"{server.url}/predict", json=body).status_code == 200
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+        assert len(children) == 1, children  # exactly one model process
+        kill(int(children[0]))
+        lost = httpx.post(f"{server.url}/predict", json=body, timeout=NEVER)
+        assert lost.status_code == 503, lost.text
+        assert "model process exited" in lost.json()["error"]["message"] and lost.headers["retry-after"]
+        recovered = httpx.post(f"{server.url}/predict", json=body, timeout=NEVER)
+        assert recovered.status_code == 200 and len(recovered.json()["predictions"]) == 2
+        assert httpx.get(f"{server.url}/health/ready").status_code == 200
+        assert server.process.poll() is None
