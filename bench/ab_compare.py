@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.serve_bench import DEFAULT_DATA, ROOT, cpu_s, launch, read_titles
+from bench.proc_stats import cpu_s
+from bench.serve_bench import DEFAULT_DATA, ROOT, launch, read_titles
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,6 @@ batch's own predict: the figure that does not depend on the machine being quiet.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -26,18 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.proc_stats import tree_cpu_s as process_cpu_s
 from bench.report import publish, stamped
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "out" / "drift_bench.json"
 TARGET_COST = 0.03
 ARMS = {"on": "--drift-metrics", "off": "--no-drift-metrics"}
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (from /proc; Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def counted_texts(url: str) -> float:

@@ -43,6 +43,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.proc_stats import cpu_s, rss_kb, tree_rss_kb
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" / "news_10k.csv"))
 DEFAULT_OUT = ROOT / "bench" / "out" / "serve_bench.json"
@@ -76,7 +78,6 @@ TARGETS = {
     "batching_vs_off_min": 1.0,
     "rss_growth": 0.10,
 }
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def machine() -> dict[str, Any]:
@@ -136,23 +137,6 @@ def find_artifacts(artifacts_dir: Path, titles: list[str], scratch: Path) -> tup
         version="bench-random",
     )
     return root, f"{folder.name} (default-size GRU, random weights, vocab {len(vocab)})"
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_s(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of the whole process and of its main (event-loop) thread."""
-
-    def read(path: str) -> float:
-        fields = Path(path).read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
-
-    return read(f"/proc/{pid}/stat"), read(f"/proc/{pid}/task/{pid}/stat")
 
 
 class Handle:
@@ -454,12 +438,14 @@ class Bench:
             self.slice(s, "/predict", self.single, 64, self.args.duration)
             before = rss_kb(pid)
             result = self.slice(s, "/predict", self.single, OVERLOAD_CLIENTS, self.args.duration)
-            after = rss_kb(pid)
+            after = rss_kb(pid)  # the HTTP process, where request memory lives (the ratio's subject)
+            tree_after = tree_rss_kb(pid)  # plus the model process
             alive = s.process.poll() is None
         return self.record(
             median_point("overload", config, [result]),
             rss_before_kb=before,
             rss_after_kb=after,
+            rss_with_model_process_after_kb=tree_after,
             server_alive_after=alive,
         )
 

@@ -29,18 +29,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.app import create_app
     from service.http_guard import ConnectionLimits, guarded_protocol, raise_open_files_limit
     from service.logs import setup_logging
-    from service.model_process import load_predictor
+    from service.model_process import ModelHost, load_predictor
     from service.predictor import configure_torch_threads
 
     listener = setup_logging(settings.log_level)
     configure_torch_threads(settings.torch_threads)  # the model process gets the same budget
+    host = ModelHost() if settings.model_process else None
     try:
-        predictor = load_predictor(settings.artifacts_dir, settings.version, settings.device, settings.model_process)
+        predictor = load_predictor(settings.artifacts_dir, settings.version, settings.device, host)
     except ArtifactError as exc:
+        if host is not None:
+            host.close()
         listener.stop()
         print(f"error: cannot load model from {settings.artifacts_dir}: {exc}", file=sys.stderr)
         return 1
-    app = create_app(settings, predictor=predictor)
+    app = create_app(settings, predictor=predictor, model_host=host)
     state = app.state.service
 
     def on_exit() -> None:

@@ -30,7 +30,7 @@ from service.fastpath import PredictPath
 from service.gc_tuning import settle_garbage_collector
 from service.logs import access_writer
 from service.metrics import Metrics
-from service.model_process import load_predictor
+from service.model_process import ModelHost, load_predictor
 from service.predictor import Predictor
 from service.routes import ANNOUNCED, router
 from service.settings import Settings
@@ -251,9 +251,17 @@ def _http_error_response(exc: StarletteHTTPException) -> Response:
     return _error_response(err)
 
 
-def create_app(settings: Settings, predictor: Predictor | None = None) -> ServiceApp:
-    """The app for ``settings``; ``predictor`` may be preloaded (``python -m service`` does, to fail early)."""
-    state = ServiceState(settings=settings, metrics=Metrics())
+def create_app(
+    settings: Settings, predictor: Predictor | None = None, model_host: ModelHost | None = None
+) -> ServiceApp:
+    """The app for ``settings``; ``predictor`` may be preloaded (``python -m service`` does, to fail early).
+
+    A preloaded predictor comes with the ``model_host`` it was loaded into (None: in this
+    process), and reloads go there too; the app stops that host when it shuts down.
+    """
+    if predictor is None and model_host is None and settings.model_process:
+        model_host = ModelHost()
+    state = ServiceState(settings=settings, metrics=Metrics(), model_host=model_host)
     # Handed over once: afterwards state.predictor is the only reference, so a reload frees this model.
     handed_over = [predictor] if predictor is not None else []
 
@@ -263,11 +271,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Servic
             loaded = handed_over.pop()
         else:
             loaded = await asyncio.to_thread(
-                load_predictor,
-                settings.artifacts_dir,
-                settings.version,
-                settings.device,
-                settings.model_process,
+                load_predictor, settings.artifacts_dir, settings.version, settings.device, model_host
             )
         state.set_predictor(loaded)
         state.batcher = Batcher(
@@ -293,8 +297,8 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Servic
             state.draining = True
             warmup.cancel()
             await state.batcher.stop(timeout=settings.shutdown_timeout_s)
-            if state.predictor is not None:
-                await asyncio.to_thread(state.predictor.close)  # after the batcher: no batch is running
+            if model_host is not None:  # after the batcher: no batch is running
+                await asyncio.to_thread(model_host.close)
             log.info("batcher drained; shutdown complete")
 
     app = ServiceApp(

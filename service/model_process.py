@@ -4,18 +4,21 @@ In one process the model thread and the event loop share the GIL. A 256-headline
 costs the loop ~1.5 ms of Python (parsing, rendering 43 KB of JSON, the HTTP exchange), and
 that work lands right after a batch finishes, exactly when the model thread starts the next
 one with its own Python (tokenising, padding, packing). Measured on 2 CPUs, the model thread
-was off its CPU 13% of the time and served 256-headline requests at 0.80 of the in-process
-rate. Here the model thread only sends texts down a pipe and blocks (GIL released) until the
-probabilities come back; the child has a GIL of its own.
+was off its CPU 11-13% of the time and 256-headline requests ran at 0.73-0.91 of the
+in-process rate. Here the model thread only sends texts down a socket and blocks (GIL
+released) until the probabilities come back; the child has a GIL of its own.
 
-The parent still loads and verifies the artifact (metadata for ``GET /model``, the encoder
-for warm-up inputs, an early ``error:`` line for a broken folder); the child loads the same
-folder again and is the only process that runs the model. A child that dies fails its batch
-with :class:`ModelProcessLost` (HTTP 503) and is started again for the next batch.
+One child per server (:class:`ModelHost`) holds every loaded version under a key, so a
+reload loads into the running child (tens of milliseconds, between batches) instead of
+starting a new interpreter. The parent still loads and verifies each artifact too: metadata
+for ``GET /model``, the encoder for warm-up inputs, an early ``error:`` line for a broken
+folder. A child that dies fails its batch with :class:`ModelProcessLost` (HTTP 503); the
+next batch starts a new child, which loads the versions still in use.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -36,7 +39,7 @@ from service.predictor import Prediction, Predictor, resolve_device
 
 log = logging.getLogger("service")
 
-_START_TIMEOUT_S = 300.0  # importing torch and loading a model on a cold, busy machine
+_START_TIMEOUT_S = 300.0  # importing torch on a cold, busy machine
 _STOP_TIMEOUT_S = 10.0
 
 
@@ -44,18 +47,35 @@ class ModelProcessLost(RuntimeError):
     """The model process exited (killed, out of memory) while or before computing a batch."""
 
 
-def _serve(conn: Connection, folder: str, device: str, threads: int) -> None:
-    """The child: load the model, then answer ``(texts, observe)`` messages until EOF or ``None``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+def _handle(models: dict[int, Predictor], message: tuple[Any, ...]) -> tuple[Any, ...]:
+    """One request to the child: ``load``, ``predict`` or ``drop``; the reply to send back."""
+    kind, key = message[0], message[1]
+    if kind == "predict":
+        texts, observe = message[2], message[3]
+        predictor = models[key]
+        encoded = [predictor.encoder.encode(t) for t in texts]
+        sequences = [ids for ids, _ in encoded]
+        empty = [e for _, e in encoded]
+        result = predictor.predict_encoded(sequences, empty, observe=False)
+        return ("ok", result.probabilities, empty, count_encoded(sequences, empty) if observe else None)
+    if kind == "load":
+        device = torch.device(message[3])
+        models[key] = Predictor(load_artifact(message[2], device=device), device)
+        return ("ok", str(models[key].device))
+    models.pop(key, None)  # "drop"
+    return ("ok",)
+
+
+def _serve(conn: Connection, threads: int) -> None:
+    """The child: answer requests until the parent closes the socket or sends ``None``."""
+    # Ctrl-C reaches the whole process group, and systemd's default stop sends SIGTERM to every
+    # process of the service at once: the parent decides when this process ends (after it has
+    # drained its requests), by closing the socket or, failing that, with SIGKILL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    try:
-        dev = torch.device(device)
-        predictor = Predictor(load_artifact(folder, device=dev), dev)
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which owns the error message
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    conn.send(("ready", str(predictor.device)))
-    encode = predictor.encoder.encode
+    models: dict[int, Predictor] = {}
+    conn.send(("ready",))
     while True:
         try:
             message = conn.recv()
@@ -63,57 +83,44 @@ def _serve(conn: Connection, folder: str, device: str, threads: int) -> None:
             return
         if message is None:
             return
-        texts, observe = message
         try:
-            encoded = [encode(t) for t in texts]
-            sequences = [ids for ids, _ in encoded]
-            empty = [e for _, e in encoded]
-            result = predictor.predict_encoded(sequences, empty, observe=False)
-            counts = count_encoded(sequences, empty) if observe else None
-            reply: tuple[Any, ...] = ("ok", result.probabilities, empty, counts)
-        except Exception as exc:  # noqa: BLE001 - one failed batch, the process keeps serving
+            reply = _handle(models, message)
+        except Exception as exc:  # noqa: BLE001 - one failed request; the process keeps serving
             reply = ("error", f"{type(exc).__name__}: {exc}")
         try:
             conn.send(reply)
-        except OSError:  # the parent died while this batch ran
+        except OSError:  # the parent died while this request ran
             return
 
 
 class _Child:
-    """One started model process (``python -m service.model_process``) and the parent's end of its socket."""
+    """One started ``python -m service.model_process`` and the parent's end of its socket."""
 
-    def __init__(self, folder: str, device: str, threads: int) -> None:
+    def __init__(self, threads: int) -> None:
         # A plain subprocess, not multiprocessing: no fork of a threaded process, and no
-        # extra resource-tracker process beside the model process.
+        # resource-tracker process beside the model process.
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            command = [
-                sys.executable,
-                "-m",
-                "service.model_process",
-                str(theirs.fileno()),
-                folder,
-                device,
-                str(threads),
-            ]
+            command = [sys.executable, "-m", "service.model_process", str(theirs.fileno()), str(threads)]
             self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
             self.conn = Connection(ours.detach())
-        if not self.conn.poll(_START_TIMEOUT_S):
+        if not self.conn.poll(_START_TIMEOUT_S) or self.request_or_none() != ("ready",):
             self.stop()
-            raise ArtifactError(f"the model process did not start within {_START_TIMEOUT_S:g} s")
-        try:
-            status, detail = self.conn.recv()
-        except (EOFError, OSError):
-            self.stop()
-            raise ArtifactError(f"the model process exited while loading (exit code {self.process.poll()})") from None
-        if status != "ready":
-            self.stop()
-            raise ArtifactError(f"the model process could not load {folder}: {detail}")
-        self.device: str = detail
+            raise ArtifactError(f"the model process did not start (exit code {self.exit_code()})")
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def request_or_none(self, message: tuple[Any, ...] | None = None) -> tuple[Any, ...] | None:
+        """Send ``message`` (if any) and return the reply; None when the child is gone."""
+        try:
+            if message is not None:
+                self.conn.send(message)
+            reply: tuple[Any, ...] = self.conn.recv()
+            return reply
+        except (EOFError, OSError):
+            return None
 
     def exit_code(self) -> int | None:
         """The exit status once the process has ended (waits briefly: it is usually just ending)."""
@@ -136,8 +143,119 @@ class _Child:
         self.conn.close()
 
 
+class ModelHost:
+    """The server's model process: every loaded version under a key, one request at a time.
+
+    Thread-safe (one lock around each request and reply). Started on the first load; after
+    a loss, the next request starts a new child and loads the versions still registered.
+    """
+
+    def __init__(self, threads: int | None = None) -> None:
+        # The child's intra-op pool is the size configure_torch_threads gave this process.
+        self.threads = threads or torch.get_num_threads()
+        self._lock = threading.Lock()
+        self._child: _Child | None = None
+        self._models: dict[int, tuple[str, str]] = {}  # key -> (folder, device) to reload after a loss
+        self._keys = itertools.count(1)
+        self._closed = False
+        self._box: list[_Child] = []  # the running child, for the finalizer below
+        weakref.finalize(self, _stop_all, self._box)
+
+    @property
+    def pid(self) -> int | None:
+        """The model process's pid (None before the first load and between a loss and the next request)."""
+        child = self._child
+        return child.pid if child is not None else None
+
+    def _running(self) -> _Child:
+        if self._closed:
+            raise ModelProcessLost("the model process was stopped (the server is shutting down)")
+        if self._child is None:
+            if self._models:
+                log.warning("starting the model process again")
+            child = _Child(self.threads)
+            for key, (folder, device) in self._models.items():
+                reply = child.request_or_none(("load", key, folder, device))
+                if reply is None or reply[0] != "ok":
+                    child.stop()
+                    raise ModelProcessLost(f"the new model process could not load {folder}: {reply and reply[1]}")
+            self._child = child
+            self._box[:] = [child]
+        return self._child
+
+    def _request(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
+        child = self._running()
+        reply = child.request_or_none(message)
+        if reply is None:
+            self._child = None
+            self._box.clear()
+            child.stop()
+            raise ModelProcessLost(
+                f"the model process exited (exit code {child.exit_code()}); it is restarted for the next batch"
+            )
+        return reply
+
+    def load(self, folder: str, device: str) -> tuple[int, str]:
+        """Load ``folder`` in the child; its key and the device it landed on. Raises ArtifactError."""
+        with self._lock:
+            key = next(self._keys)
+            try:
+                reply = self._request(("load", key, folder, device))
+            except ModelProcessLost as exc:
+                raise ArtifactError(str(exc)) from None
+            if reply[0] != "ok":
+                raise ArtifactError(f"the model process could not load {folder}: {reply[1]}")
+            self._models[key] = (folder, device)
+            return key, str(reply[1])
+
+    def predict(self, key: int, texts: list[str], observe: bool) -> tuple[Any, ...]:
+        """``("ok", probabilities, empty, counts or None)``, or ``("error", message)``."""
+        with self._lock:
+            if key not in self._models:
+                raise ModelProcessLost("this model version is no longer loaded")
+            return self._request(("predict", key, texts, observe))
+
+    def drop(self, key: int) -> None:
+        """Forget a version (idempotent); the child frees it."""
+        with self._lock:
+            if self._models.pop(key, None) is not None and self._child is not None and not self._closed:
+                try:
+                    self._request(("drop", key))
+                except ModelProcessLost:  # nothing left to free
+                    pass
+
+    def close(self) -> None:
+        """Stop the model process for good (idempotent)."""
+        with self._lock:
+            self._closed = True
+            child, self._child = self._child, None
+            self._box.clear()
+            if child is not None:
+                child.stop()
+
+    def __enter__(self) -> ModelHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _stop_all(box: list[_Child]) -> None:
+    """Finalizer of a ModelHost that was never closed."""
+    for child in box:
+        child.stop()
+
+
+def _drop_quietly(host: ModelHost, key: int) -> None:
+    """Finalizer of a ProcessPredictor: never raises (it may run at interpreter exit)."""
+    try:
+        host.drop(key)
+    except Exception:  # noqa: BLE001 - a lost child has nothing left to free
+        pass
+
+
 class ProcessPredictor(Predictor):
-    """A :class:`Predictor` whose batches run in a child process; everything else is local.
+    """A :class:`Predictor` whose batches run in the model process; everything else is local.
 
     On the CPU a batch of one text still runs here, on the calling thread: the hop to the
     child and back (two wake-ups of an idle CPU) added ~0.14 ms to a lone request, about a
@@ -145,80 +263,56 @@ class ProcessPredictor(Predictor):
     parent's copy of the model is the same artifact on the same device, so both paths agree.
     """
 
-    def __init__(self, folder: str | os.PathLike[str], device: torch.device) -> None:
+    def __init__(self, folder: str | os.PathLike[str], device: torch.device, host: ModelHost) -> None:
         # The parent's copy stays on the CPU: metadata, warm-up inputs and lone CPU texts.
         super().__init__(load_artifact(folder, device=torch.device("cpu")), torch.device("cpu"))
-        # The child's intra-op pool is the size configure_torch_threads gave this process.
-        self._spec = (os.fspath(folder), str(device), torch.get_num_threads())
-        self._lock = threading.Lock()
-        self._closed = False
-        self._child: _Child | None = _Child(*self._spec)
-        self.device = torch.device(self._child.device)
-        self._finalizer = weakref.finalize(self, _stop_child, self._child)
+        self.host = host
+        self._key, served_on = host.load(os.fspath(folder), str(device))
+        self.device = torch.device(served_on)
+        self._release = weakref.finalize(self, _drop_quietly, host, self._key)
 
     @classmethod
     def start(
-        cls, artifacts_dir: str | os.PathLike[str], version: str = "latest", device: str = "auto"
+        cls, host: ModelHost, artifacts_dir: str | os.PathLike[str], version: str = "latest", device: str = "auto"
     ) -> ProcessPredictor:
-        """Resolve and verify ``version``, then start its model process; raises ArtifactError."""
-        return cls(resolve_version(artifacts_dir, version), resolve_device(device))
+        """Resolve and verify ``version`` and load it into ``host``'s model process; raises ArtifactError."""
+        return cls(resolve_version(artifacts_dir, version), resolve_device(device), host)
 
     @property
     def pid(self) -> int | None:
-        """The model process's pid (None between a lost child and the next batch)."""
-        child = self._child
-        return child.pid if child is not None else None
+        return self.host.pid
 
     def predict(self, texts: Sequence[str], *, observe: bool = True) -> Prediction:
+        if not self._release.alive:
+            raise ModelProcessLost("this model version is no longer served")
         if len(texts) <= 1 and self.device.type == "cpu":
             return super().predict(texts, observe=observe)
-        with self._lock:
-            if self._closed:
-                raise ModelProcessLost("the model process was stopped (this model version is no longer served)")
-            if self._child is None:  # lost during an earlier batch
-                log.warning("starting the model process again")
-                self._child = _Child(*self._spec)
-                self._finalizer = weakref.finalize(self, _stop_child, self._child)
-            child = self._child
-            try:
-                child.conn.send((list(texts), observe))
-                reply = child.conn.recv()
-            except (EOFError, OSError):
-                self._child = None
-                self._finalizer()
-                raise ModelProcessLost(
-                    f"the model process exited (exit code {child.exit_code()}); it is restarted for the next batch"
-                ) from None
+        reply = self.host.predict(self._key, list(texts), observe)
         if reply[0] != "ok":
             raise RuntimeError(reply[1])
         _, probabilities, empty, counts = reply
-        if observe and counts is not None and self.observer is not None:
+        if counts is not None and self.observer is not None:
             self.observer(counts, probabilities, self.classes)
         return Prediction(probabilities, empty, self.version, self.classes)
 
     def close(self) -> None:
-        """Stop the model process (idempotent; also runs when the predictor is garbage-collected)."""
-        with self._lock:
-            self._closed = True
-            self._child = None
-            self._finalizer()
+        """Unload this version from the model process (idempotent; also runs when garbage-collected)."""
+        self._release()
 
 
-def _stop_child(child: _Child) -> None:
-    child.stop()
-
-
-def load_predictor(artifacts_dir: str | os.PathLike[str], version: str, device: str, in_child: bool) -> Predictor:
-    """The served predictor: with a model process (``in_child``) or wholly in this one; raises ArtifactError."""
-    if in_child:
-        return ProcessPredictor.start(artifacts_dir, version, device)
+def load_predictor(
+    artifacts_dir: str | os.PathLike[str], version: str, device: str, host: ModelHost | None
+) -> Predictor:
+    """The served predictor: loaded into ``host``'s model process, or (``host`` None) wholly in this one."""
+    if host is not None:
+        return ProcessPredictor.start(host, artifacts_dir, version, device)
     return Predictor.load(artifacts_dir, version, device)
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m service.model_process FD FOLDER DEVICE THREADS``: started by :class:`_Child` only."""
-    fd, folder, device, threads = argv
-    _serve(Connection(int(fd)), folder, device, int(threads))
+    """``python -m service.model_process FD THREADS``: started by :class:`ModelHost` only."""
+    fd, threads = argv
+    _serve(Connection(int(fd)), int(threads))
     return 0
 
 

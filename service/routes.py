@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import hmac
 import logging
 import time
@@ -152,10 +150,6 @@ async def predict_texts(state: ServiceState, texts: list[str], timeout_s: float,
         gone.close()
 
 
-def _nothing() -> None:
-    pass
-
-
 def bearer_token_matches(authorization: str | None, token: str) -> bool:
     """``Authorization: Bearer <token>``, the scheme matched case-insensitively (RFC 9110 11.1)."""
     scheme, _, given = (authorization or "").partition(" ")
@@ -275,27 +269,27 @@ async def reload(state: State, request: Request, authorization: Annotated[str | 
             if state.batcher is None:
                 raise RuntimeError("the model thread is not running")
             batcher = state.batcher
-            load = functools.partial(
-                load_predictor, state.settings.artifacts_dir, version, device, state.settings.model_process
+            # On the model thread, between live batches: torch's thread budget is sized for it, and
+            # the model process (when there is one) loads the new version between batches too.
+            new = await batcher.run_on_model_thread(
+                load_predictor, state.settings.artifacts_dir, version, device, state.model_host
             )
-            # A model process loads in a process of its own (seconds, mostly importing torch) while
-            # the old one serves; in-process, loading runs on the model thread, between live
-            # batches, because torch's thread budget is sized for that thread.
-            new = await (asyncio.to_thread(load) if state.settings.model_process else batcher.run_on_model_thread(load))
             if state.settings.warmup:
                 await batcher.warm_up(new)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the old model serving
-            if new is not None:  # loaded but failed to warm up: stop its model process now
-                new.close()
+            if new is not None and state.batcher is not None:  # loaded, failed to warm up: unload it
+                with contextlib.suppress(Overloaded):
+                    await state.batcher.run_on_model_thread(new.close)
             state.metrics.reloads.labels("failed").inc()
             reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
             log.warning("reload of %r failed: %s", version, reason)
             raise ReloadFailed(f"reload failed, still serving {previous and previous.version}: {reason}") from None
         state.set_predictor(new)
         if previous is not None:
-            with contextlib.suppress(Overloaded):  # every batch that read ``previous`` has finished
-                await batcher.run_on_model_thread(_nothing)
-            await asyncio.to_thread(previous.close)
+            # Behind every batch that read ``previous`` before the swap: it unloads from the model
+            # process only after them.
+            with contextlib.suppress(Overloaded):
+                await batcher.run_on_model_thread(previous.close)
         freeze_new_objects()
         state.metrics.reloads.labels("ok").inc()
         log.info(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from service.batching import Batcher
 from service.drift import read_reference
 from service.metrics import Metrics
+from service.model_process import ModelHost
 from service.predictor import Predictor
 from service.settings import Settings
 
@@ -18,6 +19,7 @@ class ServiceState:
     metrics: Metrics
     predictor: Predictor | None = None
     batcher: Batcher | None = None
+    model_host: ModelHost | None = None  # the model process (None: the model runs in a thread of this one)
     ready: bool = False  # loaded and warm
     draining: bool = False  # shutdown started: readiness answers 503
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from contract.artifact import resolve_version
 from service.app import create_app
-from service.model_process import ProcessPredictor
+from service.model_process import ModelHost, ModelProcessLost, ProcessPredictor
 from service.predictor import Prediction, Predictor
 from tests.service.conftest import make_artifact, make_settings
 
@@ -148,37 +148,35 @@ class HoldingProcessPredictor(ProcessPredictor):
     wait_held = HoldingPredictor.wait_held
 
 
-def test_with_a_model_process_a_reload_loads_beside_a_running_batch_and_stops_the_old_process_after_it(
+def test_with_a_model_process_a_reload_loads_into_it_between_batches_and_unloads_the_old_version_after(
     two_versions: Path,
 ) -> None:
-    predictor = HoldingProcessPredictor(resolve_version(two_versions, V1), torch.device("cpu"))
+    host = ModelHost(threads=1)
+    predictor = HoldingProcessPredictor(resolve_version(two_versions, V1), torch.device("cpu"), host)
     predictor.gate, predictor.held = threading.Event(), threading.Semaphore(0)
-    old_pid = predictor.pid
-    assert old_pid is not None
+    pid = host.pid
     settings = make_settings(two_versions, version=V1, admin_token=TOKEN)
     assert settings.model_process  # the default
-    with TestClient(create_app(settings, predictor=predictor)) as client:
+    two = {"texts": ["hold: Stocks rally", "Oil"]}  # two texts: computed in the model process
+    with TestClient(create_app(settings, predictor=predictor, model_host=host)) as client:
         state = client.app.state.service  # type: ignore[attr-defined]
-        two = {"texts": ["hold: Stocks rally", "Oil"]}  # two texts: computed in the model process
         running, answer = in_thread(lambda: client.post("/predict", json=two))
         predictor.wait_held()
         reloading, reloaded = in_thread(lambda: client.post("/admin/reload", headers=AUTH, json={"version": V2}))
-        # The new version loads and is swapped in while the old batch still holds the model thread ...
-        wait_until(lambda: state.predictor.version == V2, "the swap")
-        # ... but the old model process outlives the batch that is still using it.
-        reloading.join(0.3)
-        assert reloading.is_alive() and Path(f"/proc/{old_pid}").exists()
+        reloading.join(0.5)  # the load waits for the model thread, as without a model process
+        assert reloading.is_alive() and not reloaded, "reload finished while a batch held the model thread"
         predictor.gate.set()
         running.join(NEVER)
         reloading.join(NEVER)
         [old], [swap] = answer, reloaded
         assert old.status_code == 200 and old.json()["model_version"] == V1, old.text
         assert swap.status_code == 200 and swap.json() == {"previous_version": V1, "model_version": V2}
-        assert not Path(f"/proc/{old_pid}").exists(), "the old model process still runs"
         after = client.post("/predict", json={"texts": ["Stocks rally", "Oil"]}).json()
         assert after["model_version"] == V2
-        new_pid = state.predictor.pid
-    assert new_pid is not None and not Path(f"/proc/{new_pid}").exists(), "shutdown left the model process running"
+        assert state.predictor.pid == pid, "the reload started a new model process"
+        with pytest.raises(ModelProcessLost, match="no longer served"):  # V1 was unloaded
+            predictor.predict(["Stocks rally", "Oil"])
+    assert pid is not None and not Path(f"/proc/{pid}").exists(), "shutdown left the model process running"
 
 
 def test_largest_allowed_request_succeeds_on_an_idle_server(artifacts_dir: Path) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from contract.artifact import ArtifactError
 from contract.drift import InputCounts
-from service.model_process import ModelProcessLost, ProcessPredictor, _Child
+from service.model_process import ModelHost, ModelProcessLost, ProcessPredictor
 from service.predictor import Predictor
 from tests.service.conftest import TITLES, distinct_texts
 from tests.service.live_server import launch_server
@@ -40,10 +40,14 @@ def kill(pid: int) -> None:
 
 
 @pytest.fixture()
-def remote(artifacts_dir: Path) -> Iterator[ProcessPredictor]:
-    predictor = ProcessPredictor.start(artifacts_dir, device="cpu")
-    yield predictor
-    predictor.close()
+def host() -> Iterator[ModelHost]:
+    with ModelHost(threads=1) as started:
+        yield started
+
+
+@pytest.fixture()
+def remote(host: ModelHost, artifacts_dir: Path) -> ProcessPredictor:
+    return ProcessPredictor.start(host, artifacts_dir, device="cpu")
 
 
 def test_answers_match_the_in_process_predictor(remote: ProcessPredictor, artifacts_dir: Path) -> None:
@@ -64,9 +68,13 @@ def test_answers_match_the_in_process_predictor(remote: ProcessPredictor, artifa
     assert remote.device == torch.device("cpu") and remote.describe()["device"] == "cpu"
 
 
-def test_a_killed_child_fails_one_batch_and_is_started_again(remote: ProcessPredictor) -> None:
+def test_a_killed_child_fails_one_batch_and_is_started_again_with_every_loaded_version(
+    host: ModelHost, remote: ProcessPredictor, artifacts_dir: Path
+) -> None:
+    other = ProcessPredictor.start(host, artifacts_dir, device="cpu")  # a second version (as during a reload)
+    expected = remote.predict(["Stocks rally", "Oil prices fall"]).probabilities
     first = remote.pid
-    assert first is not None and first != os.getpid()
+    assert first is not None and first != os.getpid() and other.pid == first  # one process for both
     kill(first)
     with pytest.raises(ModelProcessLost, match="exited .* restarted for the next batch"):
         remote.predict(["Stocks rally", "Oil prices fall"])
@@ -74,34 +82,57 @@ def test_a_killed_child_fails_one_batch_and_is_started_again(remote: ProcessPred
     # A lone text on the CPU never needed the child; a batch starts a new one.
     assert remote.predict(["Stocks rally"]).probabilities.shape == (1, 4)
     assert remote.pid is None
-    again = remote.predict(["Stocks rally", "Oil prices fall"])
-    assert again.probabilities.shape == (2, 4)
+    again = remote.predict(["Stocks rally", "Oil prices fall"]).probabilities
+    np.testing.assert_allclose(again, expected, atol=CPU_ATOL)
     assert remote.pid not in (None, first)
+    assert other.predict(["Stocks rally", "Oil prices fall"]).probabilities.shape == (2, 4)  # reloaded too
 
 
-def test_close_stops_the_child_and_is_idempotent(artifacts_dir: Path) -> None:
-    predictor = ProcessPredictor.start(artifacts_dir, device="cpu")
+def test_the_child_outlives_a_group_sigterm_until_its_parent_lets_it_go(remote: ProcessPredictor) -> None:
+    """systemd stops a service by signalling every process in it: the parent must drain first."""
+    pid = remote.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGINT)
+    assert remote.predict(["Stocks rally", "Oil prices fall"]).probabilities.shape == (2, 4)
+    assert remote.pid == pid
+
+
+def test_a_closed_version_refuses_work(host: ModelHost, remote: ProcessPredictor) -> None:
+    remote.close()
+    remote.close()
+    for texts in (["Stocks rally", "Oil"], ["Stocks rally"]):
+        with pytest.raises(ModelProcessLost, match="no longer served"):
+            remote.predict(texts)
+    assert host.pid is not None  # the process stays for the versions still served
+
+
+def test_closing_the_host_stops_the_process_and_refuses_more_work(artifacts_dir: Path) -> None:
+    host = ModelHost(threads=1)
+    predictor = ProcessPredictor.start(host, artifacts_dir, device="cpu")
     pid = predictor.pid
     assert pid is not None and not gone(pid)
-    predictor.close()
-    predictor.close()
+    host.close()
+    host.close()
     assert gone(pid)
-    with pytest.raises(ModelProcessLost, match="no longer served"):  # not silently started again
+    with pytest.raises(ModelProcessLost, match="shutting down"):  # not silently started again
         predictor.predict(["Stocks rally", "Oil"])
-    assert predictor.pid is None
+    assert host.pid is None
 
 
-def test_a_dropped_predictor_stops_its_child(artifacts_dir: Path) -> None:
-    predictor = ProcessPredictor.start(artifacts_dir, device="cpu")
+def test_a_host_that_is_garbage_collected_stops_its_process(artifacts_dir: Path) -> None:
+    host = ModelHost(threads=1)
+    predictor = ProcessPredictor.start(host, artifacts_dir, device="cpu")
     pid = predictor.pid
     assert pid is not None
-    del predictor  # reference counting alone: the service frees an old model this way after a reload
+    del predictor, host  # reference counting alone
     assert gone(pid)
 
 
-def test_a_child_that_cannot_load_names_the_folder_and_the_cause(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match=f"could not load {tmp_path}.*ArtifactError"):
-        _Child(str(tmp_path), "cpu", 1)
+def test_a_version_the_child_cannot_load_names_the_folder_and_the_cause(host: ModelHost, tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match=f"could not load {tmp_path}: .*Error"):
+        host.load(str(tmp_path), "cpu")
+    assert host.pid is not None  # the process itself keeps serving
 
 
 def test_a_server_whose_model_process_is_killed_answers_503_then_recovers(artifacts_dir: Path) -> None:
