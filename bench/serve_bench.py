@@ -349,19 +349,29 @@ class Bench:
         torch.set_num_threads(1)
         predictor = Predictor(load_artifact(resolve_version(self.artifacts_dir)), torch.device("cpu"))
         predictor.predict(self.text_groups[0])
-        config = {"max_queue_size": 4096}
         flags = self.flags(["--max-queue-size=4096"])
+        assert flags is not None
+        # The default (model process) and, beside it, the model in a thread of the HTTP process.
+        arms = {"texts": ({"max_queue_size": 4096}, flags)}
+        arms["texts_thread"] = ({"max_queue_size": 4096, "model_process": False}, [*flags, "--no-model-process"])
         print(f"[texts] /predict with {TEXTS_PER_REQUEST} headlines per request vs in-process", flush=True)
         rates: list[tuple[float, float]] = []
-        slices: dict[int, list[dict[str, Any]]] = {c: [] for c in self.args.texts_clients}
-        with launch(self.artifacts_dir, flags, self.scratch, "texts") as server:
+        slices: dict[tuple[str, int], list[dict[str, Any]]] = {
+            (group, c): [] for group in arms for c in self.args.texts_clients
+        }
+        with contextlib.ExitStack() as stack:
+            servers = {
+                group: stack.enter_context(launch(self.artifacts_dir, arm_flags, self.scratch, group))
+                for group, (_, arm_flags) in arms.items()
+            }
             for _ in range(self.args.rounds):
                 for c in self.args.texts_clients:
-                    slices[c].append(self.slice(server, "/predict", self.multi, c, self.args.duration))
+                    for group, server in servers.items():
+                        slices[group, c].append(self.slice(server, "/predict", self.multi, c, self.args.duration))
                 rates.append(in_process_rate(predictor, self.text_groups, self.args.duration))
         torch.set_num_threads(threads)
-        for results in slices.values():
-            point = median_point("texts", config, results)
+        for (group, _), results in slices.items():
+            point = median_point(group, arms[group][0], results)
             ok = point["statuses"].get("200", 0)
             point["headlines_per_s"] = statistics.median(
                 r["statuses"].get("200", 0) * TEXTS_PER_REQUEST / r["duration_s"] for r in results
@@ -485,6 +495,9 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
         return point and point.get("cpu_us_per_request")
 
     texts = max((p for p in points if p["group"] == "texts"), key=lambda p: p["headlines_per_s"], default=None)
+    texts_thread = max(
+        (p for p in points if p["group"] == "texts_thread"), key=lambda p: p["headlines_per_s"], default=None
+    )
     texts_cpu = min((p["cpu_us_per_request"] for p in points if p["group"] == "texts"), default=None)
     overload = next((p for p in points if p["group"] == "overload"), None)
     in_proc = results.get("in_process")
@@ -501,6 +514,9 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
         "access_log_cost": None if not nolog64 or rps("default", 64) is None else 1 - rps("default", 64) / nolog64,
         "texts_headlines_per_s": texts and texts["headlines_per_s"],
         "texts_vs_in_process": _ratio(texts and texts["headlines_per_s"], in_proc and in_proc["headlines_per_s"]),
+        "texts_thread_vs_in_process": _ratio(
+            texts_thread and texts_thread["headlines_per_s"], in_proc and in_proc["headlines_per_s"]
+        ),
         "batching_vs_off_64": _ratio(rps("default", 64), rps("off", 64)),
         "batching_vs_off_min": min(vs_off) if vs_off else None,
         "replicas_vs_single_64": _ratio(replicas and replicas["rps"], rps("single", 64)),
@@ -602,6 +618,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"| Headlines/s, `texts` x{TEXTS_PER_REQUEST} over HTTP | {_fmt(ratios['texts_headlines_per_s'], ',.0f')} |",
         f"| Headlines/s, in-process predict, 1 thread | {_fmt(in_proc and in_proc['headlines_per_s'], ',.0f')} |",
         f"| HTTP / in-process headlines/s | {_fmt(ratios['texts_vs_in_process'])} |",
+        f"| The same with `--no-model-process` (model thread in the HTTP process) "
+        f"| {_fmt(ratios['texts_thread_vs_in_process'])} |",
         f"| {results['settings']['replicas']} replicas / 1 server, 64 clients "
         f"| {_fmt(ratios['replicas_vs_single_64'])}x |",
         "",

@@ -28,3 +28,13 @@ def test_texts_ratios_are_http_over_in_process_in_wall_time_and_cpu_time() -> No
     ratios = analyse(results)["ratios"]
     assert ratios["texts_vs_in_process"] == pytest.approx(0.75)
     assert ratios["cpu_texts_vs_in_process"] == pytest.approx(0.8)  # below 1: HTTP costs CPU
+
+
+def test_the_thread_arm_is_reported_beside_the_default_and_never_stands_in_for_it() -> None:
+    results = texts_results(10_000, 24_000, {"headlines_per_s": 32_000, "headlines_per_cpu_s": 32_000})
+    thread = {**results["points"][0], "group": "texts_thread", "headlines_per_s": 30_000, "cpu_us_per_request": 5}
+    results["points"].append(thread)
+    ratios = analyse(results)["ratios"]
+    assert ratios["texts_vs_in_process"] == pytest.approx(0.75)  # the default server's, not the faster arm's
+    assert ratios["texts_thread_vs_in_process"] == pytest.approx(0.9375)
+    assert ratios["cpu_texts_vs_in_process"] == pytest.approx(0.8)
