@@ -134,9 +134,26 @@ def merge_texts(requests: Sequence[_Request]) -> list[str]:
     return [text for request in requests for text in request.texts]
 
 
+def keep_rows(prediction: Prediction, batch: Sequence[_Request], live: Sequence[_Request]) -> Prediction:
+    """The rows of ``live`` (a subsequence of ``batch``) in a result computed for all of ``batch``."""
+    if len(live) == len(batch):
+        return prediction
+    keep = {id(request) for request in live}
+    rows: list[int] = []
+    start = 0
+    for request in batch:
+        if id(request) in keep:
+            rows.extend(range(start, start + len(request.texts)))
+        start += len(request.texts)
+    return Prediction(
+        prediction.probabilities[rows], [prediction.empty[i] for i in rows], prediction.version, prediction.classes
+    )
+
+
 class Batcher:
     """Queue + consumer task. ``get_predictor`` is read once per batch (on the model thread, as it
-    starts), so a reload swaps models between batches."""
+    starts; for a batch sent ahead, on the event loop as it is sent), so a reload swaps models
+    between batches."""
 
     def __init__(
         self,
@@ -326,14 +343,25 @@ class Batcher:
                 live.append(request)
         return live, dropped
 
-    def _run(self, batch: list[_Request]) -> _Outcome:
+    def _run(self, batch: list[_Request], sent: Callable[[], Prediction] | None = None) -> _Outcome:
         """The model thread's part of a batch: skip what nobody waits for, compute the rest.
 
         The model is read here, as the batch starts, so a reload swaps models between batches.
+        A batch already ``sent`` ahead to a model process was computed whole: its answer is
+        collected, and only the rows of the requests still worth answering are kept.
         """
         started = self._clock()
         live, dropped = self._select(batch, started)
         outcome = _Outcome(live, dropped, started, started)
+        if sent is not None:
+            try:
+                result: Prediction | BaseException = sent()  # always claimed, even if nobody waits
+            except Exception as exc:  # noqa: BLE001 - delivered to this batch's callers only
+                result = exc
+            if live:
+                outcome.result = result if isinstance(result, BaseException) else keep_rows(result, batch, live)
+                outcome.finished = self._clock()
+            return outcome
         if live:
             try:
                 outcome.result = self._get_predictor().predict(merge_texts(live))
@@ -342,10 +370,10 @@ class Batcher:
             outcome.finished = self._clock()
         return outcome
 
-    def _hand_over(self, batch: list[_Request]) -> _Job:
+    def _hand_over(self, batch: list[_Request], sent: Callable[[], Prediction] | None = None) -> _Job:
         if self._executor is None:  # never the loop's default executor: one model thread only
             raise Overloaded("server is shutting down")
-        return _Job(batch, asyncio.get_running_loop().run_in_executor(self._executor, self._run, batch))
+        return _Job(batch, asyncio.get_running_loop().run_in_executor(self._executor, self._run, batch, sent))
 
     def _hand_over_full_batch(self) -> None:
         """While a batch runs, hand the next one over too if it is already as large as it can get."""
@@ -355,7 +383,16 @@ class Batcher:
         self._take_queued(batch, 0, first=True)
         self._set_depth()
         if batch:
-            self._ahead = self._hand_over(batch)
+            self._ahead = self._hand_over(batch, self._send_ahead(batch))
+
+    def _send_ahead(self, batch: list[_Request]) -> Callable[[], Prediction] | None:
+        """Start the full batch in a model process at once (see ``Predictor.send_ahead``), so it
+        computes right behind the running one; the model thread collects it in turn."""
+        try:
+            return self._get_predictor().send_ahead(merge_texts(batch))
+        except Exception:  # noqa: BLE001 - not sent: the model thread computes it as usual
+            log.debug("batch not sent ahead", exc_info=True)
+            return None
 
     def _deliver(self, outcome: _Outcome) -> None:
         """Answer every request of a finished batch (on the event loop)."""

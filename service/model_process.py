@@ -18,16 +18,18 @@ next batch starts a new child, which loads the versions still in use.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
+import pickle
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -67,7 +69,8 @@ def _handle(models: dict[int, Predictor], message: tuple[Any, ...]) -> tuple[Any
 
 
 def _serve(conn: Connection, threads: int) -> None:
-    """The child: answer requests until the parent closes the socket or sends ``None``."""
+    """The child: answer ``(ticket, kind, key, ...)`` requests, in order, until the parent closes the
+    socket or sends ``None``. Each reply starts with its request's ticket."""
     # Ctrl-C reaches the whole process group, and systemd's default stop sends SIGTERM to every
     # process of the service at once: the parent decides when this process ends (after it has
     # drained its requests), by closing the socket or, failing that, with SIGKILL.
@@ -75,7 +78,7 @@ def _serve(conn: Connection, threads: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
     models: dict[int, Predictor] = {}
-    conn.send(("ready",))
+    conn.send((0, "ready"))
     while True:
         try:
             message = conn.recv()
@@ -84,9 +87,9 @@ def _serve(conn: Connection, threads: int) -> None:
         if message is None:
             return
         try:
-            reply = _handle(models, message)
+            reply = (message[0], *_handle(models, message[1:]))
         except Exception as exc:  # noqa: BLE001 - one failed request; the process keeps serving
-            reply = ("error", f"{type(exc).__name__}: {exc}")
+            reply = (message[0], "error", f"{type(exc).__name__}: {exc}")
         try:
             conn.send(reply)
         except OSError:  # the parent died while this request ran
@@ -104,7 +107,7 @@ class _Child:
             command = [sys.executable, "-m", "service.model_process", str(theirs.fileno()), str(threads)]
             self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
             self.conn = Connection(ours.detach())
-        if not self.conn.poll(_START_TIMEOUT_S) or self.request_or_none() != ("ready",):
+        if not self.conn.poll(_START_TIMEOUT_S) or self.request_or_none() != (0, "ready"):
             self.stop()
             raise ArtifactError(f"the model process did not start (exit code {self.exit_code()})")
 
@@ -113,7 +116,7 @@ class _Child:
         return self.process.pid
 
     def request_or_none(self, message: tuple[Any, ...] | None = None) -> tuple[Any, ...] | None:
-        """Send ``message`` (if any) and return the reply; None when the child is gone."""
+        """Send ``message`` (if any) and return the next reply; None when the child is gone."""
         try:
             if message is not None:
                 self.conn.send(message)
@@ -143,20 +146,36 @@ class _Child:
         self.conn.close()
 
 
-class ModelHost:
-    """The server's model process: every loaded version under a key, one request at a time.
+# A request sent and not yet answered: its ticket and the generation of the child it went to.
+Sent = tuple[int, int]
+# Largest request sent ahead from the event loop: a bigger one could fill the socket buffer and
+# block the loop until the model process reads it.
+SEND_AHEAD_MAX_BYTES = 64 * 1024
 
-    Thread-safe (one lock around each request and reply). Started on the first load; after
-    a loss, the next request starts a new child and loads the versions still registered.
+
+class ModelHost:
+    """The server's model process: every loaded version under a key.
+
+    Requests carry tickets and the child answers them in order, so one may be sent while an
+    earlier one is still computing (the batcher sends a full batch ahead, see
+    :meth:`ProcessPredictor.send_ahead`) and each answer is claimed by its own ticket.
+    Thread-safe: one lock for sending, one for receiving. Started on the first load; after a
+    loss, every request in flight fails and the next one starts a new child, which loads the
+    versions still registered.
     """
 
     def __init__(self, threads: int | None = None) -> None:
         # The child's intra-op pool is the size configure_torch_threads gave this process.
         self.threads = threads or torch.get_num_threads()
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._receive_lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._child: _Child | None = None
+        self._generation = 0  # bumped when a child is lost: its tickets can never be answered
+        self._answers: dict[int, tuple[Any, ...]] = {}  # received, not yet claimed
         self._models: dict[int, tuple[str, str]] = {}  # key -> (folder, device) to reload after a loss
         self._keys = itertools.count(1)
+        self._tickets = itertools.count(1)
         self._closed = False
         self._box: list[_Child] = []  # the running child, for the finalizer below
         weakref.finalize(self, _stop_all, self._box)
@@ -167,71 +186,125 @@ class ModelHost:
         child = self._child
         return child.pid if child is not None else None
 
-    def _running(self) -> _Child:
-        if self._closed:
-            raise ModelProcessLost("the model process was stopped (the server is shutting down)")
-        if self._child is None:
-            if self._models:
-                log.warning("starting the model process again")
-            child = _Child(self.threads)
-            for key, (folder, device) in self._models.items():
-                reply = child.request_or_none(("load", key, folder, device))
-                if reply is None or reply[0] != "ok":
-                    child.stop()
-                    raise ModelProcessLost(f"the new model process could not load {folder}: {reply and reply[1]}")
+    def _start(self) -> _Child:
+        """A new child with every registered version loaded (called with the send lock held)."""
+        if self._models:
+            log.warning("starting the model process again")
+        child = _Child(self.threads)
+        for key, (folder, device) in self._models.items():
+            reply = child.request_or_none((0, "load", key, folder, device))
+            if reply is None or reply[1] != "ok":
+                child.stop()
+                raise ModelProcessLost(f"the new model process could not load {folder}: {reply and reply[2]}")
+        with self._state_lock:
             self._child = child
             self._box[:] = [child]
-        return self._child
+        return child
 
-    def _request(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
-        child = self._running()
-        reply = child.request_or_none(message)
-        if reply is None:
-            self._child = None
-            self._box.clear()
-            child.stop()
-            raise ModelProcessLost(
-                f"the model process exited (exit code {child.exit_code()}); it is restarted for the next batch"
-            )
-        return reply
+    def _lose(self, child: _Child) -> ModelProcessLost:
+        """Forget a child that died; every ticket it held fails."""
+        with self._state_lock:
+            if self._child is child:
+                self._child = None
+                self._generation += 1
+                self._answers.clear()
+                self._box.clear()
+        child.stop()
+        return ModelProcessLost(
+            f"the model process exited (exit code {child.exit_code()}); it is restarted for the next batch"
+        )
+
+    def send(
+        self, message: tuple[Any, ...], *, start: bool = True, wait: bool = True, max_bytes: int | None = None
+    ) -> Sent | None:
+        """Send one request; its ticket. None when it was not sent: no child runs and ``start`` is
+        False; another thread is sending or starting a child and ``wait`` is False (the event
+        loop never waits); or the request is larger than ``max_bytes``."""
+        if not self._send_lock.acquire(blocking=wait):
+            return None
+        try:
+            if self._closed:
+                raise ModelProcessLost("the model process was stopped (the server is shutting down)")
+            child = self._child
+            if child is None:
+                if not start:
+                    return None
+                child = self._start()
+            ticket = next(self._tickets)
+            data = pickle.dumps((ticket, *message), protocol=pickle.HIGHEST_PROTOCOL)
+            if max_bytes is not None and len(data) > max_bytes:
+                return None
+            try:
+                child.conn.send_bytes(data)
+            except OSError:
+                raise self._lose(child) from None
+            return ticket, self._generation
+        finally:
+            self._send_lock.release()
+
+    def receive(self, sent: Sent) -> tuple[Any, ...]:
+        """The answer to a sent request: ``("ok", ...)`` or ``("error", message)``."""
+        ticket, generation = sent
+        with self._receive_lock:
+            while True:
+                answer = self._answers.pop(ticket, None)
+                if answer is not None:
+                    return answer
+                child = self._child
+                if generation != self._generation or child is None:
+                    raise ModelProcessLost("the model process exited before it answered; it is restarted")
+                try:
+                    reply = child.conn.recv()
+                except (EOFError, OSError):
+                    raise self._lose(child) from None
+                self._answers[reply[0]] = reply[1:]
 
     def load(self, folder: str, device: str) -> tuple[int, str]:
         """Load ``folder`` in the child; its key and the device it landed on. Raises ArtifactError."""
-        with self._lock:
-            key = next(self._keys)
-            try:
-                reply = self._request(("load", key, folder, device))
-            except ModelProcessLost as exc:
-                raise ArtifactError(str(exc)) from None
-            if reply[0] != "ok":
-                raise ArtifactError(f"the model process could not load {folder}: {reply[1]}")
-            self._models[key] = (folder, device)
-            return key, str(reply[1])
+        key = next(self._keys)
+        try:
+            reply = self.receive(self._send_or_raise(("load", key, folder, device)))
+        except ModelProcessLost as exc:
+            raise ArtifactError(str(exc)) from None
+        if reply[0] != "ok":
+            raise ArtifactError(f"the model process could not load {folder}: {reply[1]}")
+        self._models[key] = (folder, device)
+        return key, str(reply[1])
+
+    def _send_or_raise(self, message: tuple[Any, ...]) -> Sent:
+        sent = self.send(message)
+        assert sent is not None  # start=True, no size limit
+        return sent
+
+    def serves(self, key: int) -> bool:
+        return key in self._models
 
     def predict(self, key: int, texts: list[str], observe: bool) -> tuple[Any, ...]:
         """``("ok", probabilities, empty, counts or None)``, or ``("error", message)``."""
-        with self._lock:
-            if key not in self._models:
-                raise ModelProcessLost("this model version is no longer loaded")
-            return self._request(("predict", key, texts, observe))
+        if key not in self._models:
+            raise ModelProcessLost("this model version is no longer loaded")
+        return self.receive(self._send_or_raise(("predict", key, texts, observe)))
 
     def drop(self, key: int) -> None:
         """Forget a version (idempotent); the child frees it."""
-        with self._lock:
-            if self._models.pop(key, None) is not None and self._child is not None and not self._closed:
-                try:
-                    self._request(("drop", key))
-                except ModelProcessLost:  # nothing left to free
-                    pass
+        if self._models.pop(key, None) is not None and self._child is not None and not self._closed:
+            try:
+                sent = self.send(("drop", key), start=False)
+                if sent is not None:
+                    self.receive(sent)
+            except ModelProcessLost:  # nothing left to free
+                pass
 
     def close(self) -> None:
         """Stop the model process for good (idempotent)."""
-        with self._lock:
+        with self._send_lock:
             self._closed = True
-            child, self._child = self._child, None
-            self._box.clear()
-            if child is not None:
-                child.stop()
+            with self._state_lock:
+                child, self._child = self._child, None
+                self._generation += 1
+                self._box.clear()
+        if child is not None:
+            child.stop()
 
     def __enter__(self) -> ModelHost:
         return self
@@ -287,7 +360,27 @@ class ProcessPredictor(Predictor):
             raise ModelProcessLost("this model version is no longer served")
         if len(texts) <= 1 and self.device.type == "cpu":
             return super().predict(texts, observe=observe)
-        reply = self.host.predict(self._key, list(texts), observe)
+        return self._answer(self.host.predict(self._key, list(texts), observe))
+
+    def send_ahead(self, texts: Sequence[str]) -> Callable[[], Prediction] | None:
+        """Send a batch now, behind the one computing, so the model process never waits for this
+        process between them; the returned call waits for its answer. Called on the event loop:
+        it never starts a model process and never sends more than SEND_AHEAD_MAX_BYTES."""
+        if not self._release.alive or (len(texts) <= 1 and self.device.type == "cpu"):
+            return None
+        if not self.host.serves(self._key):
+            return None
+        sent = self.host.send(
+            ("predict", self._key, list(texts), True), start=False, wait=False, max_bytes=SEND_AHEAD_MAX_BYTES
+        )
+        if sent is None:
+            return None
+        return functools.partial(self._collect, sent)
+
+    def _collect(self, sent: Sent) -> Prediction:
+        return self._answer(self.host.receive(sent))
+
+    def _answer(self, reply: tuple[Any, ...]) -> Prediction:
         if reply[0] != "ok":
             raise RuntimeError(reply[1])
         _, probabilities, empty, counts = reply

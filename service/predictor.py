@@ -163,6 +163,11 @@ class Predictor:
     def close(self) -> None:
         """Release what outlives garbage collection: nothing here (a model process in a subclass)."""
 
+    def send_ahead(self, texts: Sequence[str]) -> Callable[[], Prediction] | None:
+        """Start computing ``texts`` behind the running batch; None when it cannot be (here: never,
+        the model thread computes one batch at a time; a model process can, see service/model_process.py)."""
+        return None
+
     def warmup_batches(self, rounds: int = 2) -> list[list[str]]:
         """Warm-up inputs: several batch sizes and lengths (allocator, kernels, caches), one pass each."""
         word = next((w for w in self.artifact.vocab.itos[2:] if w not in self.encoder.normalizer._stopwords), "x")

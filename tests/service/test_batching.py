@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.batching import Batcher, Overloaded, RequestTooLarge
+from service.batching import Batcher, ClientDisconnected, Overloaded, RequestTooLarge
 from service.predictor import (
     _GROUP_PAD_FACTOR,
     _GROUP_PAD_SLACK,
@@ -530,3 +530,52 @@ def test_torch_threads_default_to_usable_cpus_minus_one(monkeypatch: pytest.Monk
 
 def test_available_cpus_on_this_machine() -> None:
     assert 1 <= available_cpus() <= 1024
+
+
+class SendingAheadPredictor(GatedPredictor):
+    """Also takes batches sent ahead, as a model process does: computed at once, collected later."""
+
+    def __init__(self, inner: Predictor) -> None:
+        super().__init__(inner)
+        self.sent: list[list[str]] = []
+        self.collected = 0
+
+    def send_ahead(self, texts: Sequence[str]) -> object:
+        self.sent.append(list(texts))
+        result = self.inner.predict(texts)
+
+        def collect() -> Prediction:
+            self.collected += 1
+            return result
+
+        return collect
+
+
+def test_a_full_batch_is_sent_ahead_and_a_client_that_left_meanwhile_is_dropped(predictor: Predictor) -> None:
+    """The model process computes a sent batch whole; its turn on the model thread still checks
+    each request, and the requests still waiting get their own rows of the answer."""
+    model = SendingAheadPredictor(predictor)
+    texts = distinct_texts(3)
+    left = threading.Event()
+
+    async def main() -> list[BaseException | Prediction]:
+        batcher = make_batcher(model, max_batch_size=2)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(texts[:1]))
+        await model.started()
+        leaving = asyncio.create_task(batcher.submit(texts[1:2], gone=left.is_set))
+        staying = asyncio.create_task(batcher.submit(texts[2:3]))  # with the one above: a full batch
+        await queued()
+        assert model.sent == [texts[1:3]], "the full batch was not sent while the first one ran"
+        left.set()
+        model.gate.set()
+        results = await asyncio.gather(first, leaving, staying, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    first, leaving, staying = asyncio.run(main())
+    assert model.batches == [texts[:1]]  # the sent batch never went through predict
+    assert model.collected == 1  # its answer was claimed even though one caller had gone
+    assert isinstance(leaving, ClientDisconnected), leaving
+    assert isinstance(first, Prediction) and isinstance(staying, Prediction)
+    assert_own_answers([texts[0], texts[2]], [first, staying], predictor)  # row 1 of the sent batch, not row 0

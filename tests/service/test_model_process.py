@@ -19,7 +19,7 @@ from service.model_process import ModelHost, ModelProcessLost, ProcessPredictor
 from service.predictor import Predictor
 from tests.service.conftest import TITLES, distinct_texts
 from tests.service.live_server import launch_server
-from tests.tolerance import CPU_ATOL
+from tests.tolerance import CPU_ATOL, SERVED_ATOL
 
 NEVER = 30.0
 
@@ -150,3 +150,68 @@ def test_a_server_whose_model_process_is_killed_answers_503_then_recovers(artifa
         assert recovered.status_code == 200 and len(recovered.json()["predictions"]) == 2
         assert httpx.get(f"{server.url}/health/ready").status_code == 200
         assert server.process.poll() is None
+
+
+def test_batches_sent_ahead_are_answered_by_their_own_tickets_in_any_order(remote: ProcessPredictor) -> None:
+    one, two = distinct_texts(40)[:20], distinct_texts(40)[20:]
+    first, second = remote.send_ahead(one), remote.send_ahead(two)
+    assert first is not None and second is not None
+    late, early = second(), first()  # claimed out of order: each still gets its own answer
+    np.testing.assert_allclose(early.probabilities, remote.predict(one).probabilities, atol=CPU_ATOL)
+    np.testing.assert_allclose(late.probabilities, remote.predict(two).probabilities, atol=CPU_ATOL)
+
+
+def test_what_is_not_sent_ahead(host: ModelHost, remote: ProcessPredictor) -> None:
+    assert remote.send_ahead(["Stocks rally"]) is None  # a lone CPU text runs in this process
+    assert remote.send_ahead(["x" * 40_000, "y" * 40_000]) is None  # could block the event loop on a full socket
+    pid = remote.pid
+    assert pid is not None
+    kill(pid)
+    with pytest.raises(ModelProcessLost):
+        remote.predict(["Stocks rally", "Oil"])
+    assert remote.send_ahead(["Stocks rally", "Oil"]) is None  # never starts a model process on the event loop
+    assert host.pid is None
+
+
+def test_a_lost_model_process_fails_every_batch_in_flight(remote: ProcessPredictor) -> None:
+    pid = remote.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # nothing sent from here on can be answered
+    sent = [remote.send_ahead(["Stocks rally", f"Oil {i}"]) for i in range(3)]
+    assert all(s is not None for s in sent)
+    kill(pid)
+    for collect in sent:
+        with pytest.raises(ModelProcessLost):
+            collect()  # type: ignore[misc]
+    assert remote.predict(["Stocks rally", "Oil"]).probabilities.shape == (2, 4)
+
+
+def test_large_requests_from_concurrent_clients_each_get_their_own_answers(artifacts_dir: Path) -> None:
+    """Requests over max_batch_size are full batches: sent ahead to the model process while
+    another runs. A mixed-up ticket would hand one client another's rows."""
+    import asyncio
+
+    texts = distinct_texts(240)
+    groups = [texts[i : i + 60] for i in range(0, 240, 60)]  # each over --max-batch-size 32
+    local = Predictor.load(artifacts_dir, device="cpu")
+    expected = [local.predict(g).probabilities for g in groups]
+
+    async def client(url: str, index: int) -> list[np.ndarray]:
+        got = []
+        async with httpx.AsyncClient(base_url=url, timeout=NEVER) as http:
+            for _ in range(5):
+                r = await http.post("/predict", json={"texts": groups[index]})
+                assert r.status_code == 200, r.text
+                got.append(np.array([[p["probabilities"][c] for c in local.classes] for p in r.json()["predictions"]]))
+        return got
+
+    async def main(url: str) -> list[list[np.ndarray]]:
+        return list(await asyncio.gather(*(client(url, i) for i in range(len(groups)))))
+
+    with launch_server(artifacts_dir, "--torch-threads", "1", "--max-batch-size", "32") as server:
+        answers = asyncio.run(main(server.url))
+        metrics = httpx.get(f"{server.url}/metrics").text
+    for index, rounds in enumerate(answers):
+        for got in rounds:
+            np.testing.assert_allclose(got, expected[index], atol=SERVED_ATOL)
+    assert 'hc_batch_size_requests_count' in metrics
