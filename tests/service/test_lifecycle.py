@@ -31,7 +31,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NEVER = 10.0
 
 
-class HoldingPredictor(Predictor):
+class Holding(Predictor):
     """A real predictor; a batch with a text containing ``hold`` waits until ``gate`` opens."""
 
     gate: threading.Event
@@ -45,6 +45,10 @@ class HoldingPredictor(Predictor):
 
     def wait_held(self) -> None:
         assert self.held.acquire(timeout=NEVER), "no batch reached the model"
+
+
+class HoldingPredictor(Holding):
+    """In this process."""
 
 
 def holding(folder: Path) -> HoldingPredictor:
@@ -133,19 +137,8 @@ def test_running_batch_finishes_on_the_old_model_during_a_reload(
     assert {name for _, name in threads} == {"model_0"}, threads
 
 
-class HoldingProcessPredictor(ProcessPredictor):
-    """A real predictor with a model process; a batch with a ``hold`` text waits before it is sent."""
-
-    gate: threading.Event
-    held: threading.Semaphore
-
-    def predict(self, texts: Sequence[str], *, observe: bool = True) -> Prediction:
-        if any("hold" in t for t in texts):
-            self.held.release()
-            assert self.gate.wait(NEVER), "the test never opened the gate"
-        return super().predict(texts, observe=observe)
-
-    wait_held = HoldingPredictor.wait_held
+class HoldingProcessPredictor(Holding, ProcessPredictor):
+    """With a model process: a batch with a ``hold`` text waits before it is sent."""
 
 
 def test_with_a_model_process_a_reload_loads_into_it_between_batches_and_unloads_the_old_version_after(
