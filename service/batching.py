@@ -347,21 +347,24 @@ class Batcher:
         """The model thread's part of a batch: skip what nobody waits for, compute the rest.
 
         The model is read here, as the batch starts, so a reload swaps models between batches.
-        A batch already ``sent`` ahead to a model process was computed whole: its answer is
-        collected, and only the rows of the requests still worth answering are kept.
+        A batch already ``sent`` ahead to a model process counts as running since it was sent:
+        its answer is collected, and the rows of requests answered meanwhile (their deadline
+        passed, or the caller was cancelled) are left out.
         """
         started = self._clock()
-        live, dropped = self._select(batch, started)
-        outcome = _Outcome(live, dropped, started, started)
         if sent is not None:
             try:
                 result: Prediction | BaseException = sent()  # always claimed, even if nobody waits
             except Exception as exc:  # noqa: BLE001 - delivered to this batch's callers only
                 result = exc
+            live = [request for request in batch if not request.future.done()]
+            outcome = _Outcome(live, [], started, started)
             if live:
                 outcome.result = result if isinstance(result, BaseException) else keep_rows(result, batch, live)
                 outcome.finished = self._clock()
             return outcome
+        live, dropped = self._select(batch, started)
+        outcome = _Outcome(live, dropped, started, started)
         if live:
             try:
                 outcome.result = self._get_predictor().predict(merge_texts(live))
@@ -383,7 +386,11 @@ class Batcher:
         self._take_queued(batch, 0, first=True)
         self._set_depth()
         if batch:
-            self._ahead = self._hand_over(batch, self._send_ahead(batch))
+            sent = self._send_ahead(batch)
+            if sent is not None:  # computing from now on: a deadline that passes gets "still running"
+                for request in batch:
+                    request.stage = _RUNNING
+            self._ahead = self._hand_over(batch, sent)
 
     def _send_ahead(self, batch: list[_Request]) -> Callable[[], Prediction] | None:
         """Start the full batch in a model process at once (see ``Predictor.send_ahead``), so it

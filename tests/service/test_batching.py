@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.batching import Batcher, ClientDisconnected, Overloaded, RequestTooLarge
+from service.batching import Batcher, DeadlineExceeded, Overloaded, RequestTooLarge
 from service.predictor import (
     _GROUP_PAD_FACTOR,
     _GROUP_PAD_SLACK,
@@ -551,23 +551,23 @@ class SendingAheadPredictor(GatedPredictor):
         return collect
 
 
-def test_a_full_batch_is_sent_ahead_and_a_client_that_left_meanwhile_is_dropped(predictor: Predictor) -> None:
-    """The model process computes a sent batch whole; its turn on the model thread still checks
-    each request, and the requests still waiting get their own rows of the answer."""
+def test_a_full_batch_is_sent_ahead_and_counts_as_running_from_then_on(predictor: Predictor) -> None:
+    """The model process computes a sent batch whole, behind the running one. A caller that
+    stops waiting meanwhile is left out, and the others get their own rows of the answer."""
     model = SendingAheadPredictor(predictor)
     texts = distinct_texts(3)
-    left = threading.Event()
 
     async def main() -> list[BaseException | Prediction]:
         batcher = make_batcher(model, max_batch_size=2)
         batcher.start()
         first = asyncio.create_task(batcher.submit(texts[:1]))
         await model.started()
-        leaving = asyncio.create_task(batcher.submit(texts[1:2], gone=left.is_set))
+        leaving = asyncio.create_task(batcher.submit(texts[1:2]))
         staying = asyncio.create_task(batcher.submit(texts[2:3]))  # with the one above: a full batch
         await queued()
         assert model.sent == [texts[1:3]], "the full batch was not sent while the first one ran"
-        left.set()
+        leaving.cancel()  # its caller gives up while the batch waits for its turn
+        await queued()
         model.gate.set()
         results = await asyncio.gather(first, leaving, staying, return_exceptions=True)
         await batcher.stop()
@@ -576,6 +576,26 @@ def test_a_full_batch_is_sent_ahead_and_a_client_that_left_meanwhile_is_dropped(
     first, leaving, staying = asyncio.run(main())
     assert model.batches == [texts[:1]]  # the sent batch never went through predict
     assert model.collected == 1  # its answer was claimed even though one caller had gone
-    assert isinstance(leaving, ClientDisconnected), leaving
+    assert isinstance(leaving, asyncio.CancelledError), leaving
     assert isinstance(first, Prediction) and isinstance(staying, Prediction)
     assert_own_answers([texts[0], texts[2]], [first, staying], predictor)  # row 1 of the sent batch, not row 0
+
+
+def test_a_deadline_that_passes_in_a_sent_batch_says_the_batch_was_running(predictor: Predictor) -> None:
+    model = SendingAheadPredictor(predictor)
+    texts = distinct_texts(3)
+
+    async def main() -> BaseException | Prediction:
+        batcher = make_batcher(model, max_batch_size=2)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(texts[:1]))
+        await model.started()
+        late = asyncio.create_task(batcher.submit(texts[1:3], timeout=0.05))
+        result = (await asyncio.gather(late, return_exceptions=True))[0]
+        model.gate.set()
+        await first
+        await batcher.stop()
+        return result
+
+    result = asyncio.run(main())
+    assert isinstance(result, DeadlineExceeded) and result.computed, result
