@@ -386,7 +386,11 @@ class Batcher:
         self._take_queued(batch, 0, first=True)
         self._set_depth()
         if batch:
-            sent = self._send_ahead(batch)
+            # Only a batch of max_batch_size texts or more goes ahead to a model process: a
+            # smaller one (the next request did not fit) keeps the check at its turn, so requests
+            # queued behind large ones that expire or disconnect are still never computed.
+            size = sum(len(r.texts) for r in batch)
+            sent = self._send_ahead(batch) if size >= self.max_batch_size else None
             if sent is not None:  # computing from now on: a deadline that passes gets "still running"
                 for request in batch:
                     request.stage = _RUNNING
