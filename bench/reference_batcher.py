@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from service.predictor import Predictor
+from service.inference.predictor import Predictor
 
 
 class Body(BaseModel):

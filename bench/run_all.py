@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             score,
             score_cmd,
             "Generated CSV files (the 10K sample repeated) in a temporary folder; one `python -m "
-            "service.score` process per size, pinned to 2 CPUs; the best of the runs per size.",
+            "scoring.score` process per size, pinned to 2 CPUs; the best of the runs per size.",
         ),
         (
             "Drift counters",

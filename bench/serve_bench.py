@@ -343,7 +343,7 @@ class Bench:
         import torch
 
         from contract.artifact import load_artifact, resolve_version
-        from service.predictor import Predictor
+        from service.inference.predictor import Predictor
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

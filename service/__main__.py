@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import uvicorn
 from pydantic import ValidationError
 
-from service.draining import DrainingServer, close_connections_when_draining
+from service.http.draining import DrainingServer, close_connections_when_draining
 from service.settings import format_validation_error, load_settings
 
 
@@ -26,11 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Imported after settings so `--help` and bad flags answer without loading torch.
     from contract.artifact import ArtifactError
-    from service.app import create_app
-    from service.http_guard import ConnectionLimits, guarded_protocol, raise_open_files_limit
-    from service.logs import setup_logging
-    from service.model_process import ModelHost, load_predictor
-    from service.predictor import configure_torch_threads
+    from service.api.app import create_app
+    from service.http.server import ConnectionLimits, guarded_protocol, raise_open_files_limit
+    from service.inference.model_host import ModelHost, load_predictor
+    from service.inference.threads import configure_torch_threads
+    from service.observability.logs import setup_logging
 
     listener = setup_logging(settings.log_level)
     configure_torch_threads(settings.torch_threads)  # the model process gets the same budget

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from contract.artifact import load_artifact, resolve_version
 from contract.model import pad_batch, predict_proba
-from service.app import create_app
+from service.api.app import create_app
 from tests.service.conftest import CATEGORIES, TOKEN_TEXTS, make_artifact, make_settings
 from tests.tolerance import SERVED_ATOL, SERVED_DEVICE
 

@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from service.batching import Batcher, DeadlineExceeded, Overloaded, RequestTooLarge
-from service.predictor import (
+from service.inference.batching import Batcher, DeadlineExceeded, Overloaded, RequestTooLarge
+from service.inference.predictor import (
     _GROUP_PAD_FACTOR,
     _GROUP_PAD_SLACK,
     Prediction,
     Predictor,
-    available_cpus,
-    configure_torch_threads,
     length_groups,
 )
+from service.inference.threads import available_cpus, configure_torch_threads
 from tests.service.conftest import distinct_texts, make_artifact
 
 # Far longer than any test runs: a batch that waited for its deadline would fail the test.
@@ -518,11 +517,11 @@ def test_available_cpus_follow_affinity_and_cgroup_quota(
 
 def test_torch_threads_default_to_usable_cpus_minus_one(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
-    monkeypatch.setattr("service.predictor.available_cpus", lambda: 4)
+    monkeypatch.setattr("service.inference.threads.available_cpus", lambda: 4)
     try:
         assert configure_torch_threads(0) == 3 and torch.get_num_threads() == 3
         assert configure_torch_threads(2) == 2 and torch.get_num_threads() == 2  # an explicit count wins
-        monkeypatch.setattr("service.predictor.available_cpus", lambda: 1)
+        monkeypatch.setattr("service.inference.threads.available_cpus", lambda: 1)
         assert configure_torch_threads(0) == 1  # never zero
     finally:
         torch.set_num_threads(before)

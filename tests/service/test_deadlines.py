@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.batching import Batcher, ClientDisconnected, DeadlineExceeded
+from service.api.app import create_app
+from service.api.routes import request_timeout
 from service.errors import InvalidHeader
-from service.metrics import Metrics
-from service.predictor import Prediction, Predictor
-from service.routes import request_timeout
+from service.inference.batching import Batcher, ClientDisconnected, DeadlineExceeded
+from service.inference.predictor import Prediction, Predictor
+from service.observability.metrics import Metrics
 from tests.service.conftest import make_settings
 
 

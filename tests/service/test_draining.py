@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.draining import CONNECTION_CLOSE, close_connections_when_draining
-from service.state import ServiceState
+from service.http.draining import CONNECTION_CLOSE, close_connections_when_draining
+from service.inference.model_service import ServiceState
 from tests.service.live_server import start_server
 
 

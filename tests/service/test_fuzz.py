@@ -12,12 +12,12 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.api.routes import checked_texts
+from service.api.schemas import PredictRequest
 from service.errors import ServiceError
-from service.fastpath import PredictPath
-from service.metrics import Metrics
-from service.routes import checked_texts
-from service.schemas import PredictRequest
-from service.state import ServiceState
+from service.http.endpoint import PredictPath
+from service.inference.model_service import ServiceState
+from service.observability.metrics import Metrics
 from tests.service.conftest import CATEGORIES, make_settings
 
 json_values = st.recursive(

@@ -19,9 +19,9 @@ import torch
 from fastapi.testclient import TestClient
 
 from contract.artifact import resolve_version
-from service.app import create_app
-from service.model_process import ModelHost, ModelProcessLost, ProcessPredictor
-from service.predictor import Prediction, Predictor
+from service.api.app import create_app
+from service.inference.model_host import ModelHost, ModelProcessLost, ProcessPredictor
+from service.inference.predictor import Prediction, Predictor
 from tests.service.conftest import make_artifact, make_settings
 
 V1 = "20260101T000000Z-aaaaaa"
@@ -192,7 +192,7 @@ def test_the_old_model_is_freed_after_a_reload_without_a_full_gc_pass(two_versio
     app = create_app(settings, Predictor.load(two_versions, V1, "cpu") if preloaded else None)
     with TestClient(app) as client:
         assert client.post("/predict", json={"text": "Stocks rally"}).status_code == 200
-        old = weakref.ref(client.app.state.service.predictor)  # type: ignore[attr-defined]
+        old = weakref.ref(client.app.state.service.inference.predictor)  # type: ignore[attr-defined]
         gc.disable()  # only reference counting may free it
         try:
             assert client.post("/admin/reload", headers=AUTH, json={"version": V2}).status_code == 200

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.predictor import Predictor
+from service.inference.predictor import Predictor
 from tests.service.conftest import distinct_texts
 from tests.service.live_server import LiveServer, launch_server, start_server
 from tests.tolerance import SERVED_ATOL

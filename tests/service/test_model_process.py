@@ -15,8 +15,8 @@ import torch
 
 from contract.artifact import ArtifactError
 from contract.drift import InputCounts
-from service.model_process import ModelHost, ModelProcessLost, ProcessPredictor
-from service.predictor import Predictor
+from service.inference.model_host import ModelHost, ModelProcessLost, ProcessPredictor
+from service.inference.predictor import Predictor
 from tests.service.conftest import TITLES, distinct_texts
 from tests.service.live_server import launch_server
 from tests.tolerance import CPU_ATOL, SERVED_ATOL

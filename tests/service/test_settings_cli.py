@@ -64,7 +64,7 @@ def test_missing_artifacts_exit_with_one_line(tmp_path: Path) -> None:
 def test_service_does_not_import_training_job_or_its_libraries() -> None:
     # (tqdm is not checked: torch itself imports it.)
     code = (
-        "import json, sys; import service.app, service.__main__; "
+        "import json, sys; import service.api.app, service.__main__; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'sklearn', 'nltk', 'matplotlib', 'training'})))"
     )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from service.batching import Batcher
-from service.drift import read_reference
-from service.metrics import Metrics
-from service.model_process import ModelHost
-from service.predictor import Predictor
+from service.inference.batching import Batcher
+from service.inference.model_host import ModelHost
+from service.inference.predictor import Predictor
+from service.observability.drift import read_reference
+from service.observability.metrics import Metrics
 from service.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""Offline scoring (python -m service.score): output shape and order, equality with /predict, bad input."""
+"""Offline scoring (python -m scoring): output shape and order, equality with /predict, bad input."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service import score
-from service.app import create_app
+from scoring import score
+from service.api.app import create_app
 from tests.service.conftest import CATEGORIES, TITLES, TOKEN_TEXTS, make_settings, read_news
 from tests.tolerance import SERVED_ATOL
 
@@ -201,7 +201,7 @@ def test_progress_line_only_on_a_terminal(artifacts_dir: Path, tmp_path: Path) -
 def test_module_entry_point(artifacts_dir: Path, tmp_path: Path) -> None:
     src = write_csv(tmp_path / "in.csv", ["title"], [[t] for t in TITLES])
     proc = subprocess.run(
-        [sys.executable, "-m", "service.score", "--artifacts-dir", str(artifacts_dir), "--input", str(src)]
+        [sys.executable, "-m", "scoring", "--artifacts-dir", str(artifacts_dir), "--input", str(src)]
         + ["--output", str(tmp_path / "out.csv"), "--threads", "1"],
         cwd=ROOT,
         capture_output=True,

@@ -8,11 +8,11 @@ few checks, a queue hand-off and one JSON encode. This path does exactly that, w
   ``texts``, strings only, none blank (the schema's one whitespace rule), within the
   runtime limits, and a body with a Content-Length;
 - anything else (bad JSON, wrong types, blank or too many texts, odd encodings, chunked
-  bodies) is replayed, byte for byte, to the FastAPI route in service/routes.py, so every
+  bodies) is replayed, byte for byte, to the FastAPI route in service/api/routes.py, so every
   input error keeps the status and message it always had, and /openapi.json (generated from
   that route) describes both;
-- the prediction itself goes through the same :func:`service.routes.predict_texts` and
-  :func:`service.routes.render_predictions` as the route.
+- the prediction itself goes through the same :func:`service.api.routes.predict_texts` and
+  :func:`service.api.routes.render_predictions` as the route.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from starlette.types import Message, Receive, Scope, Send
 
-from service.body_screen import screen_predict_body
+from service.api.routes import ANNOUNCED, predict_texts, render_predictions, request_timeout
+from service.api.schemas import is_blank
 from service.errors import ServiceError, error_body
-from service.routes import ANNOUNCED, predict_texts, render_predictions, request_timeout
-from service.schemas import is_blank
-from service.state import ServiceState
+from service.http.predict_body import screen_predict_body
+from service.inference.model_service import ServiceState
 
 log = logging.getLogger("service")
 

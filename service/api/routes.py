@@ -15,7 +15,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from contract.artifact import ArtifactError
-from service.batching import ClientDisconnected, DeadlineExceeded, Overloaded
+from service.api.schemas import (
+    ErrorResponse,
+    HealthResponse,
+    ModelInfo,
+    PredictRequest,
+    PredictResponse,
+    ReloadRequest,
+    ReloadResponse,
+)
 from service.disconnect import DisconnectProbe, Receive
 from service.errors import (
     ClientClosedRequest,
@@ -30,19 +38,11 @@ from service.errors import (
     Unauthorized,
     summarize_validation_errors,
 )
-from service.gc_tuning import freeze_new_objects
-from service.model_process import ModelProcessLost, load_predictor
-from service.predictor import Prediction
-from service.schemas import (
-    ErrorResponse,
-    HealthResponse,
-    ModelInfo,
-    PredictRequest,
-    PredictResponse,
-    ReloadRequest,
-    ReloadResponse,
-)
-from service.state import ServiceState
+from service.inference.batching import ClientDisconnected, DeadlineExceeded, Overloaded
+from service.inference.gc_tuning import freeze_new_objects
+from service.inference.model_host import ModelProcessLost, load_predictor
+from service.inference.model_service import ServiceState
+from service.inference.predictor import Prediction
 
 log = logging.getLogger("service")
 router = APIRouter()
@@ -189,7 +189,7 @@ def render_predictions(prediction: Prediction) -> bytes:
     openapi_extra={"parameters": [_TIMEOUT_PARAMETER]},
 )
 async def predict(body: PredictRequest, request: Request, state: State) -> Response:
-    """Well-formed requests are answered by the lean path (service/fastpath.py) before they reach
+    """Well-formed requests are answered by the lean path (service/http/endpoint.py) before they reach
     this handler; it serves the rest (and is what /openapi.json describes: both behave alike)."""
     withdraw_announcement(request, state)
     settings = state.settings

@@ -17,7 +17,7 @@ from fastapi_swagger import patch_fastapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.batching import Batcher
+from service.api.routes import ANNOUNCED, router
 from service.errors import (
     InvalidRequest,
     MalformedBody,
@@ -26,15 +26,15 @@ from service.errors import (
     error_body,
     summarize_validation_errors,
 )
-from service.fastpath import PredictPath
-from service.gc_tuning import settle_garbage_collector
-from service.logs import access_writer
-from service.metrics import Metrics
-from service.model_process import ModelHost, load_predictor
-from service.predictor import Predictor
-from service.routes import ANNOUNCED, router
+from service.http.endpoint import PredictPath
+from service.inference.batching import Batcher
+from service.inference.gc_tuning import settle_garbage_collector
+from service.inference.model_host import ModelHost, load_predictor
+from service.inference.model_service import ServiceState
+from service.inference.predictor import Predictor
+from service.observability.logs import access_writer
+from service.observability.metrics import Metrics
 from service.settings import Settings
-from service.state import ServiceState
 
 log = logging.getLogger("service")
 
@@ -49,7 +49,7 @@ class ObservabilityMiddleware:
     (BaseHTTPMiddleware would add a task and stream copies per request).
 
     It sits outside FastAPI's own middleware stack (see :class:`ServiceApp`) and hands
-    ``POST /predict`` with a Content-Length to the lean path (service/fastpath.py), which
+    ``POST /predict`` with a Content-Length to the lean path (service/http/endpoint.py), which
     falls back to the FastAPI route for anything it does not accept.
     """
 

@@ -29,7 +29,7 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.state import ServiceState
+from service.inference.model_service import ServiceState
 
 CONNECTION_CLOSE = (b"connection", b"close")
 

@@ -37,7 +37,7 @@ import torch
 
 from contract.artifact import ArtifactError, load_artifact, resolve_version
 from contract.drift import count_encoded
-from service.predictor import Prediction, Predictor, resolve_device
+from service.inference.predictor import Prediction, Predictor, resolve_device
 
 log = logging.getLogger("service")
 
@@ -97,14 +97,14 @@ def _serve(conn: Connection, threads: int) -> None:
 
 
 class _Child:
-    """One started ``python -m service.model_process`` and the parent's end of its socket."""
+    """One started ``python -m service.inference.model_host`` and the parent's end of its socket."""
 
     def __init__(self, threads: int) -> None:
         # A plain subprocess, not multiprocessing: no fork of a threaded process, and no
         # resource-tracker process beside the model process.
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            command = [sys.executable, "-m", "service.model_process", str(theirs.fileno()), str(threads)]
+            command = [sys.executable, "-m", "service.inference.model_host", str(theirs.fileno()), str(threads)]
             self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
             self.conn = Connection(ours.detach())
         if not self.conn.poll(_START_TIMEOUT_S) or self.request_or_none() != (0, "ready"):
@@ -403,7 +403,7 @@ def load_predictor(
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m service.model_process FD THREADS``: started by :class:`ModelHost` only."""
+    """``python -m service.inference.model_host FD THREADS``: started by :class:`ModelHost` only."""
     fd, threads = argv
     _serve(Connection(int(fd)), int(threads))
     return 0

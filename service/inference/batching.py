@@ -42,9 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from service.predictor import Prediction, Predictor
+from service.inference.predictor import Prediction, Predictor
 
-log = logging.getLogger("service.batching")
+log = logging.getLogger("service.inference.batching")
 
 T = TypeVar("T")
 
