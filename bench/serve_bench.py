@@ -208,7 +208,7 @@ def access_log_us_per_line(lines: int = 20_000, burst: int = 40) -> dict[str, fl
     """
     import asyncio
 
-    from service import logs
+    from service.observability import logs
 
     async def write_all(write: logs.AccessWriter) -> float:
         loop_cpu = 0.0

@@ -278,9 +278,7 @@ class _Chunk:
         flags = ["true" if e else "false" for e in self.empty]
         writer.writerows(
             [*record, label, flag, *probs]
-            for record, label, flag, probs in zip(
-                self.records, labels, flags, self.probabilities.tolist(), strict=True
-            )
+            for record, label, flag, probs in zip(self.records, labels, flags, self.probabilities.tolist(), strict=True)
         )
         return len(self.records)
 

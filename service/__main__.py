@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import uvicorn
 from pydantic import ValidationError
 
-from service.http.draining import DrainingServer, close_connections_when_draining
 from service.settings import format_validation_error, load_settings
 
 
@@ -27,11 +26,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported after settings so `--help` and bad flags answer without loading torch.
     from contract.artifact import ArtifactError
     from service.api.app import create_app
-    from service.http.server import ConnectionLimits, guarded_protocol, raise_open_files_limit
+    from service.http.server import (
+        ConnectionLimits,
+        DrainingServer,
+        check_uvicorn,
+        guarded_protocol,
+        raise_open_files_limit,
+    )
     from service.inference.model_host import ModelHost, load_predictor
     from service.inference.threads import configure_torch_threads
     from service.observability.logs import setup_logging
 
+    check_uvicorn()
     listener = setup_logging(settings.log_level)
     configure_torch_threads(settings.torch_threads)  # the model process gets the same budget
     host = ModelHost() if settings.model_process else None
@@ -44,10 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot load model from {settings.artifacts_dir}: {exc}", file=sys.stderr)
         return 1
     app = create_app(settings, predictor=predictor, model_host=host)
-    state = app.state.service
 
     def on_exit() -> None:
-        state.draining = True
+        app.model.draining = True
 
     limits = ConnectionLimits(
         max_connections=settings.max_connections,
@@ -59,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     raise_open_files_limit(settings.max_connections)
     config = uvicorn.Config(
-        close_connections_when_draining(app, state),
+        app,
         host=settings.host,
         port=settings.port,
         http=guarded_protocol(limits),

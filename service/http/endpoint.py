@@ -1,143 +1,241 @@
-"""The lean ``POST /predict`` path: the hot request skips FastAPI's routing, dependency and validation layers.
+"""The outermost ASGI app. Every HTTP request gets a request id, a body-size guard, its metrics
+and one access-log line here. ``POST /predict`` is answered here too, in a straight line:
+read the body, parse it (service/http/predict_body.py), hand the texts to the data plane
+(:class:`ModelService`), render the answer. Every other route goes to the FastAPI app.
 
-Profiling the default server at 64 clients (py-spy, BENCHMARKS.md) put ~45% of the event
-loop's time in FastAPI/Starlette layers around a request that needs one JSON decode, a
-few checks, a queue hand-off and one JSON encode. This path does exactly that, with msgspec:
-
-- it answers only requests it fully accepts: a JSON object with exactly one of ``text`` /
-  ``texts``, strings only, none blank (the schema's one whitespace rule), within the
-  runtime limits, and a body with a Content-Length;
-- anything else (bad JSON, wrong types, blank or too many texts, odd encodings, chunked
-  bodies) is replayed, byte for byte, to the FastAPI route in service/api/routes.py, so every
-  input error keeps the status and message it always had, and /openapi.json (generated from
-  that route) describes both;
-- the prediction itself goes through the same :func:`service.api.routes.predict_texts` and
-  :func:`service.api.routes.render_predictions` as the route.
+The hot request skips FastAPI's routing, dependency and validation layers: profiled at 64
+clients they took about half of the event loop's time around a request that needs one JSON
+decode, a few checks, a queue hand-off and one JSON encode.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import random
+import time
+from typing import Any
 
 import msgspec
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.routes import ANNOUNCED, predict_texts, render_predictions, request_timeout
-from service.api.schemas import is_blank
-from service.errors import ServiceError, error_body
-from service.http.predict_body import screen_predict_body
-from service.inference.model_service import ServiceState
+from service.errors import ErrorRenderer, InternalError, InvalidHeader, PayloadTooLarge, ServiceError
+from service.http.predict_body import PredictBodyParser
+from service.http.server import DisconnectProbe
+from service.inference.model_service import ModelService
+from service.inference.predictor import Prediction
+from service.observability.logs import access_writer
+from service.observability.metrics import Metrics
+from service.settings import Settings
 
 log = logging.getLogger("service")
 
-# (scope, receive, send, request-id header) -> the status the slow path answered with
-Fallback = Callable[[Scope, Receive, Send, tuple[bytes, bytes]], Awaitable[int]]
+ROUTES = frozenset(
+    {"/predict", "/health/live", "/health/ready", "/model", "/metrics", "/admin/reload", "/docs", "/openapi.json"}
+)
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+CLIENT_GONE = 499  # logged, never sent: nobody reads it
+_MAX_REQUEST_ID = 128
 _JSON = (b"content-type", b"application/json")
-CLIENT_GONE = 499
+_CONNECTION_CLOSE = (b"connection", b"close")
+_encode = msgspec.json.Encoder().encode
 
 
-class _Body(msgspec.Struct, forbid_unknown_fields=True):
-    """What a well-formed body decodes to; anything msgspec refuses goes to the FastAPI route."""
-
-    text: str | msgspec.UnsetType = msgspec.UNSET
-    texts: list[str] | msgspec.UnsetType = msgspec.UNSET
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that hands the already-read body to the slow path, then defers to the server."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
+def max_body_bytes(settings: Settings) -> int:
+    """The largest valid body: every text at full length, each character escaped (worst case
+    12 bytes: a surrogate pair), plus room for the JSON around them."""
+    return settings.max_texts_per_request * (settings.max_text_chars * 12 + 8) + 65536
 
 
-class PredictPath:
-    """``await path(scope, receive, send, id_header, timeout_header)`` answers one POST /predict; returns the status."""
+def request_timeout(value: bytes | None, cap_s: float) -> float:
+    """Seconds this request may take: the client's ``X-Request-Timeout-Ms`` capped by ``cap_s``; 400 if bad."""
+    if value is None:
+        return cap_s
+    text = value.decode("latin-1")
+    digits = text.strip(" \t")
+    significant = digits.lstrip("0")
+    if not (digits.isascii() and digits.isdigit()) or not significant:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise InvalidHeader(
+            f"invalid {TIMEOUT_HEADER} header {shown!r}: expected a positive integer number of milliseconds"
+        )
+    # More than 15 digits is past any cap (and int() of thousands of digits is slow).
+    return cap_s if len(significant) > 15 else min(int(significant) / 1000.0, cap_s)
 
-    def __init__(self, state: ServiceState, fallback: Fallback) -> None:
-        self.state = state
-        self.fallback = fallback
-        self.max_texts = state.settings.max_texts_per_request
-        self.max_chars = state.settings.max_text_chars
-        self._decode = msgspec.json.Decoder(_Body).decode
 
-    def accepted_texts(self, body: bytes) -> list[str] | None:
-        """The texts of a request this path may answer, or None to leave it to the FastAPI route."""
+def render_predictions(prediction: Prediction) -> bytes:
+    """The 200 body: per text its label, every class's probability (most probable first), the empty flag."""
+    classes = prediction.classes
+    indices = range(len(classes))
+    items = []
+    for row, empty in zip(prediction.probabilities.tolist(), prediction.empty, strict=True):
+        order = sorted(indices, key=row.__getitem__, reverse=True)
+        items.append({"label": classes[order[0]], "probabilities": {classes[i]: row[i] for i in order}, "empty": empty})
+    return _encode({"model_version": prediction.version, "predictions": items})
+
+
+class Endpoint:
+    """``Endpoint(api, model, settings, metrics)``: the ASGI app the server runs."""
+
+    def __init__(self, api: ASGIApp, model: ModelService, settings: Settings, metrics: Metrics) -> None:
+        self.api = api
+        self.model = model
+        self.settings = settings
+        self.metrics = metrics
+        self.errors = ErrorRenderer(settings.retry_after_s)
+        self.max_body = max_body_bytes(settings)
+        self.parser = PredictBodyParser(settings.max_texts_per_request, settings.max_text_chars)
+        self.write_access = access_writer() if settings.access_log else None
+        # prometheus_client's labels() takes a lock and builds a key per call: resolve once.
+        self._in_flight = {route: metrics.in_flight.labels(route) for route in (*ROUTES, "unmatched")}
+        self._latency = {route: metrics.latency.labels(route) for route in (*ROUTES, "unmatched")}
+        self._counters: dict[tuple[str, str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan
+            await self.api(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = ""
+        length: bytes | None = None
+        timeout: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable():
+                    request_id = value.decode()
+            elif name == b"content-length":
+                length = value
+            elif name == b"x-request-timeout-ms":
+                timeout = value
+        request_id = request_id or f"{random.getrandbits(128):032x}"  # not security-relevant; uuid4 is slower
+        headers = [(b"x-request-id", request_id.encode())]
+        if self.model.draining:  # each client's connection ends after this answer (see DrainingServer)
+            headers.append(_CONNECTION_CLOSE)
+        method, path = scope["method"], scope["path"]
+        route = path if path in ROUTES else "unmatched"
+        in_flight = self._in_flight[route]
+        in_flight.inc()
+        status = 500
         try:
-            parsed = self._decode(body)
-        except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8 inside a string
-            return None
-        text, texts = parsed.text, parsed.texts
-        if text is not msgspec.UNSET:
-            if texts is not msgspec.UNSET:
-                return None
-            texts = [text]
-        elif texts is msgspec.UNSET or not texts or len(texts) > self.max_texts:
-            return None
-        max_chars = self.max_chars
-        for item in texts:
-            if len(item) > max_chars or is_blank(item):
-                return None
-        return texts
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                status = await self._error(send, PayloadTooLarge(self._too_large()), headers)
+            elif path == "/predict" and method == "POST":
+                status = await self._predict(receive, send, headers, length is None, timeout)
+            else:
+                status = await self._dispatch(scope, receive, send, headers, method == "POST" and length is None)
+        finally:
+            elapsed = time.perf_counter() - started
+            in_flight.dec()
+            key = (route, method, status)
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = self.metrics.requests.labels(route, method, str(status))
+            counter.inc()
+            self._latency[route].observe(elapsed)
+            if self.write_access is not None:
+                self.write_access(method, path, status, round(elapsed * 1000, 3), request_id)
 
-    async def __call__(
-        self, scope: Scope, receive: Receive, send: Send, id_header: tuple[bytes, bytes], timeout: bytes | None
+    async def _predict(
+        self, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]], chunked: bool, timeout: bytes | None
     ) -> int:
+        model = self.model
+        model.announce()  # a small batch may wait for this request while its body arrives
+        announced = True
+        try:
+            body = await self._read_body(receive, chunked)
+            if body is None:
+                return CLIENT_GONE
+            texts = self.parser.parse(body)
+            del body  # an answered error must not keep a large body alive
+            if isinstance(texts, ServiceError):
+                return await self._error(send, texts, headers)
+            model.withdraw()
+            announced = False
+            timeout_s = request_timeout(timeout, self.settings.request_timeout_s)
+            gone = DisconnectProbe(receive)
+            try:
+                prediction = await model.predict(texts, timeout_s, gone)
+            finally:
+                gone.close()
+            content = render_predictions(prediction)
+        except ServiceError as exc:
+            return await self._error(send, exc, headers)
+        except Exception as exc:  # a bug: answer 500 and keep serving
+            log.exception("unhandled error")
+            return await self._error(send, InternalError(f"internal error: {type(exc).__name__}"), headers)
+        finally:
+            if announced:
+                model.withdraw()
+        headers += [_JSON, (b"content-length", str(len(content)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+        return 200
+
+    async def _read_body(self, receive: Receive, chunked: bool) -> bytes | None:
+        """The whole body, or None if the client left; a chunked body is counted against the limit as it arrives."""
         message = await receive()
         body = message.get("body", b"")
         if message.get("more_body", False):
             chunks = [body]
+            seen = len(body)
             while message.get("more_body", False):
                 message = await receive()
-                chunks.append(message.get("body", b""))
+                chunk = message.get("body", b"")
+                seen += len(chunk)
+                if chunked and seen > self.max_body:
+                    raise PayloadTooLarge(self._too_large())
+                chunks.append(chunk)
             body = b"".join(chunks)
+        elif chunked and len(body) > self.max_body:
+            raise PayloadTooLarge(self._too_large())
         if message["type"] == "http.disconnect":
+            return None
+        return body
+
+    async def _error(self, send: Send, exc: ServiceError, headers: list[tuple[bytes, bytes]]) -> int:
+        answer = self.errors.render(exc)
+        if answer.status == CLIENT_GONE:
             return CLIENT_GONE
-        texts = self.accepted_texts(body)
-        if texts is None:
-            # Before the full parse: a body no valid request can be is refused in bounded work
-            # (a 3 MB list of 1.5 million numbers must not become 1.5 million pydantic errors).
-            problem = screen_predict_body(body, self.max_texts, self.max_chars)
-            if problem is None:
-                return await self.fallback(scope, _replay(body, receive), send, id_header)
-            # Answered, not raised: a raised error's traceback would keep this frame, and so the
-            # body, alive in a reference cycle until the (relaxed) cyclic GC runs; a thousand
-            # 3 MB bodies then held 4 GB after they were answered.
-            del body
-            return await _send_error(send, problem, [_JSON, id_header])
-        state = self.state
-        if scope.get(ANNOUNCED):  # read and checked: no longer "arriving" (see Batcher.announce)
-            scope[ANNOUNCED] = False
-            if state.batcher is not None:
-                state.batcher.withdraw()
-        headers = [_JSON, id_header]
+        headers += answer.headers
+        headers.append((b"content-length", str(len(answer.body)).encode()))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+        return answer.status
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]], chunked: bool
+    ) -> int:
+        """The FastAPI app, with this request's headers added to its response; returns the status sent."""
+        status = 500
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status, response_started = message["status"], True
+                message["headers"] = [*message.get("headers", ()), *headers]
+            await send(message)
+
         try:
-            timeout_s = request_timeout(timeout, state.settings.request_timeout_s)
-            content = render_predictions(await predict_texts(state, texts, timeout_s, receive))
-        except ServiceError as exc:
-            if exc.status_code == CLIENT_GONE:
-                return CLIENT_GONE
-            if exc.status_code >= 500 and exc.status_code not in (503, 504):
-                log.error("request failed: %s", exc.message)
-            return await _send_error(send, exc, headers)
-        return await _send(send, 200, content, headers)
+            await self.api(scope, self._limited(receive) if chunked else receive, send_with_headers)
+        except PayloadTooLarge as exc:  # a chunked body over the limit, raised while the app read it
+            if response_started:
+                raise
+            return await self._error(send, exc, headers)
+        return status
 
+    def _too_large(self) -> str:
+        return f"request body over {self.max_body} bytes"
 
-async def _send(send: Send, status: int, content: bytes, headers: list[tuple[bytes, bytes]]) -> int:
-    headers.append((b"content-length", str(len(content)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": content})
-    return status
+    def _limited(self, receive: Receive) -> Receive:
+        """Bodies without Content-Length (chunked) are counted as they arrive."""
+        seen = 0
 
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise PayloadTooLarge(self._too_large())
+            return message
 
-async def _send_error(send: Send, exc: ServiceError, headers: list[tuple[bytes, bytes]]) -> int:
-    """The error body every path answers with, plus the error's own headers (e.g. Retry-After)."""
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    return await _send(send, exc.status_code, error_body(exc.error_type, exc.message, exc.details), headers)
+        return limited

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service import logs
+from service.observability import logs
 
 
 @pytest.fixture()
