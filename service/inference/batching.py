@@ -16,8 +16,8 @@ No idle model between full batches: when, while a batch runs, the queue already 
 batch (``max_batch_size`` texts, or a request too large to share), that batch is formed at
 once and handed to the model thread behind the running one. Waiting could not make it any
 larger, and the model thread goes straight on to it instead of waiting for the event loop to
-wake, deliver the last result and hand over the next batch (about 1 ms on a busy 2-CPU box,
-11% of the model's time at 256 texts per request). Smaller batches still form when the
+wake, deliver the last result and hand over the next batch (about a millisecond on a busy
+small machine, a large share of a 256-text batch's time). Smaller batches still form when the
 model becomes free, so they take in everything that arrived meanwhile.
 
 No work for requests nobody waits for: each request has a deadline (the client's

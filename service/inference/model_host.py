@@ -3,9 +3,9 @@
 In one process the model thread and the event loop share the GIL. A 256-headline request
 costs the loop ~1.5 ms of Python (parsing, rendering 43 KB of JSON, the HTTP exchange), and
 that work lands right after a batch finishes, exactly when the model thread starts the next
-one with its own Python (tokenising, padding, packing). Measured on 2 CPUs, the model thread
-was off its CPU 11-13% of the time and 256-headline requests ran at 0.73-0.91 of the
-in-process rate. Here the model thread only sends texts down a socket and blocks (GIL
+one with its own Python (tokenising, padding, packing), so the model thread waited for the
+GIL and 256-headline requests ran well below the in-process rate (docs/decisions: the model
+process). Here the model thread only sends texts down a socket and blocks (GIL
 released) until the probabilities come back; the child has a GIL of its own.
 
 One child per server (:class:`ModelHost`) holds every loaded version under a key, so a

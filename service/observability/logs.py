@@ -5,7 +5,7 @@ Loggers put records on a queue (:class:`DeferredQueueHandler`); a
 The access log goes further (:class:`AccessBuffer`): the event loop appends a plain tuple
 per request and hands the logging thread one pre-encoded burst every ``ACCESS_FLUSH_S``.
 A LogRecord per request cost ~25 us of event-loop time; a queue put per request cost a
-thread wake-up and a GIL switch per request (BENCHMARKS.md).
+thread wake-up and a GIL switch per request (docs/decisions: the access log).
 """
 
 from __future__ import annotations
@@ -90,9 +90,8 @@ class AccessBuffer:
     A request costs one ``list.append``. The first line of a burst arms a ``call_later``
     timer; when it fires (``ACCESS_FLUSH_S`` later) the whole burst is encoded by one msgspec
     call and put on the listener's queue as one bytes object, which the logging thread
-    writes with one ``write``. The design before (a queue put per request, each line built
-    by the logging thread) measured 6% of the server's CPU at 8..256 clients; this one 2%
-    of a request measured alone, 4-5% in an A/B as noisy as that (BENCHMARKS.md). The write
+    writes with one ``write``: a queue put per request, each line built by the logging
+    thread, cost several times more CPU (BENCHMARKS.md has the current A/B). The write
     stays off the loop, so a stderr pipe that is slow to drain never stalls it.
     """
 

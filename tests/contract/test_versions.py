@@ -1,4 +1,4 @@
-"""Which folder a version name or ``latest`` resolves to (issue 8, section 4)."""
+"""Which folder a version name or ``latest`` resolves to."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_bad_names_are_refused_with_a_short_message(tmp_path: Path, name: str) -
 
 
 # Versions sort by creation time: names made by new_version sort that way too, and ``latest`` is
-# the newest version written (H9, issue 9).
+# the newest version written.
 TIMES = [
     datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC),
     datetime(2027, 1, 1, 0, 0, 0, tzinfo=UTC),

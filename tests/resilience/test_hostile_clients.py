@@ -1,4 +1,4 @@
-"""Hostile and unlucky clients (issue 8): each attack's cost is bounded, against a real server.
+"""Hostile and unlucky clients: each attack's cost is bounded, against a real server.
 
 The attack clients are bench.hostile_bench's (the benchmark measures the same attacks at full
 size and writes the "Hostile clients" table). Limits are set small here so each test takes

@@ -1,4 +1,4 @@
-"""The bounded /predict body screen and the bounded error bodies (issue 8, section 1)."""
+"""The bounded /predict body screen and the bounded error bodies."""
 
 from __future__ import annotations
 

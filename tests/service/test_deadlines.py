@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.http.endpoint import request_timeout
 from service.errors import InvalidHeader
+from service.http.endpoint import request_timeout
 from service.inference.batching import Batcher, ClientDisconnected, DeadlineExceeded
 from service.inference.predictor import Prediction, Predictor
 from service.observability.metrics import Metrics

@@ -214,4 +214,4 @@ def test_large_requests_from_concurrent_clients_each_get_their_own_answers(artif
     for index, rounds in enumerate(answers):
         for got in rounds:
             np.testing.assert_allclose(got, expected[index], atol=SERVED_ATOL)
-    assert 'hc_batch_size_requests_count' in metrics
+    assert "hc_batch_size_requests_count" in metrics
