@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -149,11 +150,11 @@ def kept_sections(path: Path) -> list[str]:
     except OSError:
         return []
     kept: list[str] = []
-    for title in KEPT_SECTIONS:
-        start = old.find("\n" + title + "\n")
-        if start >= 0:
-            end = old.find("\n## ", start + 1)
-            kept += [old[start + 1 : end if end >= 0 else len(old)].rstrip("\n"), ""]
+    for title in KEPT_SECTIONS:  # a heading that starts with the title ("## GPU", "## GPU check")
+        found = re.search(rf"^{re.escape(title)}\b.*$", old, flags=re.MULTILINE)
+        if found:
+            end = old.find("\n## ", found.start())
+            kept += [old[found.start() : end if end >= 0 else len(old)].rstrip("\n"), ""]
     return kept
 
 
