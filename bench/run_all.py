@@ -53,7 +53,7 @@ def measured_on(result: dict[str, Any]) -> str:
     if isinstance(found, dict):
         cpus = found.get("cpus") or found.get("cores_usable")
         parts = [f"{cpus} CPUs ({found.get('cpu')})" if cpus else str(found.get("cpu", "unknown CPU"))]
-        parts += [f"{k} {found[k]}" for k in ("python", "torch") if found.get(k)]
+        parts += [f"{label} {found[k]}" for k, label in (("python", "Python"), ("torch", "torch")) if found.get(k)]
         load = found.get("load_avg_at_start")
         if load:
             parts.append(f"load average {load[0]} at the start")
