@@ -1,11 +1,11 @@
-"""Hostile-client benchmark: what cheap attacks cost the real server (issue 8), before vs after.
+"""Hostile-client benchmark: what cheap attacks cost the real server, one source tree beside another.
 
 Each attack runs against a fresh ``python -m service`` subprocess started from a source tree
 (``--root``; give two to compare, e.g. a checkout of the old commit and this one) while a
 probe measures what a normal client sees. Reported per attack and tree: server RSS (idle,
 peak, after), the attack's outcome, and the probe's p99.
 
-    python -m bench.hostile_bench --root /tmp/h8-before --root .      # the BENCHMARKS.md table
+    python -m bench.hostile_bench --root /tmp/before --root .        # an older checkout beside this one
     python -m bench.hostile_bench --root . --only amplification        # one attack
 
 The attack clients are also used by ``tests/resilience/test_hostile_clients.py``.
@@ -415,7 +415,7 @@ LABELS = {
     "stalled_idle": "1,000 connections that send nothing (held 15 s)",
     "stalled_slowloris": "1,000 slowloris connections (a header byte per second, 15 s)",
     "stalled_body": "1,000 connections that send 3 MB of a body and stall (15 s)",
-    "big_bodies": "1,000 complete 3 MB bodies at once (not an issue target)",
+    "big_bodies": "1,000 complete 3 MB bodies at once (no target)",
     "endless_header": "one client streaming an endless header value (10 s)",
     "endless_url": "one client streaming an endless URL (10 s)",
 }
