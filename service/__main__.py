@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_uvicorn()
     listener = setup_logging(settings.log_level)
     configure_torch_threads(settings.torch_threads)  # the model process gets the same budget
-    host = ModelHost() if settings.model_process else None
+    host = ModelHost(stall_s=settings.model_stall_s) if settings.model_process else None
     try:
         predictor = load_predictor(settings.artifacts_dir, settings.version, settings.device, host)
     except ArtifactError as exc:

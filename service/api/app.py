@@ -36,7 +36,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None, model_hos
     process), and reloads go there too; the app stops that host when it shuts down.
     """
     if predictor is None and model_host is None and settings.model_process:
-        model_host = ModelHost()
+        model_host = ModelHost(stall_s=settings.model_stall_s)
     metrics = Metrics()
     model = ModelService(settings, metrics, model_host)
     # Handed over once: afterwards the model service holds the only reference, so a reload frees it.

@@ -41,6 +41,8 @@ class ModelService:
         self.settings = settings
         self.metrics = metrics
         self.model_host = model_host  # the model process (None: the model runs in a thread of this one)
+        if model_host is not None:
+            model_host.on_loss = lambda reason: metrics.model_process_restarts.labels(reason).inc()
         self.predictor: Predictor | None = None
         self.batcher: Batcher | None = None
         self.ready = False  # loaded and warm
@@ -107,6 +109,8 @@ class ModelService:
             return "draining", version
         if self.predictor is None or not self.ready:
             return "starting", version
+        if self.model_host is not None and self.model_host.restarting:
+            return "restarting", version
         return "ready", version
 
     def describe(self) -> dict[str, Any]:

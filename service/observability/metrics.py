@@ -54,6 +54,14 @@ class Metrics:
         )
         for reason in ("deadline", "disconnected"):
             self.dropped.labels(reason)  # exported at 0 from the start, so rate() works
+        self.model_process_restarts = Counter(
+            "hc_model_process_restarts_total",
+            "Model processes replaced, by reason (exited: it died; stalled: the watchdog stopped it)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("exited", "stalled"):
+            self.model_process_restarts.labels(reason)
         # Drift signals: input tokens / OOV / empty, predicted labels, confidence, and the reference.
         self.drift = DriftCollector()
         r.register(self.drift)
