@@ -222,6 +222,8 @@ def stalled_prefix(kind: str) -> bytes:
         return b""
     if kind == "slowloris":
         return b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Slow: a"
+    if kind == "dripbody":  # a complete head, then a body that drips in a byte at a time
+        return post_head(1000) + b'{"text": "'
     if kind == "body":  # most of the largest body the old server accepted (3.1 MB), then nothing
         length = 3_000_000
         body = b'{"texts": ["' + b"a" * (length - 13) + b'"]'  # 2 bytes short of Content-Length
@@ -270,7 +272,7 @@ async def hold_stalled(port: int, kind: str, count: int, hold_s: float, drip_s: 
                     with contextlib.suppress(ConnectionError, RuntimeError):
                         w.write(b"a")
 
-    dripper = asyncio.ensure_future(drip()) if kind == "slowloris" else None
+    dripper = asyncio.ensure_future(drip()) if kind in ("slowloris", "dripbody") else None
     await asyncio.sleep(hold_s)
     if dripper is not None:
         dripper.cancel()

@@ -29,11 +29,18 @@ from service.settings import Settings
 log = logging.getLogger("service")
 
 
-def create_app(settings: Settings, predictor: Predictor | None = None, model_host: ModelHost | None = None) -> Endpoint:
-    """The app for ``settings``; ``predictor`` may be preloaded (``python -m service`` does, to fail early).
+def create_app(
+    settings: Settings,
+    predictor: Predictor | None = None,
+    model_host: ModelHost | None = None,
+    load_in_background: bool = False,
+) -> Endpoint:
+    """The app for ``settings``; ``predictor`` may be preloaded.
 
     A preloaded predictor comes with the ``model_host`` it was loaded into (None: in this
-    process), and reloads go there too; the app stops that host when it shuts down.
+    process), and reloads go there too; the app stops that host when it shuts down. With
+    ``load_in_background`` (``python -m service``) startup does not wait for the model: the
+    server answers liveness at once and readiness turns 200 once the model is loaded and warm.
     """
     if predictor is None and model_host is None and settings.model_process:
         model_host = ModelHost(stall_s=settings.model_stall_s)
@@ -44,7 +51,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None, model_hos
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await model.start(handed_over.pop() if handed_over else None)
+        await model.start(handed_over.pop() if handed_over else None, background=load_in_background)
         try:
             yield
         finally:

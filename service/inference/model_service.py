@@ -49,10 +49,33 @@ class ModelService:
         self.draining = False  # shutdown started: readiness answers 503
         self._reload_lock = asyncio.Lock()
         self._warmup: asyncio.Task[None] | None = None
+        self._loading: asyncio.Task[None] | None = None
+        self.load_error: str | None = None  # why a background load failed (the server then exits)
+        self.on_load_failure: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    async def start(self, preloaded: Predictor | None = None) -> None:
-        """Load the configured version (or take ``preloaded``), start the batcher, warm up in the background."""
+    async def start(self, preloaded: Predictor | None = None, background: bool = False) -> None:
+        """Load the configured version (or take ``preloaded``), start the batcher, warm up in the background.
+
+        With ``background`` the load itself runs in a task too, so the server answers liveness
+        (and a 503 readiness) while a large model loads; a failure sets :attr:`load_error` and
+        calls :attr:`on_load_failure`.
+        """
+        if background:
+            self._loading = asyncio.create_task(self._load_in_background(), name="load")
+            return
+        await self._load(preloaded)
+
+    async def _load_in_background(self) -> None:
+        try:
+            await self._load(None)
+        except Exception as exc:  # noqa: BLE001 - reported, and the server stops
+            self.load_error = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+            log.error("cannot load the model: %s", self.load_error)
+            if self.on_load_failure is not None:
+                self.on_load_failure()
+
+    async def _load(self, preloaded: Predictor | None) -> None:
         settings = self.settings
         loaded = preloaded
         if loaded is None:
@@ -80,8 +103,9 @@ class ModelService:
     async def stop(self) -> None:
         """Answer what is queued or running (up to the shutdown timeout), then stop the model process."""
         self.draining = True
-        if self._warmup is not None:
-            self._warmup.cancel()
+        for task in (self._loading, self._warmup):
+            if task is not None:
+                task.cancel()
         if self.batcher is not None:
             await self.batcher.stop(timeout=self.settings.shutdown_timeout_s)
         if self.model_host is not None:  # after the batcher: no batch is running
