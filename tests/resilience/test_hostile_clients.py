@@ -104,29 +104,33 @@ def test_stalled_connections_are_closed_after_the_timeout(server: LiveServer, ki
 def test_at_the_connection_cap_idle_then_slow_connections_make_room(two_versions: Path) -> None:
     """A new client is served at the cap: the longest-idle connection is closed for it, then the
     one receiving its request most slowly (answered 503 with Retry-After), never a busy one."""
-    with launch_server(two_versions, "--version", V1, "--max-connections", "20") as live:
-        idle = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(10)]
-        drip = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(10)]  # 20: at the cap
-        for sock in drip:
-            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+
+    def dripping() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", live.port))
+        sock.sendall(head)
+        return sock
+
+    with launch_server(two_versions, "--version", V1, "--max-connections", "10") as live:
+        idle = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(5)]
+        drip = [dripping() for _ in range(5)]  # 10: at the cap
         time.sleep(1.2)  # the idle ones have been idle long enough to go first
         try:
-            for _ in range(10):  # each new client costs one idle connection
+            for _ in range(8):  # each new client costs one connection; refill to stay at the cap
                 assert httpx.post(f"{live.url}/predict", json=PREDICT).status_code == 200
+                drip.append(dripping())
             for sock in idle:
                 sock.settimeout(3)
                 assert sock.recv(100) == b"", "an idle connection should have been closed"
-            shed = 0
-            for _ in range(3):  # then the slow uploads, one per new client
-                assert httpx.post(f"{live.url}/predict", json=PREDICT).status_code == 200
+            shed = []
             for sock in drip:
-                sock.settimeout(0.5)
-                with contextlib.suppress(TimeoutError, socket.timeout):
-                    answer = sock.recv(4096)
-                    if answer.startswith(b"HTTP/1.1 503"):
-                        assert b"retry-after: 1" in answer.lower() and b"to serve others" in answer, answer
-                        shed += 1
-            assert shed >= 3, shed
+                sock.settimeout(0.3)
+                with contextlib.suppress(TimeoutError):
+                    shed.append(sock.recv(4096))
+            assert len(shed) == 3, shed  # the 5 idle ones, then 3 of the slow uploads
+            for answer in shed:
+                assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower(), answer
+                assert b"to serve others" in answer, answer
         finally:
             for sock in idle + drip:
                 sock.close()
