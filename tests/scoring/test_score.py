@@ -221,3 +221,23 @@ def test_unusable_model_exits_1_with_one_error_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot load model from {artifacts_dir}"), err
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--threads", "-1", "--threads: must be 0 (every usable CPU) or a positive integer, got -1"),
+        ("--threads", "two", "--threads: invalid _non_negative value: 'two'"),
+        ("--batch-size", "0", "--batch-size: must be a positive integer, got 0"),
+    ],
+)
+def test_bad_flag_values_are_one_usage_error_not_a_traceback(
+    artifacts_dir: Path, tmp_path: Path, flag: str, value: str, message: str
+) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("title\nStocks rally\n")
+    cmd = [sys.executable, "-m", "scoring", "--artifacts-dir", str(artifacts_dir), "--input", str(src)]
+    done = subprocess.run(
+        [*cmd, "--output", str(tmp_path / "out.csv"), flag, value], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
