@@ -70,8 +70,18 @@ def test_decision_records_say_context_decision_consequences():
 
 def test_readme_training_flags_exist():
     flags = {option for action in build_parser()._actions for option in action.option_strings}
-    for flag in ("--data", "--artifacts-dir", "--model", "--epochs", "--seed", "--device", "--stopwords",
-                 "--nltk-data", "--cache-dir", "--weights-dtype"):
+    for flag in (
+        "--data",
+        "--artifacts-dir",
+        "--model",
+        "--epochs",
+        "--seed",
+        "--device",
+        "--stopwords",
+        "--nltk-data",
+        "--cache-dir",
+        "--weights-dtype",
+    ):
         assert flag in flags
         assert flag in README
 
@@ -319,8 +329,13 @@ def test_readme_api_outputs_come_from_the_committed_model():
         for command, documented, needs_load in examples:
             run = command.replace("localhost:8000", f"127.0.0.1:{server.port}")
             with _busy_queue(server.port) if needs_load else contextlib.nullcontext():
-                result = subprocess.run(["bash", "-c", run], capture_output=True, text=True, timeout=60,
-                                        env={**os.environ, "HC_ADMIN_TOKEN": token})
+                result = subprocess.run(
+                    ["bash", "-c", run],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env={**os.environ, "HC_ADMIN_TOKEN": token},
+                )
             assert result.returncode == 0, f"`{command}`: {result.stderr}"
             _same_output(documented, result.stdout, command)
     finally:

@@ -686,3 +686,22 @@ def test_a_deadline_and_the_batch_start_never_both_claim_a_request(predictor: Pr
     assert isinstance(error, DeadlineExceeded) and not error.computed
     assert live == [], "answered 'not computed' and computed anyway"
     assert metrics.dropped == ["deadline"]
+
+
+def test_a_batch_with_an_outlier_length_runs_in_length_groups(
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grouping is used, not only defined: short titles are not padded to a 200-token one."""
+    calls: list[int] = []
+    forward = Predictor._forward
+
+    def counting(self: Predictor, sequences: list[Sequence[object]], same_length: bool) -> np.ndarray:
+        calls.append(len(sequences))
+        return forward(self, sequences, same_length)
+
+    texts = [*distinct_texts(6), " ".join(["stocks rally"] * 100)]
+    alone = [predictor.predict([t]).probabilities[0] for t in texts]
+    monkeypatch.setattr(Predictor, "_forward", counting)
+    together = predictor.predict(texts).probabilities
+    assert sorted(calls) == [1, 6], calls
+    np.testing.assert_allclose(together, np.array(alone), atol=1e-6)

@@ -306,3 +306,14 @@ def test_large_requests_from_concurrent_clients_each_get_their_own_answers(artif
         for got in rounds:
             np.testing.assert_allclose(got, expected[index], atol=SERVED_ATOL)
     assert "hc_batch_size_requests_count" in metrics
+
+
+def test_a_batch_sent_ahead_is_counted_by_the_drift_counters(remote: ProcessPredictor) -> None:
+    """A sent batch is computed in the child with counting on, and its counts reach the observer."""
+    seen: list[InputCounts] = []
+    remote.observer = lambda counts, probs, classes: seen.append(counts)
+    texts = ["Stocks rally", "Oil prices fall", "!!! ???"]
+    collect = remote.send_ahead(texts)
+    assert collect is not None
+    collect()
+    assert len(seen) == 1 and seen[0].texts == 3 and seen[0].empty == 1, seen
