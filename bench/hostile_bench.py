@@ -368,7 +368,48 @@ def measure_amplification(server: Server, concurrent: int) -> dict[str, Any]:
     }
 
 
+def attack_drip(server: Server, kind: str, count: int, hold_s: float, drip_s: float = 9.0) -> dict[str, Any]:
+    """``count`` connections dripping a byte every ``drip_s`` (head or body) while a client sends
+    one request after another, each on a new connection: the longest it waited, and RSS."""
+    idle = server.rss()
+    waits: list[float] = []
+    failures = 0
+    stop = threading.Event()
+
+    def client() -> None:
+        nonlocal failures
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection(HOST, server.port, timeout=30)
+                conn.request("POST", "/predict", body=PREDICT_BODY, headers={"Content-Type": "application/json"})
+                ok = conn.getresponse().status == 200
+                conn.close()
+            except OSError:
+                ok = False
+            waits.append(time.perf_counter() - started)
+            failures += not ok
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=client, daemon=True)
+    with Sampler(server) as sampler:
+        thread.start()
+        outcome = asyncio.run(hold_stalled(server.port, kind, count, hold_s, drip_s=drip_s))
+        stop.set()
+        thread.join(60)
+    return {
+        **outcome,
+        "client_requests": len(waits),
+        "client_failures": failures,
+        "client_max_wait_s": round(max(waits), 3) if waits else None,
+        "rss_idle_mb": round(idle),
+        "rss_peak_mb": round(sampler.peak),
+    }
+
+
 ATTACKS: dict[str, Callable[[Server, argparse.Namespace], dict[str, Any]]] = {
+    "drip_head": lambda s, a: attack_drip(s, "slowloris", a.connections, a.hold),
+    "drip_body": lambda s, a: attack_drip(s, "dripbody", a.connections, a.hold),
     "amplification": lambda s, a: measure_amplification(s, 1),
     "amplification_x4": lambda s, a: measure_amplification(s, 4),
     "stalled_idle": lambda s, a: attack_stalled(s, "idle", a.connections, a.hold),
