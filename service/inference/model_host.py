@@ -58,6 +58,7 @@ _STOP_TIMEOUT_S = 10.0
 STALL_FACTOR = 10.0
 _LOAD_TIMEOUT_S = 120.0  # a load reads and checks a whole artifact: never judged by batch times
 _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+_WARM_TEXTS = ("a first batch for a new model process", "so its device is ready")
 
 # The files of one verified version: relative path -> bytes.
 ArtifactFiles = dict[str, bytes]
@@ -151,6 +152,7 @@ class _Child:
     def __init__(self, threads: int) -> None:
         # A plain subprocess, not multiprocessing: no fork of a threaded process, and no
         # resource-tracker process beside the model process.
+        self.warm = False  # it has computed a batch: the watchdog's budget applies from then on
         ours, theirs = socket.socketpair()
         with ours, theirs:
             command = [sys.executable, "-m", "service.inference.model_host", str(theirs.fileno()), str(threads)]
@@ -246,13 +248,17 @@ class ModelHost:
         return self._restarting
 
     def _start(self) -> _Child:
-        """A new child with every registered version loaded (called with the send lock held)."""
+        """A new child with every registered version loaded and run once, so its first live batch
+        is not its slowest (called with the send lock held)."""
         child = _Child(self.threads)
         for key, (name, files, device) in list(self._models.items()):
             reply = child.request_or_none((0, "load", key, name, files, device))
+            if reply is not None and reply[1] == "ok":
+                reply = child.request_or_none((0, "predict", key, list(_WARM_TEXTS), False))
             if reply is None or reply[1] != "ok":
                 child.stop()
                 raise ModelProcessLost(f"the new model process could not load {name}: {reply and reply[2]}")
+            child.warm = True
         with self._state_lock:
             self._child = child
             self._box[:] = [child]
@@ -359,7 +365,10 @@ class ModelHost:
                 child = self._child
                 if generation != self._generation or child is None:
                     raise ModelProcessLost("the model process exited before it answered; it is being replaced")
-                budget = budget_s if budget_s is not None else self._budget()
+                if budget_s is not None:
+                    budget = budget_s
+                else:  # a child's first batch may set up a device (CUDA): never judged by later ones
+                    budget = self._budget() if child.warm else _LOAD_TIMEOUT_S
                 started = time.monotonic()
                 try:
                     if not child.conn.poll(budget):
@@ -369,7 +378,9 @@ class ModelHost:
                 except (EOFError, OSError):
                     raise self._lose(child, "exited") from None
                 if budget_s is None:
-                    self._slowest = max(self._slowest, time.monotonic() - started)
+                    if child.warm:
+                        self._slowest = max(self._slowest, time.monotonic() - started)
+                    child.warm = True
                 self._answers[reply[0]] = reply[1:]
 
     def load(self, folder: str, device: str) -> tuple[int, str]:
