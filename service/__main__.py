@@ -1,6 +1,6 @@
 """``python -m service --artifacts-dir DIR ...``: validate settings, check the artifact, bind, load, serve.
 
-The artifact is found and its checksums verified before anything binds, so a missing or broken
+The artifact is found, verified and rebuilt once before anything binds, so a missing or broken
 one ends the process with one ``error: ...`` line and exit status 1. The port is bound before the
 model loads: liveness answers 200 and readiness 503 while it loads (up to minutes for a large
 model on a busy machine), so an orchestrator neither kills a loading pod nor sends it traffic.
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     # Imported after settings so `--help` and bad flags answer without loading torch.
-    from contract.artifact import ArtifactError, resolve_version, verify_artifact
+    from contract.artifact import ArtifactError, load_artifact, resolve_version
     from service.api.app import create_app
     from service.http.server import (
         ConnectionLimits,
@@ -43,8 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     check_uvicorn()
     try:
-        verify_artifact(resolve_version(settings.artifacts_dir, settings.version))
         resolve_device(settings.device)
+        # The whole artifact is read and rebuilt once here (checksums, contents, weights): an
+        # unusable one ends the process before it binds. Loading into the model process follows.
+        load_artifact(resolve_version(settings.artifacts_dir, settings.version))
     except ArtifactError as exc:
         print(f"error: cannot load model from {settings.artifacts_dir}: {exc}", file=sys.stderr)
         return 1
