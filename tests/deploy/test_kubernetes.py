@@ -88,6 +88,10 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
+def claim_names(spec: dict[str, Any]) -> list[str]:
+    return [v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
+
+
 def cpu_cores(quantity: str | int) -> float:
     text = str(quantity)
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
@@ -305,8 +309,7 @@ def test_artifacts_volume_is_shared_and_seeded_with_the_default_model() -> None:
     base = render("base")
     claim = find(base, "PersistentVolumeClaim")["metadata"]["name"]
     spec = pod_spec(find(base, "Deployment"))
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
-    assert claim in claims.values()
+    assert claim in claim_names(spec)
     api_mounts = {m["mountPath"]: m for m in api_container(base)["volumeMounts"]}
     assert api_mounts["/app/artifacts"].get("readOnly") is True
     settings_dir = env_of(api_container(base))["HC_ARTIFACTS_DIR"]
@@ -316,8 +319,7 @@ def test_artifacts_volume_is_shared_and_seeded_with_the_default_model() -> None:
     assert "mv -T" in seed["command"][-1]  # renamed into place, never half-copied
     for source in PLAIN:
         train_spec = pod_spec(render(source)[0])
-        train_claims = [v["persistentVolumeClaim"]["claimName"] for v in train_spec["volumes"] if "persistentVolumeClaim" in v]
-        assert train_claims == [claim]
+        assert claim_names(train_spec) == [claim]
         args = train_spec["containers"][0]["args"]
         assert args[args.index("--artifacts-dir") + 1] == settings_dir
 
@@ -346,8 +348,8 @@ def promql_metric_names(query: str) -> set[str]:
     ("query", "names"),
     [
         ('sum(rate(a_total{x="y"}[5m])) / sum by (instance) (b)', {"a_total", "b"}),
-        ("max by (i) (c{le=\"0.6\"}) - on (i) d > 0.15 and on (i) e offset 5m > 1e3", {"c", "d", "e"}),
-        ('histogram_quantile(0.99, sum without (pod) (rate(h_bucket[1m])))', {"h_bucket"}),
+        ('max by (i) (c{le="0.6"}) - on (i) d > 0.15 and on (i) e offset 5m > 1e3', {"c", "d", "e"}),
+        ("histogram_quantile(0.99, sum without (pod) (rate(h_bucket[1m])))", {"h_bucket"}),
     ],
 )
 def test_promql_metric_names(query: str, names: set[str]) -> None:
