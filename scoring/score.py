@@ -350,11 +350,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="CPUs to use: model worker threads, one torch thread each; 0 = every usable CPU (default)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default) or ray: the same files, scored on a Ray cluster (needs the ray extra)",
+    )
+    parser.add_argument("--ray-address", default=None, help="with --engine ray: the cluster's address, HOST:PORT")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.engine == "ray":
+        from scoring.ray_engine import run_cli
+
+        return run_cli(args)
     try:
         check_paths(args.input, args.output)
     except BadInput as exc:
