@@ -16,13 +16,14 @@ the same labels, and probabilities equal to float32 rounding.
   Parquet (``.parquet``/``.pq``) values are written as text, nulls as empty fields. (Reading
   on the driver also keeps every cluster CPU for the predictors: Ray Data read tasks would
   need CPUs that a full actor pool holds.)
-- A worker that dies mid-run is replaced and its batches run again (actor restarts and task
-  retries), so the output is still complete.
+- A worker that dies mid-run is replaced and its batches run again (Ray Data restarts pool
+  actors and retries their tasks by default), so the output is still complete.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import sys
 import tempfile
@@ -242,7 +243,7 @@ def score_file_ray(
     read = _parquet_tables if is_parquet(input_path) else _csv_tables
     header, tables = read(input_path, text_column, classes, chunk_rows)
 
-    ray.init(address=address, logging_level="WARNING", log_to_driver=False, configure_logging=False)
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
@@ -263,8 +264,6 @@ def score_file_ray(
                     batch_size=chunk_rows,
                     compute=ray.data.ActorPoolStrategy(size=pool),
                     num_cpus=1,
-                    max_restarts=-1,
-                    max_task_retries=-1,
                 )
                 for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
                     rows = _write_batch(writer, batch, header, len(classes), rows)
