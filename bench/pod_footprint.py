@@ -16,13 +16,14 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
-from tests.service.live_server import free_port
+from tests.service.live_server import LiveServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,30 +42,24 @@ def one_run(artifacts: Path) -> tuple[float, list[tuple[int, int]]]:
     port = free_port()
     env = {**os.environ, "HC_TORCH_THREADS": "1", "HC_PORT": str(port), "HC_LOG_LEVEL": "warning"}
     started = time.monotonic()
+    log = tempfile.NamedTemporaryFile(prefix="hc-footprint-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--artifacts-dir", str(artifacts)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    log.close()
+    server = LiveServer(process, port, Path(log.name))
     try:
-        url = f"http://127.0.0.1:{port}"
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"server exited with {process.returncode}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        server.wait_ready(timeout=300)
         ready_s = time.monotonic() - started
-        with httpx.Client(base_url=url) as client:
+        with httpx.Client(base_url=server.url) as client:
             for i in range(300):
                 client.post("/predict", json={"texts": [f"Stocks rally as markets jump {i}"] * 64})
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
         return ready_s, [memory_mib(process.pid), *(memory_mib(int(c)) for c in children)]
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        server.stop(timeout=60)
+        Path(log.name).unlink()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
