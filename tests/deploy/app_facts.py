@@ -64,8 +64,8 @@ def image_facts() -> tuple[int, int]:
 def app_facts(artifacts_dir: Path = ROOT / "artifacts") -> AppFacts:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from service.app import create_app
-    from service.draining import DrainingServer
+    from service.api.app import create_app
+    from service.http.server import DrainingServer
     from service.settings import Settings
 
     with warnings.catch_warnings():
@@ -84,9 +84,9 @@ def app_facts(artifacts_dir: Path = ROOT / "artifacts") -> AppFacts:
         assert response.status_code == 200, response.text
         statuses = {path: client.get(path).status_code for path in candidates}
         exposition = client.get("/metrics").text
-        app.state.service.draining = True  # what SIGTERM sets first
+        app.model.draining = True  # what SIGTERM sets first
         draining = {path: client.get(path).status_code for path in candidates}
-        app.state.service.draining = False
+        app.model.draining = False
     ready = [p for p in candidates if statuses[p] == 200 and draining[p] == 503]
     live = [p for p in candidates if p.startswith("/health") and statuses[p] == 200 and draining[p] == 200]
     assert len(ready) == 1 and len(live) == 1, (statuses, draining)

@@ -203,6 +203,8 @@ def test_probes_and_port_are_the_apps(source: str, facts: AppFacts) -> None:
         assert get["port"] in ("http", settings.port)
         assert facts.status_of(get["path"]) == expected, f"{probe} {get['path']}"
     assert container["readinessProbe"]["httpGet"]["path"] == facts.ready_path
+    # Liveness answers before the model is loaded: only readiness says the start is over.
+    assert container["startupProbe"]["httpGet"]["path"] == facts.ready_path
     assert container["livenessProbe"]["httpGet"]["path"] == facts.live_path
     # Readiness must tell "draining" apart from "alive": the same path would keep traffic on a draining pod.
     assert facts.ready_path != facts.live_path

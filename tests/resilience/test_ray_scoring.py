@@ -1,4 +1,4 @@
-"""``python -m scoring --engine ray`` (also ``python -m service.score``) against a real two-node Ray cluster on 127.0.0.1.
+"""``python -m scoring --engine ray`` (or ``python -m service.score``) on a real two-node Ray cluster.
 
 The cluster (a head and a second node from ``ray.cluster_utils.Cluster``, one CPU each) is
 started and stopped here; with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` both nodes bind
