@@ -55,7 +55,9 @@ def one_run(artifacts: Path) -> tuple[float, list[tuple[int, int]]]:
         with httpx.Client(base_url=server.url) as client:
             for i in range(300):
                 client.post("/predict", json={"texts": [f"Stocks rally as markets jump {i}"] * 64})
-        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        # Every thread's children: the model process may be started from a loader thread.
+        tasks = Path(f"/proc/{process.pid}/task").iterdir()
+        children = [c for task in tasks for c in (task / "children").read_text().split()]
         return ready_s, [memory_mib(process.pid), *(memory_mib(int(c)) for c in children)]
     finally:
         server.stop(timeout=60)

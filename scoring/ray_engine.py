@@ -49,6 +49,8 @@ from scoring.score import (
     _Records,
     check_paths,
     output_columns,
+    print_summary,
+    read_header,
 )
 from service.inference.predictor import Predictor
 
@@ -137,13 +139,7 @@ def _csv_tables(
     with _open_binary(input_path) as handle:
         lines = _Lines(handle, name)
         records = iter(_Records(lines))
-        first = next(records, None)
-        if first is None:
-            raise BadInput(f"{name}:1: empty file (expected a header row with a {text_column!r} column)")
-        header = first[1]
-        if text_column not in header:
-            raise BadInput(f"{name}:{first[0]}: no column {text_column!r} (columns: {', '.join(header)})")
-        _refuse_clashes(header, classes, f"{name}:{first[0]}")
+        header = read_header(records, name, text_column, classes)
         tables, start = [], 0
         for chunk in _chunks(records, len(header), chunk_rows, name):
             columns = {f"c{i}": pa.array([r[i] for r in chunk], pa.string()) for i in range(len(header))}
@@ -320,10 +316,5 @@ def run_cli(args: argparse.Namespace) -> int:
     except ArtifactError as exc:
         print(f"error: cannot load model from {args.artifacts_dir}: {exc}", file=sys.stderr)
         return EXIT_BAD_MODEL
-    rate = summary.rows / summary.seconds if summary.seconds else 0.0
-    print(
-        f"scored {summary.rows:,} rows in {summary.seconds:.2f} s ({rate:,.0f} rows/s) on Ray at {args.ray_address} "
-        f"with model {version} -> {summary.output}",
-        file=sys.stderr,
-    )
+    print_summary(summary, version, f" on Ray at {args.ray_address}")
     return 0
