@@ -20,8 +20,8 @@ TORCH_INDEX_cpu := https://download.pytorch.org/whl/cpu
 TORCH_INDEX_cuda := https://download.pytorch.org/whl/cu128
 TORCH_INDEX_URL ?= $(TORCH_INDEX_$(TORCH))
 
-.PHONY: install install-serve run test test-fast test-container lint train default-model bench clean \
-	docker-build docker-build-train compose-config compose-up
+.PHONY: install install-serve install-ray checkov run test test-fast test-container lint train default-model bench clean \
+	docker-build docker-build-train compose-config compose-up k8s-render
 
 # torch alone from the wheel index for TORCH (nothing else from there), its dependencies from
 # PyPI, then the check. Skipped when the venv already has the right build.
@@ -49,7 +49,25 @@ $(BIN)/.installed: $(BIN)/.torch-$(TORCH) pyproject.toml
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(BIN)/.serve $@
 
+# The Ray engine of the offline scorer (`--engine ray`): Ray Data, pyarrow, pandas.
+$(BIN)/.ray: $(BIN)/.installed
+	$(BIN)/pip install -q -c constraints.txt -e '.[ray]'
+	touch $@
+
+# checkov in a venv of its own (many dependencies, none the project needs); tests/deploy runs
+# it on the rendered Kubernetes manifests.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := .cache/checkov
+$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	touch $@
+
 install-serve: $(BIN)/.serve
+
+install-ray: $(BIN)/.ray
+
+checkov: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
 install: $(BIN)/.installed
 
@@ -61,8 +79,9 @@ lint: install
 	$(BIN)/mypy
 
 # The whole suite CI runs: lint, the fast tests, then the resilience suite against live
-# servers (overload, SIGTERM, faults, fuzzing, reload under load, a RESILIENCE_SOAK_S soak).
-test: install lint
+# servers (overload, SIGTERM, faults, fuzzing, reload under load, a RESILIENCE_SOAK_S soak,
+# a rolling restart behind HAProxy, scoring on a local two-node Ray cluster).
+test: install install-ray checkov lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m resilience tests/resilience
 
@@ -111,6 +130,11 @@ compose-config:
 
 compose-up:
 	docker compose up --build -d
+
+# The Kubernetes manifests as kubectl would apply them (kubectl's built-in kustomize, no cluster).
+k8s-render:
+	@for dir in base overlays/gpu overlays/keda monitoring; do \
+		echo "# --- deploy/kubernetes/$$dir"; kubectl kustomize deploy/kubernetes/$$dir || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

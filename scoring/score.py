@@ -141,6 +141,22 @@ def check_paths(input_path: Path, output_path: Path) -> None:
         raise BadInput(f"{output_path}: is a folder, not a file")
 
 
+def read_header(
+    records: Iterator[tuple[int, list[str]]], name: str, text_column: str, classes: Sequence[str]
+) -> list[str]:
+    """The header record, refused without the text column or with a column the output adds."""
+    first = next(records, None)
+    if first is None:
+        raise BadInput(f"{name}:1: empty file (expected a header row with a {text_column!r} column)")
+    line, header = first
+    if text_column not in header:
+        raise BadInput(f"{name}:{line}: no column {text_column!r} (columns: {', '.join(header)})")
+    clashes = sorted(set(header) & set(output_columns(header, classes)[len(header) :]))
+    if clashes:
+        raise BadInput(f"{name}:{line}: input already has output column(s) {', '.join(clashes)}; rename them")
+    return header
+
+
 def output_columns(header: Sequence[str], classes: Sequence[str]) -> list[str]:
     return [*header, "label", "empty", *(f"prob_{c}" for c in classes)]
 
@@ -173,16 +189,8 @@ def score_file(
         total = os.fstat(handle.fileno()).st_size
         lines = _Lines(handle, name)
         records = iter(_Records(lines))
-        first = next(records, None)
-        if first is None:
-            raise BadInput(f"{name}:1: empty file (expected a header row with a {text_column!r} column)")
-        header = first[1]
-        if text_column not in header:
-            raise BadInput(f"{name}:{first[0]}: no column {text_column!r} (columns: {', '.join(header)})")
+        header = read_header(records, name, text_column, predictor.classes)
         columns = output_columns(header, predictor.classes)
-        clashes = sorted(set(header) & set(columns[len(header) :]))
-        if clashes:
-            raise BadInput(f"{name}:{first[0]}: input already has output column(s) {', '.join(clashes)}; rename them")
         text_index = header.index(text_column)
         tracker = _Progress(progress or sys.stderr, input_path.name, total)
         rows = 0
@@ -350,11 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="CPUs to use: model worker threads, one torch thread each; 0 = every usable CPU (default)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default) or ray: the same files, scored on a Ray cluster (needs the ray extra)",
+    )
+    parser.add_argument("--ray-address", default=None, help="with --engine ray: the cluster's address, HOST:PORT")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.engine == "ray":
+        from scoring.ray_engine import run_cli
+
+        return run_cli(args)
     try:
         check_paths(args.input, args.output)
     except BadInput as exc:
@@ -381,13 +400,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    print_summary(summary, predictor.version)
+    return 0
+
+
+def print_summary(summary: Summary, version: str, where: str = "") -> None:
+    """The closing stderr line of a run: rows, time, rate, model (and ``where``: the engine's cluster)."""
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     print(
-        f"scored {summary.rows:,} rows in {summary.seconds:.2f} s ({rate:,.0f} rows/s) with model "
-        f"{predictor.version} -> {summary.output}",
+        f"scored {summary.rows:,} rows in {summary.seconds:.2f} s ({rate:,.0f} rows/s){where} with model "
+        f"{version} -> {summary.output}",
         file=sys.stderr,
     )
-    return 0
 
 
 if __name__ == "__main__":
