@@ -1,6 +1,7 @@
 """The Kubernetes manifests (deploy/kubernetes): valid, hardened, and in agreement with the code.
 
-Rendered with ``kubectl kustomize`` (no cluster needed), then:
+Rendered by tests/deploy/kustomize.py, and checked against ``kubectl kustomize`` where kubectl is
+installed (no cluster needed), then:
 
 - every built-in object validates with kubernetes-validate's strict schemas, every custom one
   (ScaledObject, ServiceMonitor, PrometheusRule) against the schemas vendored in
@@ -10,7 +11,7 @@ Rendered with ``kubectl kustomize`` (no cluster needed), then:
   threads are the CPU limit minus one, every metric a PromQL query names is on /metrics, and
   the uid is the image's.
 
-Without kubectl, kubernetes-validate or checkov these tests skip, and fail under CI=true.
+Without kubernetes-validate or checkov these tests skip, and fail under CI=true.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy import kustomize
 from tests.deploy.app_facts import AppFacts, app_facts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,17 +52,24 @@ def need(condition: bool, reason: str) -> None:
 
 @cache
 def render(name: str) -> tuple[dict[str, Any], ...]:
-    """The objects of one kustomization (``kubectl kustomize``) or plain file."""
+    """The objects of one kustomization or plain file. Kustomizations are rendered by
+    tests/deploy/kustomize.py and, where kubectl is installed, by ``kubectl kustomize`` too:
+    the two must give the same objects."""
     if name.endswith(".yaml"):
-        text = (KUBE / name).read_text()
-    else:
-        kubectl = shutil.which("kubectl")
-        need(kubectl is not None, "kubectl not installed (its built-in kustomize renders the manifests)")
-        assert kubectl is not None
+        return tuple(doc for doc in yaml.safe_load_all((KUBE / name).read_text()) if doc)
+    objects = tuple(kustomize.render(KUBE / name))
+    kubectl = shutil.which("kubectl")
+    if kubectl is not None:
         result = subprocess.run([kubectl, "kustomize", str(KUBE / name)], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
-        text = result.stdout
-    return tuple(doc for doc in yaml.safe_load_all(text) if doc)
+        theirs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        key = _identity
+        assert sorted(objects, key=key) == sorted(theirs, key=key), f"{name}: kubectl renders other objects"
+    return objects
+
+
+def _identity(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
 
 
 def all_sources() -> tuple[str, ...]:
