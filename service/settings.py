@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     version: str = Field(
         "latest", description="Model version to serve: a version folder name, or `latest` for the newest valid one."
     )
+    model_name: str = Field(
+        "headline-classifier",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="The model's name in the Open Inference Protocol's paths (/v2/models/NAME/...).",
+    )
     host: str = Field("127.0.0.1", description="Interface to bind (use 0.0.0.0 inside a container).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
     device: Literal["auto", "cpu", "cuda"] = Field(

@@ -18,6 +18,7 @@ from fastapi_swagger import patch_fastapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.routes import router
+from service.api.v2_routes import router as v2_router
 from service.errors import ErrorRenderer, InternalError, MethodNotAllowed, NotFound, ServiceError
 from service.http.endpoint import Endpoint
 from service.inference.model_host import ModelHost
@@ -63,6 +64,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None, model_hos
     patch_fastapi(api, docs_url="/docs", redirect_from_root_to_docs=False)
     api.state.model_service = model
     api.include_router(router)
+    api.include_router(v2_router)
     _document_limits(api, settings)
     _render_errors(api, ErrorRenderer(settings.retry_after_s))
     return Endpoint(api, model, settings, metrics)
@@ -71,15 +73,16 @@ def create_app(settings: Settings, predictor: Predictor | None = None, model_hos
 def _render_errors(api: FastAPI, renderer: ErrorRenderer) -> None:
     """One exception handler for the routes: every error goes through the one renderer."""
 
-    def respond(exc: ServiceError) -> Response:
-        answer = renderer.render(exc)
+    def respond(exc: ServiceError, request: Request) -> Response:
+        # The Open Inference Protocol's routes answer in its error shape.
+        answer = renderer.render(exc, request.url.path.startswith("/v2"))
         response = Response(answer.body, status_code=answer.status)
         response.raw_headers.extend(answer.headers)
         return response
 
     @api.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
-        return respond(exc)
+        return respond(exc, request)
 
     @api.exception_handler(StarletteHTTPException)
     async def _routing_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -88,13 +91,13 @@ def _render_errors(api: FastAPI, renderer: ErrorRenderer) -> None:
         kind = kinds.get(exc.status_code)
         if kind is None:
             log.error("unexpected HTTP error %d: %s", exc.status_code, exc.detail)
-            return respond(InternalError(f"internal error: HTTP {exc.status_code}"))
-        return respond(kind(str(exc.detail), headers=dict(exc.headers or {})))
+            return respond(InternalError(f"internal error: HTTP {exc.status_code}"), request)
+        return respond(kind(str(exc.detail), headers=dict(exc.headers or {})), request)
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error")
-        return respond(InternalError(f"internal error: {type(exc).__name__}"))
+        return respond(InternalError(f"internal error: {type(exc).__name__}"), request)
 
 
 def _document_limits(api: FastAPI, settings: Settings) -> None:

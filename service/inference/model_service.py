@@ -21,6 +21,7 @@ from service.errors import (
     PredictionFailed,
     PredictionTimedOut,
     ReloadFailed,
+    UnknownModel,
 )
 from service.inference import batching
 from service.inference.batching import Batcher
@@ -138,11 +139,30 @@ class ModelService:
         if self.batcher is not None:
             self.batcher.withdraw()
 
-    async def predict(self, texts: list[str], timeout_s: float, gone: Callable[[], bool] | None = None) -> Prediction:
-        """Queue ``texts`` with their deadline and wait; every way it can fail is a domain error."""
+    def served_versions(self) -> list[str]:
+        """The versions a request may name."""
+        return [self.predictor.version] if self.predictor is not None else []
+
+    def predictor_for(self, version: str | None = None) -> Predictor:
+        """The predictor serving ``version`` (None: the default one); UnknownModel if none does."""
+        predictor = self.predictor
+        if predictor is None:
+            raise ModelUnavailable("model not loaded yet")
+        if version is not None and version != predictor.version:
+            raise UnknownModel(f"unknown model version {version[:100]!r}; served: {', '.join(self.served_versions())}")
+        return predictor
+
+    async def predict(
+        self, texts: list[str], timeout_s: float, gone: Callable[[], bool] | None = None, version: str | None = None
+    ) -> Prediction:
+        """Queue ``texts`` with their deadline and wait; every way it can fail is a domain error.
+
+        ``version`` names one of :meth:`served_versions` (None: the default)."""
         batcher = self.batcher
         if batcher is None:
             raise ModelUnavailable("model not loaded yet")
+        if version is not None:
+            self.predictor_for(version)
         try:
             return await batcher.submit(texts, timeout=timeout_s, gone=gone)
         except batching.Overloaded as exc:
