@@ -13,7 +13,13 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from service.api.routes import Model
-from service.api.v2_schemas import InferenceErrorResponse, InferenceRequest, InferenceResponse, ModelMetadata, ServerMetadata
+from service.api.v2_schemas import (
+    InferenceErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ServerMetadata,
+)
 from service.errors import UnknownModel
 from service.http.v2 import INPUT
 from service.inference.model_service import ModelService
@@ -92,7 +98,7 @@ def check_name(model: ModelService, name: str) -> None:
         raise UnknownModel(f"unknown model {name[:100]!r}; this server serves {served!r}")
 
 
-_METADATA = {"response_model": ModelMetadata, "responses": {404: _ERRORS[404], 503: _ERRORS[503]}}
+_METADATA: dict[str, Any] = {"response_model": ModelMetadata, "responses": {404: _ERRORS[404], 503: _ERRORS[503]}}
 
 
 @router.get("/models/{name}", summary="Model metadata (the default version)", **_METADATA)
@@ -111,7 +117,7 @@ def model_ready(model: ModelService, name: str, version: str | None) -> Response
     return Response(status_code=200 if model.readiness()[0] == "ready" else 503)
 
 
-_READY = {"responses": {200: _STATUS_ONLY, 404: _ERRORS[404], 503: _STATUS_ONLY}}
+_READY: dict[str, Any] = {"responses": {200: _STATUS_ONLY, 404: _ERRORS[404], 503: _STATUS_ONLY}}
 
 
 @router.get("/models/{name}/ready", summary="Model ready (the default version)", **_READY)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.schemas import EXAMPLE_PROBABILITIES, EXAMPLE_VERSION
 
-_CLASSES = sorted(EXAMPLE_PROBABILITIES)
+_CLASSES: list[Any] = sorted(EXAMPLE_PROBABILITIES)
 
 
 class ServerMetadata(BaseModel):

@@ -115,7 +115,7 @@ class InferBodyParser:
         texts = self._texts(request.inputs[0], binary)
         if isinstance(texts, ServiceError):
             return texts
-        outputs = OUTPUTS
+        outputs: tuple[str, ...] = OUTPUTS
         if request.outputs is not msgspec.UNSET:
             unknown = [o.name[:40] for o in request.outputs if o.name not in OUTPUTS]
             if unknown:
