@@ -41,6 +41,7 @@ V2_ROUTES = frozenset(
     {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready", V2_INFER}
 )
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+VERSION_HEADER = "X-Model-Version"  # /predict: the version to answer with (the default when absent)
 CLIENT_GONE = 499  # logged, never sent: nobody reads it
 _MAX_REQUEST_ID = 128
 _JSON = (b"content-type", b"application/json")
@@ -130,6 +131,7 @@ class Endpoint:
         length: bytes | None = None
         timeout: bytes | None = None
         binary: bytes | None = None
+        version: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable():
@@ -138,6 +140,8 @@ class Endpoint:
                 length = value
             elif name == b"x-request-timeout-ms":
                 timeout = value
+            elif name == b"x-model-version":
+                version = value
             elif name == b"inference-header-content-length":
                 binary = value
         request_id = request_id or f"{random.getrandbits(128):032x}"  # not security-relevant; uuid4 is slower
@@ -153,9 +157,12 @@ class Endpoint:
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 status = await self._error(send, PayloadTooLarge(self._too_large()), headers, route in V2_ROUTES)
             elif path == "/predict" and method == "POST":
-                status = await self._predict(receive, send, headers, length is None, timeout)
+                named = version.decode("latin-1") if version is not None else None
+                status = await self._predict(receive, send, headers, length is None, timeout, request_id, named)
             elif route == V2_INFER and method == "POST" and (target := infer_target(path)) is not None:
-                status = await self._predict(receive, send, headers, length is None, timeout, target, binary)
+                status = await self._predict(
+                    receive, send, headers, length is None, timeout, request_id, target.version, target, binary
+                )
             else:
                 status = await self._dispatch(scope, receive, send, headers, method == "POST" and length is None)
         finally:
@@ -177,12 +184,19 @@ class Endpoint:
         headers: list[tuple[bytes, bytes]],
         chunked: bool,
         timeout: bytes | None,
+        request_id: str,
+        version: str | None,
         v2: InferTarget | None = None,
         binary: bytes | None = None,
     ) -> int:
-        """``POST /predict``, or (``v2``: its target) the Open Inference Protocol's infer."""
+        """``POST /predict``, or (``v2``: its target) the Open Inference Protocol's infer; ``version``:
+        the one the request names (None: the default, or the canary's share)."""
         model = self.model
-        model.announce()  # a small batch may wait for this request while its body arrives
+        try:
+            lane = model.route(version, request_id)
+        except ServiceError as exc:
+            return await self._error(send, exc, headers, v2 is not None)
+        model.announce(lane)  # a small batch may wait for this request while its body arrives
         announced = True
         try:
             body = await self._read_body(receive, chunked)
@@ -193,13 +207,13 @@ class Endpoint:
             del body  # an answered error must not keep a large body alive
             if isinstance(call, ServiceError):
                 return await self._error(send, call, headers, v2 is not None)
-            texts, version = (call, None) if isinstance(call, list) else (call.texts, call.version)
-            model.withdraw()
+            texts = call if isinstance(call, list) else call.texts
+            model.withdraw(lane)
             announced = False
             timeout_s = request_timeout(timeout, self.settings.request_timeout_s)
             gone = DisconnectProbe(receive)
             try:
-                prediction = await model.predict(texts, timeout_s, gone, version)
+                prediction = await model.predict(texts, timeout_s, gone, lane=lane)
             finally:
                 gone.close()
             if isinstance(call, list):
@@ -214,10 +228,11 @@ class Endpoint:
             return await self._error(send, internal, headers, v2 is not None)
         finally:
             if announced:
-                model.withdraw()
+                model.withdraw(lane)
         headers += [_JSON, (b"content-length", str(len(content)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
+        model.shadow(texts, prediction)  # after the answer: a shadow never delays it
         return 200
 
     async def _read_body(self, receive: Receive, chunked: bool) -> bytes | None:

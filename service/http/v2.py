@@ -68,7 +68,6 @@ class InferCall:
     """A parsed infer request: the texts, and what the answer must carry."""
 
     texts: list[str]
-    version: str | None
     id: str | None
     outputs: tuple[str, ...]
 
@@ -123,7 +122,7 @@ class InferBodyParser:
             asked = {o.name for o in request.outputs}
             outputs = tuple(name for name in OUTPUTS if name in asked)
         request_id = None if request.id is msgspec.UNSET else request.id
-        return InferCall(texts, target.version, request_id, outputs)
+        return InferCall(texts, request_id, outputs)
 
     def _texts(self, tensor: _Tensor, binary: bytes) -> list[str] | ServiceError:
         if tensor.datatype != "BYTES":

@@ -177,15 +177,19 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._owns_executor = True
         self._current: list[_Request] = []  # the batch being formed
         self._running: _Job | None = None  # the batch on the model thread
         self._ahead: _Job | None = None  # a full batch handed over behind it
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, executor: ThreadPoolExecutor | None = None) -> None:
+        """Start the consumer; ``executor``: a model thread shared with other batchers (several
+        versions served), which :meth:`stop` leaves running for its owner."""
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task = asyncio.get_running_loop().create_task(self._consume(), name="batcher")
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -209,11 +213,11 @@ class Batcher:
             if not request.future.done():
                 request.future.set_exception(Overloaded("server is shutting down"))
         self._queue.clear()
-        if self._executor is not None:
+        if self._executor is not None and self._owns_executor:
             # Past the timeout a forward pass may still be running: do not block the event loop
             # on it (the interpreter joins the thread at exit).
             self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._executor = None
 
     @property
     def queued_texts(self) -> int:

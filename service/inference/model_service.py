@@ -1,7 +1,9 @@
-"""ModelService: the data plane. It owns the served model, the batcher and the model process,
-and does the two things a request can ask of them: predict (with a deadline and a way to tell
-that the client left) and reload. It raises the domain errors of ``service.errors`` and knows
-nothing of HTTP: the endpoints translate, this does the work.
+"""ModelService: the data plane. It owns the served versions (each a lane: predictor and
+batcher, see service/inference/versions.py), the one model thread and the model process, and
+does what a request can ask of them: route to a version, predict (with a deadline and a way
+to tell that the client left), shadow, and reload, add or retire a version. It raises the
+domain errors of ``service.errors`` and knows nothing of HTTP: the endpoints translate, this
+does the work.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import numpy as np
 
 from contract.artifact import ArtifactError
 from service.errors import (
@@ -21,13 +26,13 @@ from service.errors import (
     PredictionFailed,
     PredictionTimedOut,
     ReloadFailed,
-    UnknownModel,
 )
 from service.inference import batching
 from service.inference.batching import Batcher
 from service.inference.gc_tuning import freeze_new_objects, settle_garbage_collector
 from service.inference.model_host import ModelHost, ModelProcessLost, load_predictor
 from service.inference.predictor import Prediction, Predictor
+from service.inference.versions import Lane, VersionTable, parse_canary
 from service.observability.drift import read_reference
 from service.observability.metrics import Metrics
 from service.settings import Settings
@@ -42,31 +47,43 @@ class ModelService:
         self.settings = settings
         self.metrics = metrics
         self.model_host = model_host  # the model process (None: the model runs in a thread of this one)
-        self.predictor: Predictor | None = None
-        self.batcher: Batcher | None = None
+        self.table: VersionTable | None = None
         self.ready = False  # loaded and warm
         self.draining = False  # shutdown started: readiness answers 503
+        self._executor: ThreadPoolExecutor | None = None  # the one model thread, shared by every lane
         self._reload_lock = asyncio.Lock()
         self._warmup: asyncio.Task[None] | None = None
+        self._shadows: set[asyncio.Task[None]] = set()
+        self._answers: dict[str, Any] = {}  # version -> its answer counter, resolved once
+
+    @property
+    def predictor(self) -> Predictor | None:
+        """The default version's predictor."""
+        return self.table.default.predictor if self.table is not None else None
+
+    @property
+    def batcher(self) -> Batcher | None:
+        """The default version's batcher."""
+        return self.table.default.batcher if self.table is not None else None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, preloaded: Predictor | None = None) -> None:
-        """Load the configured version (or take ``preloaded``), start the batcher, warm up in the background."""
+        """Load the configured versions (the default may be ``preloaded``), start a batcher for
+        each on the one model thread, set the canary and shadow, warm up in the background."""
         settings = self.settings
         loaded = preloaded
         if loaded is None:
             loaded = await asyncio.to_thread(
                 load_predictor, settings.artifacts_dir, settings.version, settings.device, self.model_host
             )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.table = VersionTable(self._lane(loaded))
         self._serve(loaded)
-        self.batcher = Batcher(
-            self.current_predictor,
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue_size=settings.max_queue_size,
-            metrics=self.metrics,
-        )
-        self.batcher.start()
+        try:
+            await self._load_more_versions()
+        except BaseException:
+            await self.stop()
+            raise
         self._warmup = asyncio.create_task(self._warm_up(), name="warmup")
         log.info(
             "serving model %s on %s (max_batch_size=%d, max_wait_ms=%g)",
@@ -76,24 +93,78 @@ class ModelService:
             settings.max_wait_ms,
         )
 
+    def _lane(self, predictor: Predictor) -> Lane:
+        """A lane for ``predictor``, its batcher started on the model thread."""
+        settings = self.settings
+        batcher = Batcher(
+            lambda: lane.predictor,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue_size=settings.max_queue_size,
+            metrics=self.metrics,
+        )
+        lane = Lane(predictor, batcher)
+        batcher.start(self._executor)
+        return lane
+
+    async def _load_more_versions(self) -> None:
+        """``--versions``, the canary and the shadow: each loaded once, whatever it is called."""
+        settings, table = self.settings, self.table
+        assert table is not None
+        canary = parse_canary(settings.canary) if settings.canary else None
+        names = [v for v in settings.versions.split(",") if v]
+        names += [name for name in (canary and canary[0], settings.shadow) if name]
+        by_name = {settings.version: table.default}
+        for name in names:
+            if name in by_name:
+                continue
+            predictor = await self._on_model_thread(
+                load_predictor, settings.artifacts_dir, name, str(table.default.predictor.device), self.model_host
+            )
+            lane = table.lanes.get(predictor.version)
+            if lane is None:
+                lane = self._lane(predictor)
+                table.add(lane)
+            else:  # another name for a version already served (``latest``)
+                await self._on_model_thread(predictor.close)
+            by_name[name] = lane
+        if canary is not None:
+            table.set_canary(by_name[canary[0]], canary[1])
+        if settings.shadow:
+            table.shadow = by_name[settings.shadow]
+        if len(table.lanes) > 1:
+            log.info("serving versions %s; routing %s", ", ".join(table.versions()), table.roles())
+
+    async def _on_model_thread(self, fn: Callable[..., Any], *args: object) -> Any:
+        if self._executor is None:
+            raise batching.Overloaded("server is shutting down")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def stop(self) -> None:
         """Answer what is queued or running (up to the shutdown timeout), then stop the model process."""
         self.draining = True
         if self._warmup is not None:
             self._warmup.cancel()
-        if self.batcher is not None:
-            await self.batcher.stop(timeout=self.settings.shutdown_timeout_s)
-        if self.model_host is not None:  # after the batcher: no batch is running
+        for task in list(self._shadows):
+            task.cancel()
+        if self.table is not None:
+            timeout = self.settings.shutdown_timeout_s
+            await asyncio.gather(*(lane.batcher.stop(timeout=timeout) for lane in self.table.lanes.values()))
+        if self._executor is not None:
+            # Past the timeout a forward pass may still be running: do not block the event loop on it.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        if self.model_host is not None:  # after the batchers: no batch is running
             await asyncio.to_thread(self.model_host.close)
         log.info("batcher drained; shutdown complete")
 
     async def _warm_up(self) -> None:
-        predictor = self.current_predictor()
+        assert self.table is not None
         if self.settings.warmup:
             started = time.monotonic()
             try:
-                assert self.batcher is not None
-                await self.batcher.warm_up(predictor)
+                for lane in list(self.table.lanes.values()):
+                    await lane.batcher.warm_up(lane.predictor)
             except Exception:  # noqa: BLE001 - stay unready, keep the process up for inspection
                 log.exception("warm-up failed; readiness stays 503")
                 return
@@ -102,7 +173,7 @@ class ModelService:
         self.ready = True
 
     def readiness(self) -> tuple[str, str | None]:
-        """``(status, version)``: ``ready`` only when loaded, warm and not draining."""
+        """``(status, version)``: ``ready`` only when every version is loaded and warm and not draining."""
         version = self.predictor.version if self.predictor is not None else None
         if self.draining:
             return "draining", version
@@ -111,60 +182,74 @@ class ModelService:
         return "ready", version
 
     def describe(self) -> dict[str, Any]:
-        if self.predictor is None:
+        """The default version's metadata, every served version and the routing."""
+        if self.table is None:
             raise ModelUnavailable("model not loaded yet")
-        return self.predictor.describe()
+        return {**self.table.default.predictor.describe(), "versions": self.table.versions(), **self.routing()}
+
+    def routing(self) -> dict[str, Any]:
+        assert self.table is not None
+        return {"routing": self.table.roles()}
 
     def current_predictor(self) -> Predictor:
-        """The served predictor; the batcher reads it once per batch, so a reload swaps between batches."""
+        """The default predictor; a batcher reads its lane's once per batch, so a reload swaps between batches."""
         if self.predictor is None:
             raise RuntimeError("no model loaded")
         return self.predictor
 
     def _serve(self, predictor: Predictor) -> None:
+        """Make ``predictor`` (already in the default lane) the one the drift counters and model info describe."""
         self.metrics.drift.set_model(predictor.classes, read_reference(predictor.artifact.metrics)[0])
         if self.settings.drift_metrics:
             predictor.observer = self.metrics.drift.observe
-        self.predictor = predictor  # one assignment: the swap is atomic for the batcher
         self.metrics.set_model(predictor.version, str(predictor.device))
 
-    # -- predict -----------------------------------------------------------------------
-    def announce(self) -> None:
-        """A predict request has started arriving: a small batch may wait for it."""
-        if self.batcher is not None:
-            self.batcher.announce()
-
-    def withdraw(self) -> None:
-        """An announced request was read (it is about to be submitted) or will never be."""
-        if self.batcher is not None:
-            self.batcher.withdraw()
-
+    # -- routing -----------------------------------------------------------------------
     def served_versions(self) -> list[str]:
-        """The versions a request may name."""
-        return [self.predictor.version] if self.predictor is not None else []
+        """The versions a request may name, the default first."""
+        return self.table.versions() if self.table is not None else []
 
     def predictor_for(self, version: str | None = None) -> Predictor:
         """The predictor serving ``version`` (None: the default one); UnknownModel if none does."""
-        predictor = self.predictor
-        if predictor is None:
+        if self.table is None:
             raise ModelUnavailable("model not loaded yet")
-        if version is not None and version != predictor.version:
-            raise UnknownModel(f"unknown model version {version[:100]!r}; served: {', '.join(self.served_versions())}")
-        return predictor
+        return (self.table.default if version is None else self.table.lane(version)).predictor
+
+    def route(self, version: str | None, request_id: str) -> Lane:
+        """The lane a request goes to: the version it names, else the default or the canary's share."""
+        table = self.table
+        if table is None:
+            raise ModelUnavailable("model not loaded yet")
+        return table.route(version, request_id)
+
+    # -- predict -----------------------------------------------------------------------
+    def announce(self, lane: Lane | None = None) -> None:
+        """A predict request has started arriving: a small batch (of ``lane``, default the default) may wait for it."""
+        batcher = lane.batcher if lane is not None else self.batcher
+        if batcher is not None:
+            batcher.announce()
+
+    def withdraw(self, lane: Lane | None = None) -> None:
+        """An announced request was read (it is about to be submitted) or will never be."""
+        batcher = lane.batcher if lane is not None else self.batcher
+        if batcher is not None:
+            batcher.withdraw()
 
     async def predict(
-        self, texts: list[str], timeout_s: float, gone: Callable[[], bool] | None = None, version: str | None = None
+        self,
+        texts: list[str],
+        timeout_s: float,
+        gone: Callable[[], bool] | None = None,
+        version: str | None = None,
+        lane: Lane | None = None,
     ) -> Prediction:
         """Queue ``texts`` with their deadline and wait; every way it can fail is a domain error.
 
-        ``version`` names one of :meth:`served_versions` (None: the default)."""
-        batcher = self.batcher
-        if batcher is None:
-            raise ModelUnavailable("model not loaded yet")
-        if version is not None:
-            self.predictor_for(version)
+        The request goes to ``lane`` (see :meth:`route`), else to ``version``, else the default."""
+        if lane is None:
+            lane = self.route(version, "")
         try:
-            return await batcher.submit(texts, timeout=timeout_s, gone=gone)
+            prediction = await lane.batcher.submit(texts, timeout=timeout_s, gone=gone)
         except batching.Overloaded as exc:
             self.metrics.rejected.labels("overloaded").inc()
             raise Overloaded(str(exc)) from None
@@ -178,27 +263,68 @@ class ModelService:
             raise ModelUnavailable(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - a failed batch: tell its callers, keep serving
             raise PredictionFailed(f"prediction failed: {type(exc).__name__}: {exc}") from exc
+        counter = self._answers.get(prediction.version)
+        if counter is None:
+            counter = self._answers[prediction.version] = self.metrics.answers.labels(prediction.version)
+        counter.inc()
+        return prediction
 
-    # -- reload ------------------------------------------------------------------------
+    # -- shadow ------------------------------------------------------------------------
+    def shadow(self, texts: list[str], served: Prediction) -> None:
+        """Score a copy of an answered request on the shadow version, if one is set and nothing waits.
+
+        Called after the answer is sent. Lower priority than live traffic: skipped (and counted)
+        whenever any version's queue holds a request, so at most one shadow batch runs and one
+        waits, each on the model thread between live batches."""
+        table = self.table
+        shadow = table.shadow if table is not None else None
+        if shadow is None or served.version == shadow.version or self.draining:
+            return
+        assert table is not None
+        if any(lane.batcher.queued_texts for lane in table.lanes.values()):
+            self.metrics.shadow_skipped.labels("busy").inc()
+            return
+        task = asyncio.create_task(self._score_shadow(shadow, texts, served), name="shadow")
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _score_shadow(self, shadow: Lane, texts: list[str], served: Prediction) -> None:
+        try:
+            copy = await shadow.batcher.submit(texts, timeout=self.settings.request_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a shadow never fails a request; it is counted
+            self.metrics.shadow_skipped.labels("failed").inc()
+            log.debug("shadow scoring failed: %s", exc)
+            return
+        agree, differences = compare_answers(served, copy)
+        metrics = self.metrics
+        metrics.shadow_agreement.labels("agree").inc(agree)
+        metrics.shadow_agreement.labels("disagree").inc(len(texts) - agree)
+        for difference in differences:
+            metrics.shadow_top_difference.observe(difference)
+
+    # -- reload, add, retire -----------------------------------------------------------
     async def reload(self, version: str) -> tuple[str | None, str]:
-        """Load, verify and warm ``version``, then swap it in; ``(previous, new)`` versions.
+        """Load, verify and warm ``version``, then swap it in as the default; ``(previous, new)`` versions.
 
         Loading and warm-up run on the model thread between live batches (torch's thread budget
         is sized for one model thread, and the model process loads between batches too). Any
         failure leaves the old model serving.
         """
         async with self._reload_lock:
+            table = self.table
             previous = self.predictor
             started = time.monotonic()
             new = None
             batcher = self.batcher
             try:
-                if batcher is None:
+                if batcher is None or table is None:
                     raise RuntimeError("the model thread is not running")
                 device = str(previous.device) if previous is not None else self.settings.device
                 new = await batcher.run_on_model_thread(
                     load_predictor, self.settings.artifacts_dir, version, device, self.model_host
                 )
+                if new.version in table.lanes and new.version != table.default.version:
+                    raise RuntimeError(f"{new.version} is already served beside the default; retire it first")
                 if self.settings.warmup:
                     await batcher.warm_up(new)
             except Exception as exc:  # noqa: BLE001 - any failure leaves the old model serving
@@ -209,6 +335,8 @@ class ModelService:
                 reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
                 log.warning("reload of %r failed: %s", version, reason)
                 raise ReloadFailed(f"reload failed, still serving {previous and previous.version}: {reason}") from None
+            table.default.predictor = new  # one assignment: the swap is atomic for the batcher
+            table.rename(previous.version if previous is not None else new.version, table.default)
             self._serve(new)
             if previous is not None:
                 # Behind every batch that read ``previous`` before the swap: it unloads from the
@@ -224,3 +352,78 @@ class ModelService:
                 time.monotonic() - started,
             )
             return (previous.version if previous is not None else None), new.version
+
+    async def add_version(self, version: str) -> str:
+        """Load, verify and warm ``version`` and serve it beside the others (by name); the version added."""
+        async with self._reload_lock:
+            table = self.table
+            new = None
+            lane = None
+            try:
+                if table is None:
+                    raise RuntimeError("the model thread is not running")
+                new = await self._on_model_thread(
+                    load_predictor,
+                    self.settings.artifacts_dir,
+                    version,
+                    str(table.default.predictor.device),
+                    self.model_host,
+                )
+                if new.version in table.lanes:
+                    raise RuntimeError(f"{new.version} is already served")
+                lane = self._lane(new)
+                if self.settings.warmup:
+                    await lane.batcher.warm_up(new)
+            except Exception as exc:  # noqa: BLE001 - any failure leaves the served versions as they were
+                if lane is not None:
+                    await lane.batcher.stop(timeout=0)
+                if new is not None:
+                    with contextlib.suppress(batching.Overloaded):
+                        await self._on_model_thread(new.close)
+                self.metrics.reloads.labels("failed").inc()
+                reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+                log.warning("adding %r failed: %s", version, reason)
+                raise ReloadFailed(f"adding {version!r} failed: {reason}") from None
+            table.add(lane)
+            freeze_new_objects()
+            self.metrics.reloads.labels("ok").inc()
+            log.info("added model %s; serving %s", new.version, ", ".join(table.versions()))
+            return new.version
+
+    async def retire_version(self, version: str) -> str:
+        """Stop serving ``version`` (not the default, the canary or the shadow): its queued requests
+        are answered first, then it is unloaded; the version retired."""
+        async with self._reload_lock:
+            table = self.table
+            if table is None:
+                raise ModelUnavailable("model not loaded yet")
+            lane = table.lane(version)
+            for role, holder in (("default", table.default), ("canary", table.canary), ("shadow", table.shadow)):
+                if lane is holder:
+                    raise ReloadFailed(f"cannot retire {version}: it is the {role} version")
+            table.remove(version)
+            await lane.batcher.stop(timeout=self.settings.shutdown_timeout_s)
+            with contextlib.suppress(batching.Overloaded):
+                await self._on_model_thread(lane.predictor.close)
+            log.info("retired model %s; serving %s", version, ", ".join(table.versions()))
+            return version
+
+
+def compare_answers(served: Prediction, shadow: Prediction) -> tuple[int, list[float]]:
+    """(texts whose labels agree, per text |served - shadow| probability of the served label).
+
+    Classes are matched by name, so two versions with their classes in another order compare."""
+    served_top = served.probabilities.argmax(axis=1)
+    shadow_top = shadow.probabilities.argmax(axis=1)
+    agree = sum(
+        served.classes[i] == shadow.classes[j] for i, j in zip(served_top.tolist(), shadow_top.tolist(), strict=True)
+    )
+    position = {name: i for i, name in enumerate(shadow.classes)}
+    differences = []
+    rows = np.arange(len(served_top))
+    served_p = served.probabilities[rows, served_top]
+    for row, (label, p) in enumerate(zip(served_top.tolist(), served_p.tolist(), strict=True)):
+        j = position.get(served.classes[label])
+        if j is not None:
+            differences.append(abs(p - float(shadow.probabilities[row, j])))
+    return agree, differences

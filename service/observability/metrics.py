@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
 from service.observability.drift import DriftCollector
@@ -54,6 +54,30 @@ class Metrics:
         )
         for reason in ("deadline", "disconnected"):
             self.dropped.labels(reason)  # exported at 0 from the start, so rate() works
+        # Several versions: answers by version, and the shadow version against the served answers.
+        self.answers = Counter(
+            "hc_model_answers_total",
+            "Requests answered, by the model version that computed them",
+            ["version"],
+            registry=r,
+        )
+        self.shadow_agreement = Counter(
+            "hc_shadow_texts_total",
+            "Texts the shadow version scored, by whether its label agrees with the served one (agree, disagree)",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_top_difference = Summary(
+            "hc_shadow_top_probability_abs_difference",
+            "Per shadowed text, |served - shadow| probability of the served label (sum/count: the mean)",
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "hc_shadow_skipped_total",
+            "Answered requests the shadow did not score, by reason (busy: a request was waiting; failed)",
+            ["reason"],
+            registry=r,
+        )
         # Drift signals: input tokens / OOV / empty, predicted labels, confidence, and the reference.
         self.drift = DriftCollector()
         r.register(self.drift)
