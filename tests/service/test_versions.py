@@ -151,6 +151,7 @@ def test_shadow_scores_a_copy_after_the_answer_and_never_delays_it(three_version
         texts = distinct_texts(5)
         r = client.post("/predict", json={"texts": texts})
         assert r.status_code == 200 and r.json()["model_version"] == A  # answered while the shadow is held
+        assert len(model._shadows) == 1  # its copy is still being scored
         assert counter(client, 'hc_shadow_texts_total{outcome="agree"}') == 0
         gate.set()
         for _ in range(100):
