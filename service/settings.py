@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     shadow: str | None = Field(
         None,
         pattern=r"^[^:,\s]+$",
-        description="VERSION to score a copy of live traffic after each answer is sent, only while no request "
-        "waits (skips are counted); agreement with the served answers is on /metrics.",
+        description="VERSION to score a copy of live traffic after each answer is sent, only while the model "
+        "is idle (skips are counted); agreement with the served answers is on /metrics.",
     )
     host: str = Field("127.0.0.1", description="Interface to bind (use 0.0.0.0 inside a container).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")

@@ -224,6 +224,11 @@ class Batcher:
         return self._queued_texts
 
     @property
+    def idle(self) -> bool:
+        """Nothing queued, being formed, running, sent ahead or announced: the model is free of this batcher's work."""
+        return not (self._queue or self._current or self._running or self._ahead) and self._announced <= 0
+
+    @property
     def executor(self) -> ThreadPoolExecutor | None:
         """The model thread; other model work (warm-up) may use it to stay off concurrent batches."""
         return self._executor

@@ -274,14 +274,15 @@ class ModelService:
         """Score a copy of an answered request on the shadow version, if one is set and nothing waits.
 
         Called after the answer is sent. Lower priority than live traffic: skipped (and counted)
-        whenever any version's queue holds a request, so at most one shadow batch runs and one
-        waits, each on the model thread between live batches."""
+        unless every version's batcher is idle (nothing queued, running or arriving), the
+        shadow's own included, so at most one shadow batch is on the model thread at a time and
+        only when no live batch is."""
         table = self.table
         shadow = table.shadow if table is not None else None
         if shadow is None or served.version == shadow.version or self.draining:
             return
         assert table is not None
-        if any(lane.batcher.queued_texts for lane in table.lanes.values()):
+        if not all(lane.batcher.idle for lane in table.lanes.values()):
             self.metrics.shadow_skipped.labels("busy").inc()
             return
         task = asyncio.create_task(self._score_shadow(shadow, texts, served), name="shadow")
