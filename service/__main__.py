@@ -36,6 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.inference.model_host import ModelHost, load_predictor
     from service.inference.threads import configure_torch_threads
     from service.observability.logs import setup_logging
+    from service.observability.tracing import TracingError, tracing_from_env
+
+    try:
+        tracing = tracing_from_env()
+    except TracingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     check_uvicorn()
     listener = setup_logging(settings.log_level)
@@ -49,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         listener.stop()
         print(f"error: cannot load model from {settings.artifacts_dir}: {exc}", file=sys.stderr)
         return 1
-    app = create_app(settings, predictor=predictor, model_host=host)
+    app = create_app(settings, predictor=predictor, model_host=host, tracing=tracing)
 
     def on_exit() -> None:
         app.model.draining = True

@@ -25,21 +25,30 @@ from service.inference.model_host import ModelHost
 from service.inference.model_service import ModelService
 from service.inference.predictor import Predictor
 from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing, tracing_from_env
 from service.settings import Settings
 
 log = logging.getLogger("service")
 
 
-def create_app(settings: Settings, predictor: Predictor | None = None, model_host: ModelHost | None = None) -> Endpoint:
+def create_app(
+    settings: Settings,
+    predictor: Predictor | None = None,
+    model_host: ModelHost | None = None,
+    tracing: Tracing | None = None,
+) -> Endpoint:
     """The app for ``settings``; ``predictor`` may be preloaded (``python -m service`` does, to fail early).
 
     A preloaded predictor comes with the ``model_host`` it was loaded into (None: in this
     process), and reloads go there too; the app stops that host when it shuts down.
+    ``tracing``: OpenTelemetry spans (default: as the standard OTEL_* variables say; off when unset).
     """
+    if tracing is None:
+        tracing = tracing_from_env()
     if predictor is None and model_host is None and settings.model_process:
         model_host = ModelHost()
     metrics = Metrics()
-    model = ModelService(settings, metrics, model_host)
+    model = ModelService(settings, metrics, model_host, tracing)
     # Handed over once: afterwards the model service holds the only reference, so a reload frees it.
     handed_over = [predictor] if predictor is not None else []
 
@@ -50,6 +59,8 @@ def create_app(settings: Settings, predictor: Predictor | None = None, model_hos
             yield
         finally:
             await model.stop()
+            if tracing is not None:
+                tracing.shutdown()
 
     api = FastAPI(
         title="Headline classifier",

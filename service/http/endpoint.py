@@ -109,6 +109,7 @@ class Endpoint:
     def __init__(self, api: ASGIApp, model: ModelService, settings: Settings, metrics: Metrics) -> None:
         self.api = api
         self.model = model
+        self.tracing = model.tracing  # None: tracing off, no span work at all
         self.settings = settings
         self.metrics = metrics
         self.errors = ErrorRenderer(settings.retry_after_s)
@@ -132,6 +133,8 @@ class Endpoint:
         timeout: bytes | None = None
         binary: bytes | None = None
         version: bytes | None = None
+        traceparent: bytes | None = None
+        tracestate: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable():
@@ -144,6 +147,10 @@ class Endpoint:
                 version = value
             elif name == b"inference-header-content-length":
                 binary = value
+            elif name == b"traceparent":
+                traceparent = value
+            elif name == b"tracestate":
+                tracestate = value
         request_id = request_id or f"{random.getrandbits(128):032x}"  # not security-relevant; uuid4 is slower
         headers = [(b"x-request-id", request_id.encode())]
         if self.model.draining:  # each client's connection ends after this answer (see DrainingServer)
@@ -153,15 +160,17 @@ class Endpoint:
         in_flight = self._in_flight[route]
         in_flight.inc()
         status = 500
+        tracing = self.tracing
+        span = None if tracing is None else tracing.start_request(f"{method} {route}", traceparent, tracestate)
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 status = await self._error(send, PayloadTooLarge(self._too_large()), headers, route in V2_ROUTES)
             elif path == "/predict" and method == "POST":
                 named = version.decode("latin-1") if version is not None else None
-                status = await self._predict(receive, send, headers, length is None, timeout, request_id, named)
+                status = await self._predict(receive, send, headers, length is None, timeout, request_id, named, span)
             elif route == V2_INFER and method == "POST" and (target := infer_target(path)) is not None:
                 status = await self._predict(
-                    receive, send, headers, length is None, timeout, request_id, target.version, target, binary
+                    receive, send, headers, length is None, timeout, request_id, target.version, span, target, binary
                 )
             else:
                 status = await self._dispatch(scope, receive, send, headers, method == "POST" and length is None)
@@ -174,8 +183,14 @@ class Endpoint:
                 counter = self._counters[key] = self.metrics.requests.labels(route, method, str(status))
             counter.inc()
             self._latency[route].observe(elapsed)
-            if self.write_access is not None:
-                self.write_access(method, path, status, round(elapsed * 1000, 3), request_id)
+            if span is None:
+                if self.write_access is not None:
+                    self.write_access(method, path, status, round(elapsed * 1000, 3), request_id)
+            else:
+                self._end_span(span, route, method, status, request_id)
+                if self.write_access is not None:
+                    trace_id = self.tracing.trace_id(span)  # type: ignore[union-attr]
+                    self.write_access(method, path, status, round(elapsed * 1000, 3), request_id, trace_id)
 
     async def _predict(
         self,
@@ -186,6 +201,7 @@ class Endpoint:
         timeout: bytes | None,
         request_id: str,
         version: str | None,
+        span: Any = None,
         v2: InferTarget | None = None,
         binary: bytes | None = None,
     ) -> int:
@@ -213,7 +229,8 @@ class Endpoint:
             timeout_s = request_timeout(timeout, self.settings.request_timeout_s)
             gone = DisconnectProbe(receive)
             try:
-                prediction = await model.predict(texts, timeout_s, gone, lane=lane)
+                trace = None if span is None else span.get_span_context()
+                prediction = await model.predict(texts, timeout_s, gone, lane=lane, trace=trace)
             finally:
                 gone.close()
             if isinstance(call, list):
@@ -233,6 +250,9 @@ class Endpoint:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
         model.shadow(texts, prediction)  # after the answer: a shadow never delays it
+        if span is not None:
+            span.set_attribute("hc.model.version", prediction.version)
+            span.set_attribute("hc.texts", len(texts))
         return 200
 
     async def _read_body(self, receive: Receive, chunked: bool) -> bytes | None:
@@ -289,6 +309,18 @@ class Endpoint:
                 raise
             return await self._error(send, exc, headers, scope["path"].startswith("/v2"))
         return status
+
+    @staticmethod
+    def _end_span(span: Any, route: str, method: str, status: int, request_id: str) -> None:
+        span.set_attribute("http.request.method", method)
+        span.set_attribute("http.route", route)
+        span.set_attribute("http.response.status_code", status)
+        span.set_attribute("hc.request_id", request_id)
+        if status >= 500 and status != CLIENT_GONE:
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
 
     def _too_large(self) -> str:
         return f"request body over {self.max_body} bytes"

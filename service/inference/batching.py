@@ -91,6 +91,7 @@ class _Request:
     deadline: float = math.inf
     gone: Callable[[], bool] | None = None  # True once the client disconnected
     stage: int = _QUEUED
+    trace: object = None  # the request's trace context, handed to ``Batcher.on_batch``
 
 
 @dataclass(slots=True)
@@ -178,6 +179,9 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._owns_executor = True
+        # Tracing: called on the event loop per computed batch with (started, finished,
+        # [(enqueued, trace) per request], texts, version); None when tracing is off.
+        self.on_batch: Callable[[float, float, list[tuple[float, object]], int, str], None] | None = None
         self._current: list[_Request] = []  # the batch being formed
         self._running: _Job | None = None  # the batch on the model thread
         self._ahead: _Job | None = None  # a full batch handed over behind it
@@ -265,8 +269,9 @@ class Batcher:
         texts: Sequence[str],
         timeout: float | None = None,
         gone: Callable[[], bool] | None = None,
+        trace: object = None,
     ) -> Prediction:
-        """Queue ``texts`` and wait for their result.
+        """Queue ``texts`` and wait for their result (``trace``: its trace context, see :attr:`on_batch`).
 
         ``timeout`` (seconds) is the request's deadline; ``gone`` tells whether its client has
         disconnected. Raises RequestTooLarge (can never fit: not worth a retry), Overloaded (full
@@ -279,7 +284,7 @@ class Batcher:
         if self._queued_texts + len(texts) > self.max_queue_size:
             raise Overloaded(f"queue full ({self._queued_texts} texts waiting, limit {self.max_queue_size})")
         loop = asyncio.get_running_loop()
-        request = _Request(texts, loop.create_future(), self._clock(), timeout, gone=gone)
+        request = _Request(texts, loop.create_future(), self._clock(), timeout, gone=gone, trace=trace)
         timer = None
         if timeout is not None:
             request.deadline = request.enqueued + timeout
@@ -443,6 +448,9 @@ class Batcher:
             self._metrics.observe_batch(
                 len(result.probabilities), len(outcome.live), outcome.finished - outcome.started
             )
+        if self.on_batch is not None:
+            traced = [(request.enqueued, request.trace) for request in outcome.live]
+            self.on_batch(outcome.started, outcome.finished, traced, len(result.probabilities), result.version)
         parts = split_prediction(result, [len(r.texts) for r in outcome.live])
         for request, part in zip(outcome.live, parts, strict=True):
             if not request.future.done():  # not answered already by its deadline

@@ -35,6 +35,7 @@ from service.inference.predictor import Prediction, Predictor
 from service.inference.versions import Lane, VersionTable, parse_canary
 from service.observability.drift import read_reference
 from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -43,9 +44,12 @@ log = logging.getLogger("service")
 class ModelService:
     """One per server. ``start`` loads (unless handed a predictor) and warms; ``stop`` drains."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, model_host: ModelHost | None = None) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, model_host: ModelHost | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing  # None: no spans, and the batchers skip their trace hook
         self.model_host = model_host  # the model process (None: the model runs in a thread of this one)
         self.table: VersionTable | None = None
         self.ready = False  # loaded and warm
@@ -104,6 +108,8 @@ class ModelService:
             metrics=self.metrics,
         )
         lane = Lane(predictor, batcher)
+        if self.tracing is not None:
+            batcher.on_batch = self.tracing.batch_observer(str(predictor.device))
         batcher.start(self._executor)
         return lane
 
@@ -242,14 +248,16 @@ class ModelService:
         gone: Callable[[], bool] | None = None,
         version: str | None = None,
         lane: Lane | None = None,
+        trace: object = None,
     ) -> Prediction:
         """Queue ``texts`` with their deadline and wait; every way it can fail is a domain error.
 
-        The request goes to ``lane`` (see :meth:`route`), else to ``version``, else the default."""
+        The request goes to ``lane`` (see :meth:`route`), else to ``version``, else the default;
+        ``trace``: its span context, for the queue and batch spans."""
         if lane is None:
             lane = self.route(version, "")
         try:
-            prediction = await lane.batcher.submit(texts, timeout=timeout_s, gone=gone)
+            prediction = await lane.batcher.submit(texts, timeout=timeout_s, gone=gone, trace=trace)
         except batching.Overloaded as exc:
             self.metrics.rejected.labels("overloaded").inc()
             raise Overloaded(str(exc)) from None
