@@ -5,7 +5,9 @@ the machine's other work hits both sides alike (see bench/serve_bench.py).
 1. one server: ``POST /predict`` vs ``POST /v2/models/headline-classifier/infer`` with one
    headline per request at 64 clients (req/s), and with 256 headlines per request (headlines/s);
 2. two servers, one with ``--shadow`` (a second version: the served weights, perturbed) and
-   one without: ``/predict`` at 64 clients (req/s, p99), and how much the shadow scored and skipped.
+   one without: ``/predict`` at 64 clients (req/s, p99), and how much the shadow scored and skipped;
+3. (``--tracing``) three servers: tracing off, on at 100% sampling to the console (a file), and
+   to an OTLP/HTTP sink in this process: ``/predict`` at 64 clients.
 
 Prints a table per comparison with its ratio and the issue's target beside it.
 
@@ -111,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--texts-clients", type=int, default=2)
     parser.add_argument("--engine", choices=("auto", "async", "wrk"), default="auto")
     parser.add_argument("--skip-shadow", action="store_true")
+    parser.add_argument("--skip-protocols", action="store_true")
+    parser.add_argument("--tracing", action="store_true", help="also measure tracing's cost (needs the otel extra)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -134,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "v2_256": write_bodies((v2_body(g) for g in groups), scratch / "v2-256.jsonl"),
         }
         flags = ["--no-access-log", "--max-queue-size=4096"]
+        if args.tracing:
+            results["tracing"] = measure_tracing(args, artifacts_dir, scratch, bodies["predict"])
+        if args.skip_protocols:
+            return results
         with launch(artifacts_dir, flags, scratch, "protocols") as server:
             for warm in ("predict", "v2"):
                 interleave(
@@ -216,6 +224,77 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print(f"  shadow scored {scored:.0f} texts, skipped {skipped:.0f} (busy), {failed:.0f} failed")
             results["shadow_counts"] = {"scored": scored, "skipped_busy": skipped, "failed": failed}
     return results
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Any:
+    """An OTLP/HTTP endpoint on 127.0.0.1 that accepts every export (and counts the bytes)."""
+    import http.server
+    import threading
+
+    received = [0]
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            received[0] += len(self.rfile.read(int(self.headers.get("content-length", 0))))
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+
+
+def measure_tracing(args: argparse.Namespace, artifacts_dir: Path, scratch: Path, bodies: Path) -> dict[str, Any]:
+    """/predict at ``--clients`` with tracing off, to the console, and to an OTLP sink (100% sampled)."""
+    import os
+
+    flags = ["--no-access-log"]
+    arms = {
+        "off": {},
+        "console": {"OTEL_TRACES_EXPORTER": "console"},
+        "otlp": {"OTEL_TRACES_EXPORTER": "otlp"},
+    }
+    with otlp_sink() as (endpoint, received), contextlib.ExitStack() as stack:
+        servers = {}
+        for name, env in arms.items():
+            saved = dict(os.environ)
+            os.environ.update(env, OTEL_TRACES_SAMPLER="always_on", OTEL_EXPORTER_OTLP_ENDPOINT=endpoint)
+            if not env:
+                os.environ.pop("OTEL_TRACES_EXPORTER", None)
+            try:
+                servers[name] = stack.enter_context(launch(artifacts_dir, flags, scratch, f"trace-{name}"))
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+        targets = {name: (server, "/predict", bodies) for name, server in servers.items()}
+        interleave(targets, 64, 1, 1.0, args.engine)
+        runs = interleave(targets, args.clients, args.rounds, args.duration, args.engine)
+        exported = received[0]
+    out = {name: summary(r) for name, r in runs.items()}
+    print(f"\n/predict with tracing off / console / OTLP (100% sampled), {args.clients} clients")
+    for name, point in out.items():
+        print(
+            f"  {name:<8} {point['rps']:>8.0f} req/s  p50 {point['p50_ms']:6.2f}  p99 {point['p99_ms']:6.2f} ms"
+            f"  {point['slices']}"
+        )
+    for name in ("console", "otlp"):
+        print(
+            f"  {name} / off: req/s {out[name]['rps'] / out['off']['rps']:.3f}, "
+            f"p99 {out[name]['p99_ms'] / out['off']['p99_ms']:.3f}"
+        )
+    print(f"  OTLP sink received {exported / 1e6:.1f} MB of spans")
+    out["otlp_bytes"] = exported
+    return out
 
 
 def _served(root: Path) -> str:
