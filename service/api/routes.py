@@ -24,7 +24,7 @@ from service.api.schemas import (
     ReloadResponse,
 )
 from service.errors import InvalidRequest, MalformedBody, NotFound, Unauthorized, summarize_validation_errors
-from service.http.endpoint import TIMEOUT_HEADER
+from service.http.endpoint import TIMEOUT_HEADER, VERSION_HEADER
 from service.inference.model_service import ModelService
 
 router = APIRouter()
@@ -48,7 +48,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-_TIMEOUT_PARAMETER = {
+TIMEOUT_PARAMETER = {
     "name": TIMEOUT_HEADER,
     "in": "header",
     "required": False,
@@ -57,14 +57,22 @@ _TIMEOUT_PARAMETER = {
     "at the deadline. A bad value is a 400.",
     "schema": {"type": "integer", "minimum": 1},
 }
+_VERSION_PARAMETER = {
+    "name": VERSION_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "The model version to answer with (one of GET /model's `versions`); 404 naming the served "
+    "versions if it is not served. Absent: the default version, or the canary for its share of X-Request-ID values.",
+    "schema": {"type": "string"},
+}
 
 
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses=ERRORS,
+    responses={**ERRORS, 404: {"model": ErrorResponse, "description": "X-Model-Version names a version not served"}},
     summary="Classify one headline or a list of headlines",
-    openapi_extra={"parameters": [_TIMEOUT_PARAMETER]},
+    openapi_extra={"parameters": [TIMEOUT_PARAMETER, _VERSION_PARAMETER]},
 )
 async def predict(body: PredictRequest) -> Response:
     """Publishes ``POST /predict`` in the OpenAPI document. Never runs: service/http/endpoint.py

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from service.api.routes import Model
+from service.api.routes import TIMEOUT_PARAMETER, Model
 from service.api.v2_schemas import (
     InferenceErrorResponse,
     InferenceRequest,
@@ -130,7 +130,11 @@ async def ready_version(model: Model, name: str, version: str) -> Response:
     return model_ready(model, name, version)
 
 
-_INFER: dict[str, Any] = {"response_model": InferenceResponse, "responses": _ERRORS}
+_INFER: dict[str, Any] = {
+    "response_model": InferenceResponse,
+    "responses": _ERRORS,
+    "openapi_extra": {"parameters": [TIMEOUT_PARAMETER]},
+}
 
 
 @router.post("/models/{name}/infer", summary="Inference (the default version)", **_INFER)
