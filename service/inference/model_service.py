@@ -40,6 +40,11 @@ from service.settings import Settings
 
 log = logging.getLogger("service")
 
+# The shadow's share of the model: at most one batch (of up to max_batch_size copied texts) per
+# interval, started only when the model is idle (checked again every retry until it is).
+SHADOW_INTERVAL_S = 0.1
+SHADOW_RETRY_S = 0.005
+
 
 class ModelService:
     """One per server. ``start`` loads (unless handed a predictor) and warms; ``stop`` drains."""
@@ -58,6 +63,10 @@ class ModelService:
         self._reload_lock = asyncio.Lock()
         self._warmup: asyncio.Task[None] | None = None
         self._shadows: set[asyncio.Task[None]] = set()
+        self._shadow_pending: list[tuple[list[str], Prediction]] = []  # copies waiting for an idle model
+        self._shadow_pending_texts = 0
+        self._shadow_timer: asyncio.TimerHandle | None = None
+        self._shadow_next = 0.0  # monotonic time the next shadow batch may start
         self._answers: dict[str, Any] = {}  # version -> its answer counter, resolved once
 
     @property
@@ -151,6 +160,8 @@ class ModelService:
         self.draining = True
         if self._warmup is not None:
             self._warmup.cancel()
+        if self._shadow_timer is not None:
+            self._shadow_timer.cancel()
         for task in list(self._shadows):
             task.cancel()
         if self.table is not None:
@@ -277,39 +288,66 @@ class ModelService:
         counter.inc()
         return prediction
 
-    # -- shadow ------------------------------------------------------------------------
+    # -- shadow ----------------------------------------------------------------------
     def shadow(self, texts: list[str], served: Prediction) -> None:
-        """Score a copy of an answered request on the shadow version, if one is set and nothing waits.
+        """Keep a copy of an answered request for the shadow version, if one is set (called after
+        the answer is sent, so it never delays it).
 
-        Called after the answer is sent. Lower priority than live traffic: skipped (and counted)
-        unless every version's batcher is idle (nothing queued, running or arriving), the
-        shadow's own included, so at most one shadow batch is on the model thread at a time and
-        only when no live batch is."""
+        Lower priority than live traffic: copies wait in a buffer of at most ``max_batch_size``
+        texts (a copy that does not fit is skipped and counted) and are scored as one batch, at
+        most one batch per :data:`SHADOW_INTERVAL_S`, and only when every version's batcher is
+        idle (nothing queued, running or arriving) so a shadow batch never waits beside a live
+        one. At low traffic every request is shadowed; under load a sample is, at a bounded cost."""
         table = self.table
-        shadow = table.shadow if table is not None else None
-        if shadow is None or served.version == shadow.version or self.draining:
+        lane = table.shadow if table is not None else None
+        if lane is None or served.version == lane.version or self.draining:
             return
-        assert table is not None
-        if not all(lane.batcher.idle for lane in table.lanes.values()):
+        if self._shadow_pending_texts + len(texts) > self.settings.max_batch_size:
             self.metrics.shadow_skipped.labels("busy").inc()
             return
-        task = asyncio.create_task(self._score_shadow(shadow, texts, served), name="shadow")
+        self._shadow_pending.append((texts, served))
+        self._shadow_pending_texts += len(texts)
+        if self._shadow_timer is None:
+            delay = max(0.0, self._shadow_next - time.monotonic())
+            self._shadow_timer = asyncio.get_running_loop().call_later(delay, self._flush_shadow)
+
+    def shadow_backlog(self) -> int:
+        """Copies waiting for the shadow or being scored by it."""
+        return len(self._shadow_pending) + len(self._shadows)
+
+    def _flush_shadow(self) -> None:
+        """The buffered copies as one shadow batch, if the model is idle now (else try again shortly)."""
+        self._shadow_timer = None
+        table = self.table
+        if not self._shadow_pending or table is None or table.shadow is None or self.draining:
+            self._shadow_pending, self._shadow_pending_texts = [], 0
+            return
+        loop = asyncio.get_running_loop()
+        if not all(lane.batcher.idle for lane in table.lanes.values()):
+            self._shadow_timer = loop.call_later(SHADOW_RETRY_S, self._flush_shadow)
+            return
+        copies, self._shadow_pending, self._shadow_pending_texts = self._shadow_pending, [], 0
+        self._shadow_next = time.monotonic() + SHADOW_INTERVAL_S
+        task = loop.create_task(self._score_shadow(table.shadow, copies), name="shadow")
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
-    async def _score_shadow(self, shadow: Lane, texts: list[str], served: Prediction) -> None:
+    async def _score_shadow(self, shadow: Lane, copies: list[tuple[list[str], Prediction]]) -> None:
+        texts = [text for request, _ in copies for text in request]
         try:
-            copy = await shadow.batcher.submit(texts, timeout=self.settings.request_timeout_s)
+            scored = await shadow.batcher.submit(texts, timeout=self.settings.request_timeout_s)
         except Exception as exc:  # noqa: BLE001 - a shadow never fails a request; it is counted
-            self.metrics.shadow_skipped.labels("failed").inc()
+            self.metrics.shadow_skipped.labels("failed").inc(len(copies))
             log.debug("shadow scoring failed: %s", exc)
             return
-        agree, differences = compare_answers(served, copy)
         metrics = self.metrics
-        metrics.shadow_agreement.labels("agree").inc(agree)
-        metrics.shadow_agreement.labels("disagree").inc(len(texts) - agree)
-        for difference in differences:
-            metrics.shadow_top_difference.observe(difference)
+        parts = batching.split_prediction(scored, [len(request) for request, _ in copies])
+        for (request, served), part in zip(copies, parts, strict=True):
+            agree, differences = compare_answers(served, part)
+            metrics.shadow_agreement.labels("agree").inc(agree)
+            metrics.shadow_agreement.labels("disagree").inc(len(request) - agree)
+            for difference in differences:
+                metrics.shadow_top_difference.observe(difference)
 
     # -- reload, add, retire -----------------------------------------------------------
     async def reload(self, version: str) -> tuple[str | None, str]:

@@ -74,7 +74,7 @@ class Metrics:
         )
         self.shadow_skipped = Counter(
             "hc_shadow_skipped_total",
-            "Answered requests the shadow did not score, by reason (busy: the model was not idle; failed)",
+            "Answered requests the shadow did not score, by reason (busy: the shadow's buffer was full; failed)",
             ["reason"],
             registry=r,
         )

@@ -151,7 +151,7 @@ def test_shadow_scores_a_copy_after_the_answer_and_never_delays_it(three_version
         texts = distinct_texts(5)
         r = client.post("/predict", json={"texts": texts})
         assert r.status_code == 200 and r.json()["model_version"] == A  # answered while the shadow is held
-        assert len(model._shadows) == 1  # its copy is still being scored
+        assert model.shadow_backlog() == 1  # its copy is still waiting or being scored
         assert counter(client, 'hc_shadow_texts_total{outcome="agree"}') == 0
         gate.set()
         for _ in range(100):
@@ -164,10 +164,15 @@ def test_shadow_scores_a_copy_after_the_answer_and_never_delays_it(three_version
         assert counter(client, 'hc_model_answers_total{version="' + B + '"}') == 0  # shadows are not answers
 
 
-def test_shadow_is_skipped_and_counted_while_a_request_waits(three_versions: Path) -> None:
-    async def scenario() -> tuple[float, float]:
+def test_shadow_copies_wait_for_an_idle_model_and_are_skipped_past_the_buffer(three_versions: Path) -> None:
+    """While a live batch runs and another waits, copies are held, not scored; a copy past the
+    buffer (max_batch_size texts) is skipped and counted; once the model is idle they are scored
+    as one batch."""
+
+    async def scenario() -> tuple[float, float, float, float]:
         metrics = Metrics()
-        model = ModelService(make_settings(three_versions, version=A, shadow=B, model_process=False), metrics)
+        settings = make_settings(three_versions, version=A, shadow=B, model_process=False, max_batch_size=2)
+        model = ModelService(settings, metrics)
         await model.start()
         assert model.table is not None
         release = threading.Event()
@@ -175,26 +180,32 @@ def test_shadow_is_skipped_and_counted_while_a_request_waits(three_versions: Pat
         first = asyncio.ensure_future(model.predict(["Stocks rally"], 10))
         await asyncio.sleep(0.05)  # its batch is formed and handed to the model thread
         second = asyncio.ensure_future(model.predict(["Oil"], 10))
-        await asyncio.sleep(0.05)  # the first batch waits behind the blocker; the second is queued
+        await asyncio.sleep(0.05)  # queued: the model is not idle
         assert model.table.default.batcher.queued_texts == 1
-        fake = Prediction(
-            np.full((1, 4), 0.25, dtype=np.float32), [False], A, ["Business", "Sci/Tech", "Sports", "World"]
-        )
-        model.shadow(["Stocks rally"], fake)
+        classes = ["Business", "Sci/Tech", "Sports", "World"]
+        fake = Prediction(np.full((1, 4), 0.25, dtype=np.float32), [False], A, classes)
+        for text in ("a b", "c d", "e f"):  # the third does not fit the buffer of 2 texts
+            model.shadow([text], fake)
+        await asyncio.sleep(0.3)  # past the shadow's interval: still held, the model is busy
+        assert model.table.shadow is not None and model.table.shadow.batcher.idle  # nothing handed to it yet
+        scored_while_busy = metrics.shadow_agreement.labels("agree")._value.get()
+        scored_while_busy += metrics.shadow_agreement.labels("disagree")._value.get()
         skipped = metrics.shadow_skipped.labels("busy")._value.get()
         release.set()
         await asyncio.gather(blocker, first, second)
-        model.shadow(["Stocks rally"], await model.predict(["Stocks rally"], 10))
-        await asyncio.gather(*model._shadows)
-        scored = (
-            metrics.shadow_agreement.labels("agree")._value.get()
-            + metrics.shadow_agreement.labels("disagree")._value.get()
-        )
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not model.shadow_backlog():
+                break
+        scored = metrics.shadow_agreement.labels("agree")._value.get()
+        scored += metrics.shadow_agreement.labels("disagree")._value.get()
+        batches = metrics.batch_texts._sum.get()  # every batch's texts: 1 + 1 live, 2 shadow
         await model.stop()
-        return skipped, scored
+        return scored_while_busy, skipped, scored, batches
 
-    skipped, scored = asyncio.run(scenario())
-    assert skipped == 1 and scored == 1
+    scored_while_busy, skipped, scored, batches = asyncio.run(scenario())
+    assert (scored_while_busy, skipped, scored) == (0, 1, 2)
+    assert batches == 4
 
 
 def test_compare_answers_matches_classes_by_name() -> None:
