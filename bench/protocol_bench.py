@@ -140,44 +140,47 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         flags = ["--no-access-log", "--max-queue-size=4096"]
         if args.tracing:
             results["tracing"] = measure_tracing(args, artifacts_dir, scratch, bodies["predict"])
-        if args.skip_protocols:
-            return results
-        with launch(artifacts_dir, flags, scratch, "protocols") as server:
-            for warm in ("predict", "v2"):
-                interleave(
-                    {warm: (server, "/predict" if warm == "predict" else INFER, bodies[warm])}, 64, 1, 1.0, args.engine
+        if not args.skip_protocols:
+            with launch(artifacts_dir, flags, scratch, "protocols") as server:
+                for warm in ("predict", "v2"):
+                    interleave(
+                        {warm: (server, "/predict" if warm == "predict" else INFER, bodies[warm])},
+                        64,
+                        1,
+                        1.0,
+                        args.engine,
+                    )
+                single = interleave(
+                    {"predict": (server, "/predict", bodies["predict"]), "v2": (server, INFER, bodies["v2"])},
+                    args.clients,
+                    args.rounds,
+                    args.duration,
+                    args.engine,
                 )
-            single = interleave(
-                {"predict": (server, "/predict", bodies["predict"]), "v2": (server, INFER, bodies["v2"])},
-                args.clients,
-                args.rounds,
-                args.duration,
-                args.engine,
-            )
-            many = interleave(
-                {"predict": (server, "/predict", bodies["predict_256"]), "v2": (server, INFER, bodies["v2_256"])},
-                args.texts_clients,
-                args.rounds,
-                args.duration,
-                args.engine,
-            )
-        results["single"] = {name: summary(r) for name, r in single.items()}
-        results["many"] = {name: summary(r, 256) for name, r in many.items()}
-        s, m = results["single"], results["many"]
-        print(f"\n1 headline/request, {args.clients} clients (req/s; target V2 >= 0.8x /predict)")
-        for name, point in s.items():
-            print(
-                f"  {name:<8} {point['rps']:>8.0f} req/s  p50 {point['p50_ms']:6.2f}  p99 {point['p99_ms']:6.2f} ms"
-                f"  {point['slices']} {point['statuses']}"
-            )
-        print(f"  ratio V2 / predict: {s['v2']['rps'] / s['predict']['rps']:.3f}")
-        print(f"\n256 headlines/request, {args.texts_clients} clients (headlines/s; target V2 >= 0.9x /predict)")
-        for name, point in m.items():
-            print(
-                f"  {name:<8} {point['texts_per_s']:>8.0f} headlines/s  p99 {point['p99_ms']:6.2f} ms"
-                f"  {point['statuses']}"
-            )
-        print(f"  ratio V2 / predict: {m['v2']['texts_per_s'] / m['predict']['texts_per_s']:.3f}")
+                many = interleave(
+                    {"predict": (server, "/predict", bodies["predict_256"]), "v2": (server, INFER, bodies["v2_256"])},
+                    args.texts_clients,
+                    args.rounds,
+                    args.duration,
+                    args.engine,
+                )
+            results["single"] = {name: summary(r) for name, r in single.items()}
+            results["many"] = {name: summary(r, 256) for name, r in many.items()}
+            s, m = results["single"], results["many"]
+            print(f"\n1 headline/request, {args.clients} clients (req/s; target V2 >= 0.8x /predict)")
+            for name, point in s.items():
+                print(
+                    f"  {name:<8} {point['rps']:>8.0f} req/s  p50 {point['p50_ms']:6.2f}  p99 {point['p99_ms']:6.2f} ms"
+                    f"  {point['slices']} {point['statuses']}"
+                )
+            print(f"  ratio V2 / predict: {s['v2']['rps'] / s['predict']['rps']:.3f}")
+            print(f"\n256 headlines/request, {args.texts_clients} clients (headlines/s; target V2 >= 0.9x /predict)")
+            for name, point in m.items():
+                print(
+                    f"  {name:<8} {point['texts_per_s']:>8.0f} headlines/s  p99 {point['p99_ms']:6.2f} ms"
+                    f"  {point['statuses']}"
+                )
+            print(f"  ratio V2 / predict: {m['v2']['texts_per_s'] / m['predict']['texts_per_s']:.3f}")
 
         if not args.skip_shadow:
             root = shadow_copy(artifacts_dir, scratch)
