@@ -67,7 +67,6 @@ class ModelService:
         self._shadow_pending_texts = 0
         self._shadow_timer: asyncio.TimerHandle | None = None
         self._shadow_next = 0.0  # monotonic time the next shadow batch may start
-        self._answers: dict[str, Any] = {}  # version -> its answer counter, resolved once
 
     @property
     def predictor(self) -> Predictor | None:
@@ -282,10 +281,8 @@ class ModelService:
             raise ModelUnavailable(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - a failed batch: tell its callers, keep serving
             raise PredictionFailed(f"prediction failed: {type(exc).__name__}: {exc}") from exc
-        counter = self._answers.get(prediction.version)
-        if counter is None:
-            counter = self._answers[prediction.version] = self.metrics.answers.labels(prediction.version)
-        counter.inc()
+        answers = self.metrics.answers
+        answers[prediction.version] = answers.get(prediction.version, 0) + 1
         return prediction
 
     # -- shadow ----------------------------------------------------------------------

@@ -55,12 +55,10 @@ class Metrics:
         for reason in ("deadline", "disconnected"):
             self.dropped.labels(reason)  # exported at 0 from the start, so rate() works
         # Several versions: answers by version, and the shadow version against the served answers.
-        self.answers = Counter(
-            "hc_model_answers_total",
-            "Requests answered, by the model version that computed them",
-            ["version"],
-            registry=r,
-        )
+        # Answers by version: a plain dict the event loop adds to (a labelled Counter's lock cost
+        # most of a microsecond per request), read at scrape time.
+        self.answers: dict[str, int] = {}
+        r.register(_Answers(self.answers))
         self.shadow_agreement = Counter(
             "hc_shadow_texts_total",
             "Texts the shadow version scored, by whether its label agrees with the served one (agree, disagree)",
@@ -104,6 +102,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Answers:
+    """``hc_model_answers_total{version}``: requests answered, by the model version that computed them."""
+
+    def __init__(self, answers: dict[str, int]) -> None:
+        self.answers = answers
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "hc_model_answers", "Requests answered, by the model version that computed them", labels=["version"]
+        )
+        for version, count in list(self.answers.items()):
+            family.add_metric([version], count)
+        yield family
 
 
 class _AccessLogDrops:
