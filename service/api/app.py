@@ -35,18 +35,21 @@ def create_app(
     settings: Settings,
     predictor: Predictor | None = None,
     model_host: ModelHost | None = None,
+    load_in_background: bool = False,
     tracing: Tracing | None = None,
 ) -> Endpoint:
-    """The app for ``settings``; ``predictor`` may be preloaded (``python -m service`` does, to fail early).
+    """The app for ``settings``; ``predictor`` may be preloaded.
 
     A preloaded predictor comes with the ``model_host`` it was loaded into (None: in this
-    process), and reloads go there too; the app stops that host when it shuts down.
+    process), and reloads go there too; the app stops that host when it shuts down. With
+    ``load_in_background`` (``python -m service``) startup does not wait for the model: the
+    server answers liveness at once and readiness turns 200 once the model is loaded and warm.
     ``tracing``: OpenTelemetry spans (default: as the standard OTEL_* variables say; off when unset).
     """
     if tracing is None:
         tracing = tracing_from_env()
     if predictor is None and model_host is None and settings.model_process:
-        model_host = ModelHost()
+        model_host = ModelHost(stall_s=settings.model_stall_s)
     metrics = Metrics()
     model = ModelService(settings, metrics, model_host, tracing)
     # Handed over once: afterwards the model service holds the only reference, so a reload frees it.
@@ -54,7 +57,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await model.start(handed_over.pop() if handed_over else None)
+        await model.start(handed_over.pop() if handed_over else None, background=load_in_background)
         try:
             yield
         finally:

@@ -50,6 +50,8 @@ from service.errors import (
 
 log = logging.getLogger("service")
 
+# At the connection cap, a connection idle this long is shed before a slow upload is.
+SHED_IDLE_AFTER_S = 1.0
 # Body bytes a request may hold before the shared budget is consulted: a whole typical request
 # always gets through, however many uploads are stalled elsewhere.
 FREE_BODY_BYTES = 64 * 1024
@@ -62,6 +64,7 @@ class ConnectionLimits:
     max_connections: int = 2048
     header_timeout_s: float = 10.0
     body_idle_timeout_s: float = 10.0
+    body_timeout_s: float = 15.0
     max_header_bytes: int = 65536
     max_pending_body_bytes: int = 128 * 1024 * 1024
     retry_after_s: int = 1
@@ -138,7 +141,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._awaiting_body = False
         self._body_timer: asyncio.TimerHandle | None = None
+        self._total_timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
+        self._request_bytes = 0  # bytes of the request being received, for picking the slowest
         self._body_held = 0  # this request's bytes counted in the shared budget
         self._fed_body = 0
         self._failed = False
@@ -147,13 +152,51 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._last_read = self.loop.time()
         if len(self.connections) > self.limits.max_connections:
-            self.budget.count_refusal("connections")
-            self._failed = True
-            transport.write(self.errors.raw(Overloaded("too many open connections")))
-            transport.close()
-            return
+            victim = self._victim()
+            if victim is None:  # every other connection has a request the app is working on
+                self.budget.count_refusal("connections")
+                self._failed = True
+                transport.write(self.errors.raw(Overloaded("too many open connections")))
+                transport.close()
+                return
+            victim._shed()
         self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timeout)
+
+    def _victim(self) -> GuardedHttpToolsProtocol | None:
+        """At the connection cap, who makes room: a connection idle for a while (the longest),
+        else the one receiving its request most slowly, else the longest idle. Never one whose
+        request the app is working on."""
+        now = self.loop.time()
+        idle: GuardedHttpToolsProtocol | None = None
+        slow: GuardedHttpToolsProtocol | None = None
+        slow_rate = float("inf")
+        for other in self.connections:
+            if other is self or not isinstance(other, GuardedHttpToolsProtocol) or other._failed:
+                continue
+            if other._in_head or other._awaiting_body:
+                rate = other._request_bytes / max(now - other._head_started, 1e-3)
+                if rate < slow_rate:
+                    slow, slow_rate = other, rate
+            elif (other.cycle is None or other.cycle.response_complete) and not other.pipeline:
+                if idle is None or other._last_read < idle._last_read:
+                    idle = other
+        if idle is not None and now - idle._last_read >= SHED_IDLE_AFTER_S:
+            return idle
+        return slow or idle
+
+    def _shed(self) -> None:
+        self.budget.count_refusal("shed")
+        shed = Overloaded("too many open connections: this slow or idle connection was closed to serve others")
+        if self._in_head:
+            self._fail_head(shed)
+        elif self._awaiting_body:
+            self._fail_body(shed)
+        else:
+            self._failed = True
+            self._cancel_timers()
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
@@ -195,6 +238,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     self._fail_head(UriTooLong(f"request line over {self.limits.max_header_bytes} bytes"))
         elif self._awaiting_body and self._body_timer is None:
             self._body_timer = self.loop.call_later(self.limits.body_idle_timeout_s, self._body_idle)
+        if self._in_head or self._awaiting_body:
+            # A request left incomplete by this chunk: however steadily it drips, it has
+            # body_timeout_s from its first byte (most requests arrive whole and never get here).
+            self._request_bytes += len(data)
+            if self._total_timer is None:
+                remaining = self.limits.body_timeout_s - (now - self._head_started)
+                self._total_timer = self.loop.call_later(max(remaining, 0.0), self._total_timeout)
 
     # -- parser callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -224,9 +274,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._head_bytes, self._line_done = 0, False
         self._awaiting_body = False
+        self._request_bytes = 0
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+        if self._total_timer is not None:
+            self._total_timer.cancel()
+            self._total_timer = None
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -234,6 +288,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # Answered before the body was read (e.g. 413): do not read the rest of it.
             self.transport.close()
         self._release_body()  # the app is done with the body: it no longer holds memory
+        self._last_read = self.loop.time()  # idle from now on, for picking who makes room at the cap
         super().on_response_complete()
         if self._deferred is not None and not self.pipeline and (self.cycle is None or self.cycle.response_complete):
             self._write_and_close(self._deferred)
@@ -294,11 +349,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.budget.count_refusal("body_timeout")
         self._fail_body(RequestTimedOut(f"request body stalled for {self.limits.body_idle_timeout_s:g} s"))
 
+    def _total_timeout(self) -> None:
+        self._total_timer = None
+        if self._failed or not (self._in_head or self._awaiting_body):
+            return
+        self.budget.count_refusal("request_timeout")
+        late = RequestTimedOut(f"request not received within {self.limits.body_timeout_s:g} s")
+        if self._in_head:
+            self._fail_head(late)
+        else:
+            self._fail_body(late)
+
     def _cancel_timers(self) -> None:
-        for timer in (self._head_timer, self._body_timer):
+        for timer in (self._head_timer, self._body_timer, self._total_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._body_timer = None
+        self._head_timer = self._body_timer = self._total_timer = None
 
     def _release_body(self) -> None:
         if self._body_held:
@@ -361,6 +427,11 @@ class DrainingServer(uvicorn.Server):
         if self._loop is not None and not self._loop.is_closed():
             # Runs inside a signal handler: hand the socket work to the loop, which is safe here.
             self._loop.call_soon_threadsafe(self._stop_accepting)
+
+    def stop_soon(self) -> None:
+        """Shut down as on SIGTERM, from inside the server (the model could not be loaded)."""
+        self._on_exit()
+        self.should_exit = True
 
     def _stop_accepting(self) -> None:
         for server in self.servers:

@@ -56,12 +56,17 @@ class ModelService:
         self.metrics = metrics
         self.tracing = tracing  # None: no spans, and the batchers skip their trace hook
         self.model_host = model_host  # the model process (None: the model runs in a thread of this one)
+        if model_host is not None:
+            model_host.on_loss = lambda reason: metrics.model_process_restarts.labels(reason).inc()
         self.table: VersionTable | None = None
         self.ready = False  # loaded and warm
         self.draining = False  # shutdown started: readiness answers 503
         self._executor: ThreadPoolExecutor | None = None  # the one model thread, shared by every lane
         self._reload_lock = asyncio.Lock()
         self._warmup: asyncio.Task[None] | None = None
+        self._loading: asyncio.Task[None] | None = None
+        self.load_error: str | None = None  # why a background load failed (the server then exits)
+        self.on_load_failure: Callable[[], None] | None = None
         self._shadows: set[asyncio.Task[None]] = set()
         self._shadow_pending: list[tuple[list[str], Prediction]] = []  # copies waiting for an idle model
         self._shadow_pending_texts = 0
@@ -79,9 +84,29 @@ class ModelService:
         return self.table.default.batcher if self.table is not None else None
 
     # -- lifecycle ---------------------------------------------------------------------
-    async def start(self, preloaded: Predictor | None = None) -> None:
+    async def start(self, preloaded: Predictor | None = None, background: bool = False) -> None:
         """Load the configured versions (the default may be ``preloaded``), start a batcher for
-        each on the one model thread, set the canary and shadow, warm up in the background."""
+        each on the one model thread, set the canary and shadow, warm up in the background.
+
+        With ``background`` the load itself runs in a task too, so the server answers liveness
+        (and a 503 readiness) while a large model loads; a failure sets :attr:`load_error` and
+        calls :attr:`on_load_failure`.
+        """
+        if background:
+            self._loading = asyncio.create_task(self._load_in_background(), name="load")
+            return
+        await self._load(preloaded)
+
+    async def _load_in_background(self) -> None:
+        try:
+            await self._load(None)
+        except Exception as exc:  # noqa: BLE001 - reported, and the server stops
+            self.load_error = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+            log.error("cannot load the model: %s", self.load_error)
+            if self.on_load_failure is not None:
+                self.on_load_failure()
+
+    async def _load(self, preloaded: Predictor | None) -> None:
         settings = self.settings
         loaded = preloaded
         if loaded is None:
@@ -94,7 +119,7 @@ class ModelService:
         try:
             await self._load_more_versions()
         except BaseException:
-            await self.stop()
+            await self._stop_lanes(0)
             raise
         self._warmup = asyncio.create_task(self._warm_up(), name="warmup")
         log.info(
@@ -157,22 +182,26 @@ class ModelService:
     async def stop(self) -> None:
         """Answer what is queued or running (up to the shutdown timeout), then stop the model process."""
         self.draining = True
-        if self._warmup is not None:
-            self._warmup.cancel()
+        for task in (self._loading, self._warmup):
+            if task is not None:
+                task.cancel()
         if self._shadow_timer is not None:
             self._shadow_timer.cancel()
         for task in list(self._shadows):
             task.cancel()
+        await self._stop_lanes(self.settings.shutdown_timeout_s)
+        if self.model_host is not None:  # after the batchers: no batch is running
+            await asyncio.to_thread(self.model_host.close)
+        log.info("batcher drained; shutdown complete")
+
+    async def _stop_lanes(self, timeout: float) -> None:
+        """Every lane's batcher drained (up to ``timeout``), then the model thread."""
         if self.table is not None:
-            timeout = self.settings.shutdown_timeout_s
             await asyncio.gather(*(lane.batcher.stop(timeout=timeout) for lane in self.table.lanes.values()))
         if self._executor is not None:
             # Past the timeout a forward pass may still be running: do not block the event loop on it.
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-        if self.model_host is not None:  # after the batchers: no batch is running
-            await asyncio.to_thread(self.model_host.close)
-        log.info("batcher drained; shutdown complete")
 
     async def _warm_up(self) -> None:
         assert self.table is not None
@@ -195,6 +224,8 @@ class ModelService:
             return "draining", version
         if self.predictor is None or not self.ready:
             return "starting", version
+        if self.model_host is not None and self.model_host.restarting:
+            return "restarting", version
         return "ready", version
 
     def describe(self) -> dict[str, Any]:
