@@ -31,8 +31,8 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
         description="The model's name in the Open Inference Protocol's paths (/v2/models/NAME/...).",
     )
-    versions: str = Field(
-        "",
+    versions: str | None = Field(
+        None,
         pattern=r"^[^\s]*$",
         description="More versions to serve beside --version, comma-separated (e.g. `latest,20261129T184058Z-040fda`); "
         "a request picks one by name (X-Model-Version on /predict, the path on /v2), else it gets --version.",

@@ -151,7 +151,7 @@ class ModelService:
         settings, table = self.settings, self.table
         assert table is not None
         canary = parse_canary(settings.canary) if settings.canary else None
-        names = [v for v in settings.versions.split(",") if v]
+        names = [v for v in (settings.versions or "").split(",") if v]
         names += [name for name in (canary and canary[0], settings.shadow) if name]
         by_name = {settings.version: table.default}
         for name in names:
