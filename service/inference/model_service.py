@@ -403,12 +403,7 @@ class ModelService:
                 if self.settings.warmup:
                     await batcher.warm_up(new)
             except Exception as exc:  # noqa: BLE001 - any failure leaves the old model serving
-                if new is not None and batcher is not None:  # loaded, failed to warm up: unload it
-                    with contextlib.suppress(batching.Overloaded):
-                        await batcher.run_on_model_thread(new.close)
-                self.metrics.reloads.labels("failed").inc()
-                reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
-                log.warning("reload of %r failed: %s", version, reason)
+                reason = await self._load_failed(exc, new, f"reload of {version!r}")
                 raise ReloadFailed(f"reload failed, still serving {previous and previous.version}: {reason}") from None
             table.default.predictor = new  # one assignment: the swap is atomic for the batcher
             table.rename(previous.version if previous is not None else new.version, table.default)
@@ -427,6 +422,16 @@ class ModelService:
                 time.monotonic() - started,
             )
             return (previous.version if previous is not None else None), new.version
+
+    async def _load_failed(self, exc: Exception, loaded: Predictor | None, what: str) -> str:
+        """Unload what a failed reload or add loaded (behind any live batch), count and log it; the reason."""
+        if loaded is not None:
+            with contextlib.suppress(batching.Overloaded):
+                await self._on_model_thread(loaded.close)
+        self.metrics.reloads.labels("failed").inc()
+        reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
+        log.warning("%s failed: %s", what, reason)
+        return reason
 
     async def add_version(self, version: str) -> str:
         """Load, verify and warm ``version`` and serve it beside the others (by name); the version added."""
@@ -452,12 +457,7 @@ class ModelService:
             except Exception as exc:  # noqa: BLE001 - any failure leaves the served versions as they were
                 if lane is not None:
                     await lane.batcher.stop(timeout=0)
-                if new is not None:
-                    with contextlib.suppress(batching.Overloaded):
-                        await self._on_model_thread(new.close)
-                self.metrics.reloads.labels("failed").inc()
-                reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
-                log.warning("adding %r failed: %s", version, reason)
+                reason = await self._load_failed(exc, new, f"adding {version!r}")
                 raise ReloadFailed(f"adding {version!r} failed: {reason}") from None
             table.add(lane)
             freeze_new_objects()
