@@ -22,7 +22,11 @@ def problems(
     found: list[str] = []
     if expected is not None and version.split("+")[0] != expected:
         found.append(f"torch {version} is installed, the pin is {expected}")
-    gpu_packages = sorted(d for d in distributions if d.lower().startswith(("nvidia-", "triton")))
+    # The CUDA build's companions: nvidia-* and the Triton compiler (triton, pytorch-triton*),
+    # not NVIDIA's Triton server client (tritonclient), a dev tool of this project.
+    gpu_packages = sorted(
+        d for d in distributions if d.lower().startswith(("nvidia-", "pytorch-triton")) or d.lower() == "triton"
+    )
     if variant == "cpu":
         if not version.endswith("+cpu"):
             found.append(f"torch {version} is not the CPU build (expected a '+cpu' version from the CPU wheel index)")

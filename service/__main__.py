@@ -40,6 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.inference.predictor import resolve_device
     from service.inference.threads import configure_torch_threads
     from service.observability.logs import setup_logging
+    from service.observability.tracing import TracingError, tracing_from_env
+
+    try:
+        tracing = tracing_from_env()
+    except TracingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     check_uvicorn()
     try:
@@ -53,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     listener = setup_logging(settings.log_level)
     configure_torch_threads(settings.torch_threads)  # the model process gets the same budget
     host = ModelHost(stall_s=settings.model_stall_s) if settings.model_process else None
-    app = create_app(settings, model_host=host, load_in_background=True)
+    app = create_app(settings, model_host=host, load_in_background=True, tracing=tracing)
 
     def on_exit() -> None:
         app.model.draining = True

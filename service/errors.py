@@ -1,6 +1,7 @@
 """Every answer that is not a prediction: the error classes, one table from class to HTTP
 (status, type, Retry-After), and one renderer that every path uses, the protocol guard's raw
-answers included. The JSON shape is always ``{"error": {"type", "message", "details"}}``.
+answers included. The JSON shape is ``{"error": {"type", "message", "details"}}``, or
+``{"error": "message"}`` for the Open Inference Protocol (V2) routes, as that protocol states.
 
 The classes say what went wrong, not how HTTP spells it: the data plane raises
 :class:`Overloaded` or :class:`PredictionTimedOut` and never sees a status code.
@@ -59,6 +60,10 @@ class Unauthorized(ServiceError):
 
 class NotFound(ServiceError):
     """No such route, or an endpoint that is switched off."""
+
+
+class UnknownModel(ServiceError):
+    """A model name or version this server does not serve."""
 
 
 class MethodNotAllowed(ServiceError):
@@ -123,6 +128,7 @@ ERRORS: dict[type[ServiceError], ErrorKind] = {
     InvalidHeader: ErrorKind(400, "invalid_header"),
     Unauthorized: ErrorKind(401, "unauthorized"),
     NotFound: ErrorKind(404, "not_found"),
+    UnknownModel: ErrorKind(404, "unknown_model"),
     MethodNotAllowed: ErrorKind(405, "method_not_allowed"),
     ReloadFailed: ErrorKind(409, "reload_failed"),
     PayloadTooLarge: ErrorKind(413, "payload_too_large"),
@@ -165,7 +171,8 @@ class ErrorRenderer:
     def __init__(self, retry_after_s: int) -> None:
         self.retry_after = str(retry_after_s).encode()
 
-    def render(self, exc: ServiceError) -> ErrorAnswer:
+    def render(self, exc: ServiceError, v2: bool = False) -> ErrorAnswer:
+        """The answer for ``exc``; ``v2``: in the Open Inference Protocol's shape (same status and headers)."""
         kind = error_kind(exc)
         if kind.status >= 500 and kind.status not in (503, 504) and not isinstance(exc, InternalError):
             log.error("request failed: %s", exc.message)
@@ -173,7 +180,8 @@ class ErrorRenderer:
         if kind.retry:
             headers.append((b"retry-after", self.retry_after))
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-        return ErrorAnswer(kind.status, headers, error_body(kind.type, exc.message, exc.details))
+        body = v2_error_body(exc.message) if v2 else error_body(kind.type, exc.message, exc.details)
+        return ErrorAnswer(kind.status, headers, body)
 
     def raw(self, exc: ServiceError) -> bytes:
         """A complete ``connection: close`` HTTP/1.1 response, for answers written to the socket."""
@@ -198,6 +206,14 @@ def error_body(error_type: str, message: str, details: list[Any] | None = None) 
             break
         kept.append(detail)
     return json.dumps({"error": {"type": error_type, "message": message, "details": kept}}).encode()
+
+
+def v2_error_body(message: str) -> bytes:
+    """``{"error": message}``, the Open Inference Protocol's error object, at most MAX_ERROR_BODY_BYTES."""
+    body = json.dumps({"error": message}).encode()
+    if len(body) <= MAX_ERROR_BODY_BYTES:
+        return body
+    return json.dumps({"error": _clip(message, 4 * _MAX_TEXT)}).encode()
 
 
 def _clip(text: str, limit: int = _MAX_TEXT) -> str:

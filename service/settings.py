@@ -26,6 +26,29 @@ class Settings(BaseSettings):
     version: str = Field(
         "latest", description="Model version to serve: a version folder name, or `latest` for the newest valid one."
     )
+    model_name: str = Field(
+        "headline-classifier",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="The model's name in the Open Inference Protocol's paths (/v2/models/NAME/...).",
+    )
+    versions: str | None = Field(
+        None,
+        pattern=r"^[^\s]*$",
+        description="More versions to serve beside --version, comma-separated (e.g. `latest,20261129T184058Z-040fda`); "
+        "a request picks one by name (X-Model-Version on /predict, the path on /v2), else it gets --version.",
+    )
+    canary: str | None = Field(
+        None,
+        pattern=r"^[^:,\s]+:[0-9]+(\.[0-9]+)?$",
+        description="VERSION:PERCENT: that share of requests naming no version go to VERSION (served if not listed), "
+        "chosen by a hash of X-Request-ID so a client's retries land on the same version.",
+    )
+    shadow: str | None = Field(
+        None,
+        pattern=r"^[^:,\s]+$",
+        description="VERSION to score a copy of live traffic after each answer is sent, only while the model "
+        "is idle (skips are counted); agreement with the served answers is on /metrics.",
+    )
     host: str = Field("127.0.0.1", description="Interface to bind (use 0.0.0.0 inside a container).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -114,6 +137,12 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         30.0, gt=0, description="On SIGTERM, how long in-flight requests may take before they are cancelled."
     )
+
+    @model_validator(mode="after")
+    def _canary_share_is_a_percentage(self) -> Settings:
+        if self.canary is not None and float(self.canary.rpartition(":")[2]) > 100:
+            raise ValueError(f"canary (--canary / {ENV_PREFIX}CANARY = {self.canary}): PERCENT must be 0 to 100")
+        return self
 
     @model_validator(mode="after")
     def _largest_request_fits_the_queue(self) -> Settings:

@@ -18,12 +18,14 @@ from fastapi_swagger import patch_fastapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.routes import router
+from service.api.v2_routes import router as v2_router
 from service.errors import ErrorRenderer, InternalError, MethodNotAllowed, NotFound, ServiceError
 from service.http.endpoint import Endpoint
 from service.inference.model_host import ModelHost
 from service.inference.model_service import ModelService
 from service.inference.predictor import Predictor
 from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing, tracing_from_env
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -34,6 +36,7 @@ def create_app(
     predictor: Predictor | None = None,
     model_host: ModelHost | None = None,
     load_in_background: bool = False,
+    tracing: Tracing | None = None,
 ) -> Endpoint:
     """The app for ``settings``; ``predictor`` may be preloaded.
 
@@ -41,11 +44,14 @@ def create_app(
     process), and reloads go there too; the app stops that host when it shuts down. With
     ``load_in_background`` (``python -m service``) startup does not wait for the model: the
     server answers liveness at once and readiness turns 200 once the model is loaded and warm.
+    ``tracing``: OpenTelemetry spans (default: as the standard OTEL_* variables say; off when unset).
     """
+    if tracing is None:
+        tracing = tracing_from_env()
     if predictor is None and model_host is None and settings.model_process:
         model_host = ModelHost(stall_s=settings.model_stall_s)
     metrics = Metrics()
-    model = ModelService(settings, metrics, model_host)
+    model = ModelService(settings, metrics, model_host, tracing)
     # Handed over once: afterwards the model service holds the only reference, so a reload frees it.
     handed_over = [predictor] if predictor is not None else []
 
@@ -56,6 +62,8 @@ def create_app(
             yield
         finally:
             await model.stop()
+            if tracing is not None:
+                tracing.shutdown()
 
     api = FastAPI(
         title="Headline classifier",
@@ -70,6 +78,7 @@ def create_app(
     patch_fastapi(api, docs_url="/docs", redirect_from_root_to_docs=False)
     api.state.model_service = model
     api.include_router(router)
+    api.include_router(v2_router)
     _document_limits(api, settings)
     _render_errors(api, ErrorRenderer(settings.retry_after_s))
     return Endpoint(api, model, settings, metrics)
@@ -78,15 +87,16 @@ def create_app(
 def _render_errors(api: FastAPI, renderer: ErrorRenderer) -> None:
     """One exception handler for the routes: every error goes through the one renderer."""
 
-    def respond(exc: ServiceError) -> Response:
-        answer = renderer.render(exc)
+    def respond(exc: ServiceError, request: Request) -> Response:
+        # The Open Inference Protocol's routes answer in its error shape.
+        answer = renderer.render(exc, request.url.path.startswith("/v2"))
         response = Response(answer.body, status_code=answer.status)
         response.raw_headers.extend(answer.headers)
         return response
 
     @api.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
-        return respond(exc)
+        return respond(exc, request)
 
     @api.exception_handler(StarletteHTTPException)
     async def _routing_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -95,13 +105,13 @@ def _render_errors(api: FastAPI, renderer: ErrorRenderer) -> None:
         kind = kinds.get(exc.status_code)
         if kind is None:
             log.error("unexpected HTTP error %d: %s", exc.status_code, exc.detail)
-            return respond(InternalError(f"internal error: HTTP {exc.status_code}"))
-        return respond(kind(str(exc.detail), headers=dict(exc.headers or {})))
+            return respond(InternalError(f"internal error: HTTP {exc.status_code}"), request)
+        return respond(kind(str(exc.detail), headers=dict(exc.headers or {})), request)
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error")
-        return respond(InternalError(f"internal error: {type(exc).__name__}"))
+        return respond(InternalError(f"internal error: {type(exc).__name__}"), request)
 
 
 def _document_limits(api: FastAPI, settings: Settings) -> None:

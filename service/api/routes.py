@@ -24,7 +24,7 @@ from service.api.schemas import (
     ReloadResponse,
 )
 from service.errors import InvalidRequest, MalformedBody, NotFound, Unauthorized, summarize_validation_errors
-from service.http.endpoint import TIMEOUT_HEADER
+from service.http.endpoint import TIMEOUT_HEADER, VERSION_HEADER
 from service.inference.model_service import ModelService
 
 router = APIRouter()
@@ -48,7 +48,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-_TIMEOUT_PARAMETER = {
+TIMEOUT_PARAMETER = {
     "name": TIMEOUT_HEADER,
     "in": "header",
     "required": False,
@@ -57,14 +57,22 @@ _TIMEOUT_PARAMETER = {
     "at the deadline. A bad value is a 400.",
     "schema": {"type": "integer", "minimum": 1},
 }
+_VERSION_PARAMETER = {
+    "name": VERSION_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "The model version to answer with (one of GET /model's `versions`); 404 naming the served "
+    "versions if it is not served. Absent: the default version, or the canary for its share of X-Request-ID values.",
+    "schema": {"type": "string"},
+}
 
 
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses=ERRORS,
+    responses={**ERRORS, 404: {"model": ErrorResponse, "description": "X-Model-Version names a version not served"}},
     summary="Classify one headline or a list of headlines",
-    openapi_extra={"parameters": [_TIMEOUT_PARAMETER]},
+    openapi_extra={"parameters": [TIMEOUT_PARAMETER, _VERSION_PARAMETER]},
 )
 async def predict(body: PredictRequest) -> Response:
     """Publishes ``POST /predict`` in the OpenAPI document. Never runs: service/http/endpoint.py
@@ -107,11 +115,14 @@ async def metrics(model: Model) -> Response:
     responses={
         400: ERRORS[400],
         401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"},
-        404: {"model": ErrorResponse, "description": "Admin endpoint disabled (no admin token configured)"},
-        409: {"model": ErrorResponse, "description": "The new version failed to load; the old one keeps serving"},
+        404: {"model": ErrorResponse, "description": "Admin endpoint disabled, or retiring a version not served"},
+        409: {
+            "model": ErrorResponse,
+            "description": "The new version failed to load (the served ones keep serving), or cannot be retired",
+        },
         422: {"model": ErrorResponse, "description": "Body is not a valid reload request"},
     },
-    summary="Load, verify and warm another model version, then swap it in atomically",
+    summary="Load, verify and warm another model version, then swap it in atomically (or add or retire one)",
     # The body is read by hand, after the token check, so that it is documented here.
     openapi_extra={
         "requestBody": {
@@ -126,9 +137,16 @@ async def reload(model: Model, request: Request, authorization: Annotated[str | 
         raise NotFound("admin endpoint disabled: no admin token configured")
     if not bearer_token_matches(authorization, token.get_secret_value()):
         raise Unauthorized("missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-    version = (await read_reload_body(request)).version
-    previous, current = await model.reload(version)
-    return JSONResponse({"previous_version": previous, "model_version": current})
+    body = await read_reload_body(request)
+    default = model.served_versions()[0] if model.served_versions() else None
+    if body.action == "add":
+        await model.add_version(body.version)
+    elif body.action == "retire":
+        await model.retire_version(body.version)
+    else:
+        default = (await model.reload(body.version))[0]
+    versions = model.served_versions()
+    return JSONResponse({"previous_version": default, "model_version": versions[0], "versions": versions})
 
 
 def bearer_token_matches(authorization: str | None, token: str) -> bool:
@@ -141,7 +159,7 @@ async def read_reload_body(request: Request) -> ReloadRequest:
     """The optional reload body, validated only once the caller is known to be the admin."""
     raw = await request.body()
     if not raw.strip():
-        return ReloadRequest(version="latest")
+        return ReloadRequest(version="latest", action="replace")
     try:
         return ReloadRequest.model_validate_json(raw)
     except ValidationError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -73,20 +73,35 @@ class PredictResponse(BaseModel):
 
 
 class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": "latest"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"version": "latest"}, {"version": EXAMPLE_VERSION, "action": "add"}]},
+    )
 
     version: StrictStr = Field("latest", description="Version folder name to load, or `latest`.")
+    action: Literal["replace", "add", "retire"] = Field(
+        "replace",
+        description="`replace` the default version; `add` a version served beside the others (requests pick it "
+        "by name); `retire` a version added before (not the default, the canary or the shadow).",
+    )
 
 
 class ReloadResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"previous_version": "20261128T090000Z-aa11bb", "model_version": EXAMPLE_VERSION}]
+            "examples": [
+                {
+                    "previous_version": "20261128T090000Z-aa11bb",
+                    "model_version": EXAMPLE_VERSION,
+                    "versions": [EXAMPLE_VERSION],
+                }
+            ]
         }
     )
 
-    previous_version: str
-    model_version: str
+    previous_version: str | None = Field(description="The default version before.")
+    model_version: str = Field(description="The default version now.")
+    versions: list[str] = Field(description="Every version served now, the default first.")
 
 
 class ModelInfo(BaseModel):
@@ -142,6 +157,8 @@ class ModelInfo(BaseModel):
                         "vocab_size": 9562,
                     },
                     "device": "cpu",
+                    "versions": [EXAMPLE_VERSION],
+                    "routing": {"default": EXAMPLE_VERSION, "canary": None, "shadow": None},
                 }
             ]
         },
@@ -161,6 +178,10 @@ class ModelInfo(BaseModel):
     model_config_: dict[str, Any] = Field(alias="model_config")
     preprocessing: dict[str, Any]
     device: str
+    versions: list[str] = Field(description="Every version served, the default (described here) first.")
+    routing: dict[str, Any] = Field(
+        description="`default` version; `canary`: {version, percent} or null; `shadow`: a version or null."
+    )
 
 
 class HealthResponse(BaseModel):

@@ -94,6 +94,7 @@ class _Request:
     deadline: float = math.inf
     gone: Callable[[], bool] | None = None  # True once the client disconnected
     stage: int = _QUEUED
+    trace: object = None  # the request's trace context, handed to ``Batcher.on_batch``
 
 
 @dataclass(slots=True)
@@ -181,6 +182,10 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._owns_executor = True
+        # Tracing: called on the event loop per computed batch with (started, finished,
+        # [(enqueued, trace) per request], texts, version); None when tracing is off.
+        self.on_batch: Callable[[float, float, list[tuple[float, object]], int, str], None] | None = None
         self._current: list[_Request] = []  # the batch being formed
         self._running: _Job | None = None  # the batch on the model thread
         self._ahead: _Job | None = None  # a full batch handed over behind it
@@ -188,9 +193,12 @@ class Batcher:
         self._stage_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, executor: ThreadPoolExecutor | None = None) -> None:
+        """Start the consumer; ``executor``: a model thread shared with other batchers (several
+        versions served), which :meth:`stop` leaves running for its owner."""
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task = asyncio.get_running_loop().create_task(self._consume(), name="batcher")
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -214,15 +222,20 @@ class Batcher:
             if not request.future.done():
                 request.future.set_exception(Overloaded("server is shutting down"))
         self._queue.clear()
-        if self._executor is not None:
+        if self._executor is not None and self._owns_executor:
             # Past the timeout a forward pass may still be running: do not block the event loop
             # on it (the interpreter joins the thread at exit).
             self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._executor = None
 
     @property
     def queued_texts(self) -> int:
         return self._queued_texts
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, being formed, running, sent ahead or announced: the model is free of this batcher's work."""
+        return not (self._queue or self._current or self._running or self._ahead) and self._announced <= 0
 
     @property
     def executor(self) -> ThreadPoolExecutor | None:
@@ -261,8 +274,9 @@ class Batcher:
         texts: Sequence[str],
         timeout: float | None = None,
         gone: Callable[[], bool] | None = None,
+        trace: object = None,
     ) -> Prediction:
-        """Queue ``texts`` and wait for their result.
+        """Queue ``texts`` and wait for their result (``trace``: its trace context, see :attr:`on_batch`).
 
         ``timeout`` (seconds) is the request's deadline; ``gone`` tells whether its client has
         disconnected. Raises RequestTooLarge (can never fit: not worth a retry), Overloaded (full
@@ -275,7 +289,7 @@ class Batcher:
         if self._queued_texts + len(texts) > self.max_queue_size:
             raise Overloaded(f"queue full ({self._queued_texts} texts waiting, limit {self.max_queue_size})")
         loop = asyncio.get_running_loop()
-        request = _Request(texts, loop.create_future(), self._clock(), timeout, gone=gone)
+        request = _Request(texts, loop.create_future(), self._clock(), timeout, gone=gone, trace=trace)
         timer = None
         if timeout is not None:
             request.deadline = request.enqueued + timeout
@@ -447,6 +461,9 @@ class Batcher:
                 if not request.future.done():
                     request.future.set_exception(result)
             return
+        if self.on_batch is not None:
+            traced = [(request.enqueued, request.trace) for request in outcome.live]
+            self.on_batch(outcome.started, outcome.finished, traced, len(result.probabilities), result.version)
         parts = split_prediction(result, [len(r.texts) for r in outcome.live])
         for request, part in zip(outcome.live, parts, strict=True):
             if not request.future.done():  # not answered already by its deadline

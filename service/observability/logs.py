@@ -66,7 +66,7 @@ ACCESS_FLUSH_S = 0.01  # access lines reach stderr at most this much later, in b
 ACCESS_BACKLOG_BYTES = 8 << 20
 # What a record is counted as in the backlog, besides its message and traceback.
 _RECORD_OVERHEAD_BYTES = 512  # a queued LogRecord measured ~450 bytes (tracemalloc)
-AccessWriter = Callable[[str, str, int, float, str], None]
+AccessWriter = Callable[..., None]  # (method, path, status, latency_ms, request_id, trace_id=None)
 _access_buffer: AccessBuffer | None = None  # set by setup_logging
 
 
@@ -82,6 +82,7 @@ class AccessLine(msgspec.Struct, gc=False):
     status: int
     latency_ms: float
     request_id: str
+    trace_id: str | msgspec.UnsetType = msgspec.UNSET  # with tracing on only (an unset field is not written)
 
 
 _MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # the timestamp's tail, looked up rather than formatted
@@ -100,7 +101,7 @@ class AccessBuffer:
 
     def __init__(self, put: Callable[[Any], None]) -> None:
         self._put = put
-        self._pending: list[tuple[float, str, str, int, float, str]] = []
+        self._pending: list[tuple[float, str, str, int, float, str, str | None]] = []
         self._second = -1
         self._second_text = ""
         self._encode_lines = msgspec.json.Encoder().encode_lines
@@ -148,17 +149,20 @@ class AccessBuffer:
                 )
             )
 
-    def write(self, method: str, path: str, status: int, latency_ms: float, request_id: str) -> None:
+    def write(
+        self, method: str, path: str, status: int, latency_ms: float, request_id: str, trace_id: str | None = None
+    ) -> None:
         pending = self._pending
+        line = (time.time(), method, path, status, latency_ms, request_id, trace_id)
         if not pending:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # not on an event loop: no timer to arm, hand the line over now
-                self._hand_over(self._encode([(time.time(), method, path, status, latency_ms, request_id)]), 1)
+                self._hand_over(self._encode([line]), 1)
                 return
             self._loop_thread = threading.get_ident()
             loop.call_later(ACCESS_FLUSH_S, self.flush)
-        pending.append((time.time(), method, path, status, latency_ms, request_id))
+        pending.append(line)
 
     def flush(self) -> None:
         """Hand what is pending to the logging thread. Runs on the event loop (the timer, a log
@@ -193,18 +197,21 @@ class AccessBuffer:
         if self._pending and threading.get_ident() == self._loop_thread:
             self.flush()
 
-    def _encode(self, lines: list[tuple[float, str, str, int, float, str]]) -> bytes:
+    def _encode(self, lines: list[tuple[float, str, str, int, float, str, str | None]]) -> bytes:
         """JSON lines for a burst. ``ts`` is ``2026-11-29T20:16:10.265Z``: ``strftime`` once per
         second, the milliseconds from a table (a formatted ``ts`` per line was a third of the
         access log's event-loop time in a py-spy profile at 256 clients)."""
         out = []
         second, text, millis = self._second, self._second_text, _MILLIS
-        for created, method, path, status, latency, rid in lines:
+        unset = msgspec.UNSET
+        for created, method, path, status, latency, rid, trace in lines:
             whole = int(created)
             if whole != second:
                 second, text = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
             ts = text + millis[int((created - whole) * 1000)]
-            out.append(AccessLine(ts, "info", ACCESS_LOGGER, "request", method, path, status, latency, rid))
+            out.append(
+                AccessLine(ts, "info", ACCESS_LOGGER, "request", method, path, status, latency, rid, trace or unset)
+            )
         self._second, self._second_text = second, text
         return self._encode_lines(out)
 
@@ -276,13 +283,16 @@ def access_writer() -> AccessWriter:
     buffer = _access_buffer
     if buffer is not None:
         if not logger.isEnabledFor(logging.INFO):
-            return lambda method, path, status, latency_ms, request_id: None
+            return lambda method, path, status, latency_ms, request_id, trace_id=None: None
         return buffer.write
 
-    def logged(method: str, path: str, status: int, latency_ms: float, request_id: str) -> None:
+    def logged(
+        method: str, path: str, status: int, latency_ms: float, request_id: str, trace_id: str | None = None
+    ) -> None:
         if logger.isEnabledFor(logging.INFO):
             extra = {"method": method, "path": path, "status": status, "latency_ms": latency_ms}
-            logger.info("request", extra={**extra, "request_id": request_id})
+            traced = {"trace_id": trace_id} if trace_id else {}
+            logger.info("request", extra={**extra, "request_id": request_id, **traced})
 
     return logged
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
 from service.observability.drift import DriftCollector
@@ -62,6 +62,28 @@ class Metrics:
         )
         for reason in ("exited", "stalled"):
             self.model_process_restarts.labels(reason)
+        # Several versions: answers by version, and the shadow version against the served answers.
+        # Answers by version: a plain dict the event loop adds to (a labelled Counter's lock cost
+        # most of a microsecond per request), read at scrape time.
+        self.answers: dict[str, int] = {}
+        r.register(_Answers(self.answers))
+        self.shadow_agreement = Counter(
+            "hc_shadow_texts_total",
+            "Texts the shadow version scored, by whether its label agrees with the served one (agree, disagree)",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_top_difference = Summary(
+            "hc_shadow_top_probability_abs_difference",
+            "Per shadowed text, |served - shadow| probability of the served label (sum/count: the mean)",
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "hc_shadow_skipped_total",
+            "Answered requests the shadow did not score, by reason (busy: the shadow's buffer was full; failed)",
+            ["reason"],
+            registry=r,
+        )
         # Drift signals: input tokens / OOV / empty, predicted labels, confidence, and the reference.
         self.drift = DriftCollector()
         r.register(self.drift)
@@ -88,6 +110,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Answers:
+    """``hc_model_answers_total{version}``: requests answered, by the model version that computed them."""
+
+    def __init__(self, answers: dict[str, int]) -> None:
+        self.answers = answers
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "hc_model_answers", "Requests answered, by the model version that computed them", labels=["version"]
+        )
+        for version, count in list(self.answers.items()):
+            family.add_metric([version], count)
+        yield family
 
 
 class _AccessLogDrops:

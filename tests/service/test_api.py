@@ -237,7 +237,11 @@ def test_reload_swaps_model(reload_env: tuple[TestClient, Path]) -> None:
     make_artifact(root, seed=7, version="20260102T000000Z-bbbbbb")
     r = client.post("/admin/reload", headers=auth)
     assert r.status_code == 200, r.text
-    assert r.json() == {"previous_version": "20260101T000000Z-aaaaaa", "model_version": "20260102T000000Z-bbbbbb"}
+    assert r.json() == {
+        "previous_version": "20260101T000000Z-aaaaaa",
+        "model_version": "20260102T000000Z-bbbbbb",
+        "versions": ["20260102T000000Z-bbbbbb"],
+    }
     after = client.post("/predict", json={"text": "Stocks rally"}).json()
     assert after["model_version"] == "20260102T000000Z-bbbbbb"
     assert after["predictions"][0]["probabilities"] != before["predictions"][0]["probabilities"]

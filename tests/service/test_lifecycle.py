@@ -129,7 +129,8 @@ def test_running_batch_finishes_on_the_old_model_during_a_reload(
         assert old.status_code == 200 and old.json()["model_version"] == V1
         got = [old.json()["predictions"][0]["probabilities"][c] for c in predictor.classes]
         np.testing.assert_allclose(got, expected_old.probabilities[0], atol=1e-6)  # computed by the old weights
-        assert swap.status_code == 200 and swap.json() == {"previous_version": V1, "model_version": V2}
+        assert swap.status_code == 200
+        assert swap.json() == {"previous_version": V1, "model_version": V2, "versions": [V2]}
         after = client.post("/predict", json={"text": "Stocks rally"}).json()
         assert after["model_version"] == V2
     # Loading and warming the new version ran on the one model thread, like every batch.
@@ -163,7 +164,8 @@ def test_with_a_model_process_a_reload_loads_into_it_between_batches_and_unloads
         reloading.join(NEVER)
         [old], [swap] = answer, reloaded
         assert old.status_code == 200 and old.json()["model_version"] == V1, old.text
-        assert swap.status_code == 200 and swap.json() == {"previous_version": V1, "model_version": V2}
+        assert swap.status_code == 200
+        assert swap.json() == {"previous_version": V1, "model_version": V2, "versions": [V2]}
         after = client.post("/predict", json={"texts": ["Stocks rally", "Oil"]}).json()
         assert after["model_version"] == V2
         assert state.predictor.pid == pid, "the reload started a new model process"

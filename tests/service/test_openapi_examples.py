@@ -20,6 +20,7 @@ FREE_FORM = {"metrics"}  # whatever the artifact's metrics.json holds: the examp
 # Null in the committed default model's answer (trained before training wrote a drift reference);
 # the example shows the filled-in form, and the reference's own shape is tested in tests/service/test_drift.py.
 NULL_IN_DEFAULT_MODEL = {"reference", "reference_note"}
+NULL_IN_DEFAULT_MODEL |= {"canary", "shadow"}  # null when one version is served (the example shows that)
 
 
 def assert_same_shape(example: Any, real: Any, where: str = "", partial: bool = False) -> None:
