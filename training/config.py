@@ -13,6 +13,25 @@ TEMPERATURE_FITS = ("first", "crossfit")
 DEFAULT_DATA_URL = "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/main/datasets/news.csv"
 
 
+@dataclass(frozen=True)
+class FitConfig:
+    """How one model is optimised; TrainConfig takes its optimisation defaults from here."""
+
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.1
+    word_dropout: float = 0.2
+    grad_clip: float = 1.0
+    patience: int = 4
+    lr_patience: int = 1
+    lr_factor: float = 0.5
+    early_stopping_metric: str = "val_loss"
+    ema_decay: float | None = None
+    seed: int = 42
+
+
 class ConfigError(ValueError):
     """A training option no run could use; reported as one ``error:`` line by the CLI."""
 
@@ -21,54 +40,9 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Hyperparameters and paths; stored in the artifact as ``train_config.json``.
 
-    Defaults were chosen on the 10K sample over seeds 1, 2, 3 and 42 (not one split):
-
-    * a compact BiGRU (64 per direction) with last-state + max pooling, trained in
-      length-sorted batches of 128 with packed sequences: ~2.5x faster per epoch than the
-      lesson's batch-64 unpacked pipeline and more accurate;
-    * embeddings initialised with std 0.1 instead of torch's N(0, 1), the largest single
-      gain (about +0.03 weighted F1): unit-variance inputs saturate the GRU gates early;
-    * then overwritten by LSA vectors (truncated SVD of the training split's TF-IDF matrix,
-      same scale): words that share titles start close, which helps words seen once or
-      twice; +0.01 to +0.02 weighted F1 on each of seeds 42, 1, 2 and 3;
-    * every training word in the vocabulary (``min_freq`` 1) plus word dropout 0.2, so
-      ``<UNK>`` is trained on real contexts and unseen words at serving time degrade softly;
-    * embedding dropout 0.3, dense dropout 0.5, AdamW weight decay 1e-2, label smoothing 0.1,
-      gradient clipping, ReduceLROnPlateau and early stopping on validation loss;
-    * stopwords are kept (``--stopwords`` removes them): before LSA init, removal gained
-      +0.005 weighted F1 on average over three seeds (below the seed-to-seed spread); with
-      it, removal lost 0.005 on seed 42. Keeping them also means a run needs no NLTK data.
-
-    Measured (``python -m training --data news_10k.csv --threads 2 --seed S``), test weighted F1
-    ours vs the TF-IDF baseline: seed 42 0.803/0.809, 1 0.800/0.800, 2 0.811/0.819,
-    3 0.800/0.801; the lesson's pipeline got 0.699 on seed 42.
-
-    Then chosen on the out-of-time split (``--split time``, seeds 1, 2, 3), where the config
-    above got 0.737/0.737/0.733:
-
-    * ``refit``: after early stopping, a fresh model trained on train + val for the chosen
-      epochs. The validation block is the most recent data before the test block, and news
-      vocabulary moves fast: 0.765/0.777 on seeds 1/2 (+0.03 to +0.04);
-    * hashed character 3-5-gram embeddings (``--subword-buckets 20000``, n-grams initialised
-      from the LSA vectors of the words containing them) are available but off: without refit
-      they got 0.726/0.751/0.745 (mean +0.005, within seed noise), with refit 0.764/0.767/0.771
-      (no better than refit alone), while costing speed, serving time and 4 MB of weights.
-
-    Calibration, chosen on test predictions pooled over seeds and splits
-    (``python -m bench.calibration_study``; one 1,500-title split cannot resolve ECE 0.02):
-
-    * ``temperature_fit="first"``: the refit model trained on the validation rows, so its
-      temperature is fitted on the pre-refit model's validation logits. The refit is not
-      measurably more confident than that model (test-optimal temperatures 0.99 for both,
-      averaged over seeds 1-8 x random, time and "future" splits). Pooled over those 24 runs
-      (36,000 predictions, noise floor 0.005) this measured ECE 0.014; cross-fitting (two more
-      models trained like the refit on train + half of val, each scoring the other half)
-      0.015, paired 90% interval of the difference -0.0003 to +0.002, for two more trainings;
-      it stays available. No scalar does better (test-fitted: 0.015): the rest is the shape
-      of the reliability curve (0.5-0.85 bins over-confident, 0.9+ calibrated);
-    * label smoothing 0.1 kept: pooled ECE after scaling 0.010 vs 0.014 with 0.05 and 0.016
-      without (seeds 1-3, three splits); without it the model is over-confident (T 1.0-1.5)
-      and time / future-split F1 fell (0.765 / 0.764 vs 0.769 / 0.774, mean of seeds 1-3).
+    The model's defaults come from ``ModelConfig`` and the optimiser's from ``FitConfig``, so
+    each default is written once. Why each default is what it is, with the runs that chose
+    it, is in docs/training.md.
     """
 
     # Paths
@@ -99,19 +73,19 @@ class TrainConfig:
     subword_max_n: int = 5
     subword_lsa_init: bool = True
     # Optimisation
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    label_smoothing: float = 0.1
-    word_dropout: float = 0.2
-    grad_clip: float = 1.0
-    ema_decay: float | None = None
+    epochs: int = FitConfig.epochs
+    batch_size: int = FitConfig.batch_size
+    lr: float = FitConfig.lr
+    weight_decay: float = FitConfig.weight_decay
+    label_smoothing: float = FitConfig.label_smoothing
+    word_dropout: float = FitConfig.word_dropout
+    grad_clip: float = FitConfig.grad_clip
+    ema_decay: float | None = FitConfig.ema_decay
     class_weights: bool = False
-    patience: int = 4
-    lr_patience: int = 1
-    lr_factor: float = 0.5
-    early_stopping_metric: str = "val_loss"
+    patience: int = FitConfig.patience
+    lr_patience: int = FitConfig.lr_patience
+    lr_factor: float = FitConfig.lr_factor
+    early_stopping_metric: str = FitConfig.early_stopping_metric
     baseline_c: float | None = None
     calibrate: bool = True
     refit: bool = True
@@ -126,6 +100,32 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def model_config(self, vocab_size: int, num_classes: int) -> ModelConfig:
+        """The network this run trains, for a vocabulary and label set fitted on its rows."""
+        return ModelConfig(
+            vocab_size=vocab_size,
+            num_classes=num_classes,
+            rnn_type=self.model,
+            embedding_dim=self.embedding_dim,
+            hidden_dim=self.hidden_dim,
+            fc_dim=self.fc_dim,
+            dropout=self.dropout,
+            embedding_dropout=self.embedding_dropout,
+            pooling=self.pooling,
+            subword_buckets=self.subword_buckets,
+            subword_min_n=self.subword_min_n,
+            subword_max_n=self.subword_max_n,
+        )
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        """Shares of train, validation and test rows."""
+        return (1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction)
+
+    def fit_config(self) -> FitConfig:
+        """How each model of this run is optimised."""
+        return FitConfig(**{f.name: getattr(self, f.name) for f in fields(FitConfig)})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

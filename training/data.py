@@ -308,3 +308,14 @@ def slice_batch(ids: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> tuple
     """Rows of the padded matrix, trimmed to the longest row in the batch."""
     lens = lengths[rows]
     return ids[rows, : int(lens.max())], lens
+
+
+def split_rows(
+    kind: str, labels: Sequence[str], seed: int, fractions: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of train/val/test for a split ``kind``: "random" or "time"."""
+    if kind == "time":
+        return time_split(labels, fractions)
+    if kind == "random":
+        return stratified_split(labels, seed, fractions)
+    raise ValueError(f"unknown split kind {kind!r}")

@@ -17,7 +17,7 @@ from contract.artifact import ArtifactError, load_artifact, write_artifact
 from contract.model import pad_batch, predict_proba
 from tests.tolerance import SERVED_ATOL
 from tests.training.conftest import small_csv
-from training import pipeline
+from training import fitting, pipeline
 from training.__main__ import main
 from training.calibration import fit_temperature
 from training.config import DEFAULT_DATA_URL, TrainConfig, build_parser
@@ -195,7 +195,7 @@ def test_config_from_args_round_trip():
 def test_class_weights_favour_rare_classes():
     import numpy as np
 
-    from training.pipeline import class_weight_tensor
+    from training.fitting import class_weight_tensor
 
     weights = class_weight_tensor(np.array([0, 0, 0, 1, 2, 2]), 3)
     assert weights.mean().item() == pytest.approx(1.0)
@@ -204,7 +204,7 @@ def test_class_weights_favour_rare_classes():
 
 def test_lsa_embeddings_put_co_occurring_words_together():
     from contract.text import Vocabulary
-    from training.pipeline import lsa_embeddings
+    from training.embeddings import lsa_embeddings
 
     docs = [["stocks", "shares", "market"], ["shares", "market"], ["goal", "match", "team"], ["match", "team"]] * 5
     vocab = Vocabulary.fit(docs)
@@ -221,15 +221,14 @@ def test_lsa_embeddings_put_co_occurring_words_together():
 
 def test_vocabulary_is_fitted_on_the_training_rows_only(tiny_run, tiny_csv):
     from contract.text import Normalizer
-    from training.data import read_dataset, sample_rows
-    from training.pipeline import split_indices
+    from training.data import read_dataset, sample_rows, split_rows
 
     config = tiny_config(tiny_csv, Path("unused"))
     data = read_dataset(tiny_csv)
     keep = sample_rows(len(data), config.limit_rows, config.seed)
     labels = [data.labels[i] for i in keep]
     tokens = [Normalizer(tiny_run.preprocessing).tokens(data.titles[i]) for i in keep]
-    train, val, test = split_indices("random", labels, config)
+    train, val, test = split_rows("random", labels, config.seed, config.fractions)
     # With --refit the shipped model's training rows are train + val; never test.
     fit_rows = (*train, *val) if config.refit else tuple(train)
     train_words = {t for i in fit_rows for t in tokens[i]}
@@ -258,7 +257,7 @@ def _spy_fits(monkeypatch) -> tuple[list[tuple], list[tuple]]:
     """Record every model fit (rows trained on, rows scored, lr schedule, the fit) and every cross-fit."""
     fits: list[tuple] = []
     crossfits: list[tuple] = []
-    real_fit, real_crossfit = pipeline._fit_model, pipeline.crossfit_val_logits
+    real_fit, real_crossfit = fitting.fit_model, pipeline.crossfit_val_logits
 
     def fit_model(config, dist, corpus, fit_idx, val_idx, say, lr_schedule=None):
         fitted = real_fit(config, dist, corpus, fit_idx, val_idx, say, lr_schedule)
@@ -270,7 +269,8 @@ def _spy_fits(monkeypatch) -> tuple[list[tuple], list[tuple]]:
         crossfits.append((logits, corpus.targets[val_idx]))
         return logits
 
-    monkeypatch.setattr(pipeline, "_fit_model", fit_model)
+    monkeypatch.setattr(pipeline, "fit_model", fit_model)
+    monkeypatch.setattr(fitting, "fit_model", fit_model)  # the cross-fit's own fits
     monkeypatch.setattr(pipeline, "crossfit_val_logits", crossfit)
     return fits, crossfits
 
