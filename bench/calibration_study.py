@@ -72,7 +72,9 @@ def load_corpus(data: Path) -> tuple[Corpus, list[str]]:
     return corpus, dataset.labels
 
 
-def study_split(kind: str, labels: list[str], config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def study_split(
+    kind: str, labels: list[str], tokens: list[list[str]], config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pipeline's splits, plus ``future``: what the default command meets after shipping.
 
     ``future`` draws train and validation at random (stratified, as ``--split random`` does)
@@ -80,7 +82,7 @@ def study_split(kind: str, labels: list[str], config: TrainConfig) -> tuple[np.n
     calibrated the default way, then scored on later news, like the team's held-out set.
     """
     if kind != "future":
-        return split_rows(kind, labels, config.seed, config.fractions)
+        return split_rows(kind, labels, tokens, config.seed, config.fractions)
     n_test = int(round(len(labels) * config.test_fraction))
     past = len(labels) - n_test
     val_share = config.val_fraction / (1 - config.test_fraction)
@@ -99,7 +101,7 @@ def collect(config: TrainConfig, corpus: Corpus, raw_labels: list[str], kind: st
     dist = distributed.setup(config.device)
     quiet = lambda *a, **k: None  # noqa: E731
     try:
-        train_idx, val_idx, test_idx = study_split(kind, raw_labels, config)
+        train_idx, val_idx, test_idx = study_split(kind, raw_labels, corpus.tokens, config)
         started = time.perf_counter()
         first = fit_model(config, dist, corpus, train_idx, val_idx, quiet)
 
@@ -293,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     corpus = None if args.report_only else load_corpus(args.data)[0]
     raw_labels = read_dataset(args.data).labels
+    corpus_tokens = corpus.tokens if corpus is not None else []  # the random and time splits need no tokens
     results: dict[str, dict[str, Any]] = {}
     for smoothing in args.label_smoothing:
         runs: dict[str, dict[str, np.ndarray]] = {}
@@ -310,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{path.name}: {time.perf_counter() - t0:.0f}s", flush=True)
                 if path.exists():
                     runs[f"{kind}-seed{seed}"] = dict(np.load(path))
-                    rows[f"{kind}-seed{seed}"] = study_split(kind, raw_labels, replace(TrainConfig(), seed=seed))[2]
+                    seeded = replace(TrainConfig(), seed=seed)
+                    rows[f"{kind}-seed{seed}"] = study_split(kind, raw_labels, corpus_tokens, seeded)[2]
         if runs:
             results[str(smoothing)] = summarise(runs, rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,9 @@ from typing import Any
 
 from contract.model import POOLINGS, RNN_TYPES, ModelConfig
 
-SPLITS = ("random", "time", "both")
+SPLITS = ("random", "time", "unseen", "both")
 TEMPERATURE_FITS = ("first", "crossfit")
+TEMPERATURE_ROWS = ("own", "shifted")
 DEFAULT_DATA_URL = "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/main/datasets/news.csv"
 
 
@@ -29,6 +30,9 @@ class FitConfig:
     lr_factor: float = 0.5
     early_stopping_metric: str = "val_loss"
     ema_decay: float | None = None
+    # The wide head's learning rate over the rest's: a rare n-gram's weight is only updated in
+    # the few batches that hold it, and Adam's step is bounded by the learning rate.
+    head_lr_scale: float = 1.0
     seed: int = 42
 
 
@@ -56,6 +60,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     remove_stopwords: bool = False
+    keep_parenthesised: bool = False
     max_vocab: int | None = 30000
     min_freq: int = 1
     # Model
@@ -72,6 +77,8 @@ class TrainConfig:
     subword_min_n: int = 3
     subword_max_n: int = 5
     subword_lsa_init: bool = True
+    subword_embeddings: bool = ModelConfig.subword_embeddings
+    subword_head: bool = ModelConfig.subword_head
     # Optimisation
     epochs: int = FitConfig.epochs
     batch_size: int = FitConfig.batch_size
@@ -81,6 +88,7 @@ class TrainConfig:
     word_dropout: float = FitConfig.word_dropout
     grad_clip: float = FitConfig.grad_clip
     ema_decay: float | None = FitConfig.ema_decay
+    head_lr_scale: float = FitConfig.head_lr_scale
     class_weights: bool = False
     patience: int = FitConfig.patience
     lr_patience: int = FitConfig.lr_patience
@@ -90,6 +98,7 @@ class TrainConfig:
     calibrate: bool = True
     refit: bool = True
     temperature_fit: str = "first"
+    temperature_rows: str = "shifted"
     # Runtime
     seed: int = 42
     device: str = "auto"
@@ -116,6 +125,8 @@ class TrainConfig:
             subword_buckets=self.subword_buckets,
             subword_min_n=self.subword_min_n,
             subword_max_n=self.subword_max_n,
+            subword_embeddings=self.subword_embeddings,
+            subword_head=self.subword_head,
         )
 
     @property
@@ -155,6 +166,8 @@ class TrainConfig:
             raise ConfigError("embedding_init must be lsa or normal")
         if self.temperature_fit not in TEMPERATURE_FITS:
             raise ConfigError(f"temperature_fit must be one of {TEMPERATURE_FITS}")
+        if self.temperature_rows not in TEMPERATURE_ROWS:
+            raise ConfigError(f"temperature_rows must be one of {TEMPERATURE_ROWS}")
         if self.early_stopping_metric not in ("val_loss", "val_f1"):
             raise ConfigError("early_stopping_metric must be val_loss or val_f1")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -167,6 +180,8 @@ class TrainConfig:
             raise ConfigError(f"max-vocab must be at least 3 (<PAD>, <UNK> and one word) or none, got {self.max_vocab}")
         if self.subword_buckets < 0 or not 1 <= self.subword_min_n <= self.subword_max_n:
             raise ConfigError("subword buckets must be >= 0 (0: off) and 1 <= subword-min-n <= subword-max-n")
+        if self.subword_head and not self.subword_buckets:
+            raise ConfigError("--subword-head needs --subword-buckets > 0")
         val, test = self.val_fraction, self.test_fraction
         if not 0 < val < 1 or not 0 < test < 1 or val + test >= 1:
             raise ConfigError("val and test fractions must be in (0, 1) and sum to less than 1")
@@ -204,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SPLITS,
         default=d.split,
         help="random: stratified by category; time: consecutive blocks in file order (train on the earliest "
-        "rows, validate on the next, test on the latest); both: also train and report the time split, "
-        "then ship the random-split model",
+        "rows, validate on the next, test on the latest); unseen: a time block (the latest for seed 1, the one "
+        "before for seed 2, ...) plus every title sharing a word found in at most two titles with it, so its "
+        "rare words are never trained on; both: also train and report the time and unseen splits, then ship "
+        "the random-split model",
     )
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation share")
     g.add_argument("--test-fraction", type=float, default=d.test_fraction, help="test share")
@@ -214,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=d.remove_stopwords,
         help="remove NLTK English stopwords (--no-stopwords keeps them)",
+    )
+    g.add_argument(
+        "--keep-parenthesised",
+        action=argparse.BooleanOptionalAction,
+        default=d.keep_parenthesised,
+        help="keep text in parentheses, such as source tags like (AFP) (--no-keep-parenthesised drops it, as the "
+        "lesson does)",
     )
     g.add_argument("--max-vocab", type=_optional_int, default=d.max_vocab, help="vocabulary size cap incl. PAD/UNK")
     g.add_argument("--min-freq", type=int, default=d.min_freq, help="minimum training-split count for a word")
@@ -251,6 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.subword_lsa_init,
         help="with --embedding-init lsa, start each n-gram at the mean LSA vector of the words containing it",
     )
+    g.add_argument(
+        "--subword-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=d.subword_embeddings,
+        help="with --subword-buckets, add each token's n-gram vectors to its word vector (the GRU's input)",
+    )
+    g.add_argument(
+        "--subword-head",
+        action=argparse.BooleanOptionalAction,
+        default=d.subword_head,
+        help="with --subword-buckets, a wide linear head over the title's words and n-grams, added to the logits",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size (per process)")
@@ -264,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_optional_float,
         default=d.ema_decay,
         help="keep an exponential moving average of the weights with this decay per step (None: off)",
+    )
+    g.add_argument(
+        "--head-lr-scale",
+        type=float,
+        default=d.head_lr_scale,
+        help="learning rate of the wide n-gram head (--subword-head) as a multiple of --lr",
     )
     g.add_argument(
         "--class-weights",
@@ -302,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --refit, which validation logits the temperature is fitted on: first: the early-stopped model's "
         "(trained before the refit); crossfit: two models trained like the refit on train + half of val, each "
         "scoring the other half (two more trainings)",
+    )
+    g.add_argument(
+        "--temperature-rows",
+        choices=TEMPERATURE_ROWS,
+        default=d.temperature_rows,
+        help="validation rows the temperature is fitted on: own: the shipped split's; shifted: the unseen-word "
+        "split's, whose rare words the model never saw, as on later news (trains that split too)",
     )
     g = p.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for the split, initialisation and batches")

@@ -93,7 +93,7 @@ def init_lsa_(
     vectors = lsa_embeddings(token_lists, vocab, model.config.embedding_dim, std, seed)
     hasher = model.config.subword_hasher()
     subword_vectors = None
-    if hasher is not None and share_with_subwords:
+    if hasher is not None and share_with_subwords and model.subword_embedding is not None:
         vectors, subword_vectors = split_subword_vectors(vectors, vocab, hasher)
     with torch.no_grad():
         model.embedding.weight.copy_(vectors)

@@ -194,8 +194,13 @@ def fit(
     net = dist.wrap(model)
     # The fused kernel updates all parameters in one pass: on CPU the default per-tensor loop
     # over the 1.5M-weight embedding took more time than forward and backward together.
+    head = [p for name, p in model.named_parameters() if name.startswith("head_")]
+    rest = [p for name, p in model.named_parameters() if not name.startswith("head_")]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if head:
+        groups.append({"params": head, "lr": config.lr * config.head_lr_scale, "lr_scale": config.head_lr_scale})
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda")
+        groups, lr=config.lr, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda")
     )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
@@ -225,7 +230,7 @@ def fit(
         t0 = time.perf_counter()
         if lr_schedule is not None:
             for group in optimizer.param_groups:
-                group["lr"] = lr_schedule[epoch - 1]
+                group["lr"] = lr_schedule[epoch - 1] * group["lr_scale"]
         batcher.set_epoch(epoch)
         batches = batcher.batches()
         bar = _progress(len(batches), f"epoch {epoch}/{epochs}", progress)

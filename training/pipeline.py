@@ -18,7 +18,7 @@ from contract.artifact import sha256_file, write_artifact
 from contract.model import TextClassifier, probabilities
 from contract.text import LabelEncoder, Normalizer, PreprocessSettings, Vocabulary, load_stopwords
 from training import distributed
-from training.baseline import baseline_report
+from training.baseline import anchor_report, baseline_report
 from training.calibration import calibration_report
 from training.config import TrainConfig
 from training.data import Dataset, fetch_data, read_dataset, sample_rows, split_rows
@@ -29,6 +29,8 @@ from training.reference import drift_reference
 
 # The split whose model the artifact ships; ``--split both`` also trains and reports the others.
 SHIPPED_SPLIT = "random"
+# The split that stands in for later news: its test rows' rare words are never trained on.
+PROXY_SPLIT = "unseen"
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -69,10 +71,18 @@ def run(config: TrainConfig) -> RunResult:
 
 
 def split_kinds(config: TrainConfig) -> list[str]:
-    """The splits a run trains, the shipped one last."""
+    """The splits a run trains: the proxy before the shipped split (which may borrow its temperature), the
+    shipped one last."""
     if config.split == "both":
-        return [k for k in ("time", "random") if k != SHIPPED_SPLIT] + [SHIPPED_SPLIT]
+        return [k for k in ("time", PROXY_SPLIT, "random") if k != SHIPPED_SPLIT] + [SHIPPED_SPLIT]
+    if shifted_temperature(config) and config.split != PROXY_SPLIT:
+        return [PROXY_SPLIT, config.split]
     return [config.split]
+
+
+def shifted_temperature(config: TrainConfig) -> bool:
+    """Whether the temperature comes from the proxy split's validation rows."""
+    return config.calibrate and config.temperature_rows == "shifted"
 
 
 def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> RunResult:
@@ -97,13 +107,26 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
     corpus, raw_labels = load_corpus(config, dist, dataset, keep)
     timing["preprocess_s"] = round(time.perf_counter() - t0, 3)
 
+    shipped_kind = config.split if config.split != "both" else SHIPPED_SPLIT
+    # Every split is drawn before any model trains, so a split the data cannot make fails fast.
+    # The rare words that draw the unseen-word split are found with the default preprocessing, so
+    # every run on the same data and seed gets the same split, whatever its own preprocessing.
+    default_normalizer = Normalizer(PreprocessSettings())
+    split_tokens = [default_normalizer.tokens(t) for t in corpus.titles]
+    splits = {
+        kind: split_rows(kind, raw_labels, split_tokens, config.seed, config.fractions) for kind in split_kinds(config)
+    }
     outcomes: dict[str, SplitOutcome] = {}
-    for kind in split_kinds(config):
-        split = split_rows(kind, raw_labels, config.seed, config.fractions)
-        outcomes[kind] = train_split(config, dist, kind, corpus, split, say)
-    shipped = outcomes[config.split if config.split != "both" else SHIPPED_SPLIT]
+    for kind, split in splits.items():
+        temperature = None
+        if shifted_temperature(config) and kind == shipped_kind != PROXY_SPLIT:
+            temperature = outcomes[PROXY_SPLIT].metrics["calibration"]["temperature"]
+        outcomes[kind] = train_split(config, dist, kind, corpus, split, say, temperature)
+    shipped = outcomes[shipped_kind]
     metrics = shipped.metrics
     metrics["splits"] = {kind: split_summary(outcome.metrics) for kind, outcome in outcomes.items()}
+    if PROXY_SPLIT in outcomes:
+        metrics["proxy"] = proxy_summary(outcomes[PROXY_SPLIT].metrics)
     metrics["data"]["dropped_empty_titles"] = dataset.dropped_empty
     metrics["timing"] = {**timing, **metrics["timing"]}
     if not dist.is_main:
@@ -142,7 +165,9 @@ def load_corpus(
         # need neither NLTK data nor the network, and every rank uses the same list.
         found = load_stopwords(config.nltk_data) if dist.is_main else None
         stopwords = tuple(dist.broadcast_object(found))
-    preprocessing = PreprocessSettings(remove_stopwords=config.remove_stopwords, stopwords=stopwords)
+    preprocessing = PreprocessSettings(
+        remove_stopwords=config.remove_stopwords, stopwords=stopwords, keep_parenthesised=config.keep_parenthesised
+    )
     normalizer = Normalizer(preprocessing)
     labels = LabelEncoder.fit(raw_labels)
     corpus = Corpus(
@@ -166,11 +191,31 @@ def split_summary(metrics: dict[str, Any]) -> dict[str, Any]:
         summary["baseline_test_f1"] = metrics["baseline"]["test"]["overall"]["f1"]
         if "train_only_test_f1" in metrics["baseline"]:
             summary["baseline_train_only_test_f1"] = metrics["baseline"]["train_only_test_f1"]
+    if "anchor" in metrics:
+        summary["anchor_test_f1"] = metrics["anchor"]["test"]["overall"]["f1"]
+    summary["test_oov_token_rate"] = metrics["reference"]["oov_token_rate"]
     if "calibration" in metrics:
         summary["calibration"] = {
             "temperature": metrics["calibration"]["temperature"],
             **metrics["calibration"]["test"],
         }
+    return summary
+
+
+def proxy_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the model does on text it has not seen, beside the linear models on the same rows."""
+    summary: dict[str, Any] = {
+        "split": metrics["split"],
+        "test_rows": metrics["data"]["test"],
+        "test_oov_token_rate": metrics["reference"]["oov_token_rate"],
+        "f1": metrics["test"]["overall"]["f1"],
+    }
+    if "calibration" in metrics:
+        summary["ece"] = metrics["calibration"]["test"]["ece_after"]
+        summary["temperature"] = metrics["calibration"]["temperature"]
+    for key in ("anchor", "baseline"):
+        if key in metrics:
+            summary[key] = {"name": metrics[key]["name"], "f1": metrics[key]["test"]["overall"]["f1"]}
     return summary
 
 
@@ -181,6 +226,7 @@ def train_split(
     corpus: Corpus,
     split: Split,
     say: Say,
+    temperature: float | None = None,
 ) -> SplitOutcome:
     """Fit the vocabulary and the model on one split's training rows; evaluate on its test rows.
 
@@ -190,6 +236,8 @@ def train_split(
     validation rows, so its temperature is fitted on held-out logits of another model: the
     first run's (``temperature_fit="first"``), or out-of-fold ones from models trained like the
     refit (``"crossfit"``, ``crossfit_val_logits``); ``bench/calibration_study.py`` compares them.
+    A ``temperature`` fitted elsewhere (on the proxy split's validation rows) is used instead,
+    and this split's own fit is reported beside it.
     """
     train_idx, val_idx, test_idx = split
     tokens, targets, labels = corpus.tokens, corpus.targets, corpus.labels
@@ -218,7 +266,9 @@ def train_split(
     test_logits = final.logits(test_idx, dist.device)
     test_true = targets[test_idx]
     if config.calibrate:
-        metrics["calibration"] = calibration_report(val_logits, targets[val_idx], test_logits, test_true)
+        metrics["calibration"] = calibration_report(val_logits, targets[val_idx], test_logits, test_true, temperature)
+        if temperature is not None:
+            metrics["calibration"]["fitted_on"] = f"{PROXY_SPLIT} split val"
         metrics["calibration"]["val_logits_from"] = (
             "crossfit" if crossfit else ("first_model" if config.refit else "shipped_model")
         )
@@ -243,6 +293,7 @@ def train_split(
     metrics["baseline"] = baseline_report(
         corpus.titles, targets, labels.classes, split, config.baseline_c, config.refit
     )
+    metrics["anchor"] = anchor_report(corpus.titles, targets, labels.classes, split, config.refit)
     timing["baseline_s"] = round(time.perf_counter() - t0, 3)
     plots = (
         plot_files(fit_result.history, cm, fit_result.best_epoch, metrics.get("calibration")) if config.plots else {}
