@@ -27,7 +27,9 @@ class ModelConfig:
     """Everything needed to rebuild the network; saved next to the weights.
 
     The defaults are the architecture training ships (TrainConfig takes its model defaults from
-    here), so a test or benchmark that builds ``ModelConfig(vocab, classes)`` gets the real model.
+    here), so a test or benchmark that builds ``ModelConfig(vocab, classes)`` gets the real model,
+    except for the character n-grams: ``subword_buckets`` is 0 here, the meaning of a config
+    written before the field existed, and training sets it (``TrainConfig.subword_buckets``).
     """
 
     vocab_size: int

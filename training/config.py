@@ -60,7 +60,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     remove_stopwords: bool = False
-    keep_parenthesised: bool = False
+    keep_parenthesised: bool = True
     max_vocab: int | None = 30000
     min_freq: int = 1
     # Model
@@ -73,7 +73,7 @@ class TrainConfig:
     pooling: str = ModelConfig.pooling
     embedding_init: str = "lsa"
     embedding_init_std: float | None = 0.1
-    subword_buckets: int = 0
+    subword_buckets: int = 20000
     subword_min_n: int = 3
     subword_max_n: int = 5
     subword_lsa_init: bool = True

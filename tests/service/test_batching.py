@@ -473,7 +473,7 @@ def test_serving_defaults_are_what_training_ships() -> None:
     from contract.model import ModelConfig
     from training.config import TrainConfig
 
-    assert TrainConfig().model_config(100, 4) == ModelConfig(100, 4)
+    assert TrainConfig().model_config(100, 4) == ModelConfig(100, 4, subword_buckets=TrainConfig.subword_buckets)
     assert (ModelConfig(100, 4).hidden_dim, ModelConfig(100, 4).pooling) == (64, "last_max")
 
 
