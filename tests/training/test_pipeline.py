@@ -21,7 +21,6 @@ from training import fitting, pipeline
 from training.__main__ import main
 from training.calibration import fit_temperature
 from training.config import DEFAULT_DATA_URL, TrainConfig, build_parser
-from training.engine import predict_logits
 from training.pipeline import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -344,7 +343,7 @@ def test_first_model_temperature_is_fitted_on_its_own_held_out_validation_logits
     _, val_rows, _, first, val_idx, corpus = fits[0]
     assert not val_rows & fits[0][0]
     device = next(first.model.parameters()).device  # where training ran, as the pipeline computed them
-    logits = predict_logits(first.model, first.ids[val_idx], first.lengths[val_idx], device)
+    logits = first.logits(val_idx, device)
     calibration = result.metrics["calibration"]
     assert calibration["val_logits_from"] == source
     assert calibration["temperature"] == fit_temperature(logits, corpus.targets[val_idx]) == _stored_temperature(result)
