@@ -148,7 +148,7 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
         say(
             f"{kind} split: test weighted F1 {summary['test_f1']:.4f} (best epoch {summary['best_epoch']}); "
             f"TF-IDF baseline {summary['baseline_test_f1']:.4f}; "
-            f"word + char n-gram SVM {summary['anchor_test_f1']:.4f}; unseen tokens {summary['test_oov_token_rate']:.1%}"
+            f"word+char n-gram SVM {summary['anchor_test_f1']:.4f}; unseen tokens {summary['test_oov_token_rate']:.1%}"
         )
     print(f"artifact written to {artifact_path}", flush=True)
     return RunResult(artifact_path, metrics, shipped.model, shipped.vocab, corpus.labels, corpus.preprocessing)
