@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from contract.text import PAD_INDEX, SubwordHasher
@@ -136,8 +138,12 @@ class TextClassifier(nn.Module):
         if ids.dim() != 3:
             raise ValueError("this model has subword embeddings: ids must be [B, T, 1 + K] (see TextEncoder)")
         words, grams = ids[..., 0], ids[..., 1:]
-        counts = (grams != 0).sum(dim=2, keepdim=True).clamp_min(1)
-        return self.embedding(words) + self.subword_embedding(grams).sum(dim=2) / counts
+        # One fused gather-and-average per token: materialising every n-gram vector first
+        # ([B, T, K, E]) and summing it took most of the forward pass. Padding ids (0) are left
+        # out of the mean; a token with no n-grams gets zeros.
+        flat = grams.reshape(-1, grams.shape[-1])
+        pieces = F.embedding_bag(flat, self.subword_embedding.weight, mode="mean", padding_idx=0)
+        return self.embedding(words) + pieces.view(*grams.shape[:2], -1)
 
     def wide_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """The wide head's logits ``[B, C]`` for ``[B, T, 1 + K]`` features.
@@ -203,12 +209,14 @@ def pad_batch(
     if len(sequences) == 0 or lengths.min() < 1:
         raise ValueError("every sequence needs at least one token")
     if isinstance(sequences[0][0], tuple):
-        widths = [len(token) for s in sequences for token in s]
-        ids = np.zeros((len(sequences), int(lengths.max()), max(widths)), dtype=np.int64)
+        tokens = [token for s in sequences for token in s]
+        widths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+        ids = np.zeros((len(sequences), int(lengths.max()), int(widths.max())), dtype=np.int64)
         rows = np.repeat(np.arange(len(sequences)), lengths)
-        cols = np.concatenate([np.arange(n) for n in lengths])
-        flat = np.fromiter((i for s in sequences for token in s for i in token), dtype=np.int64, count=sum(widths))
-        depth = np.concatenate([np.arange(w) for w in widths])
+        cols = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        total = int(widths.sum())
+        flat = np.fromiter(chain.from_iterable(tokens), dtype=np.int64, count=total)
+        depth = np.arange(total) - np.repeat(np.cumsum(widths) - widths, widths)
         ids[np.repeat(rows, widths), np.repeat(cols, widths), depth] = flat
         return torch.from_numpy(ids).to(device), torch.from_numpy(lengths)
     ids = np.full((len(sequences), int(lengths.max())), PAD_INDEX, dtype=np.int64)
