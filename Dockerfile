@@ -53,6 +53,7 @@ RUN python scripts/requirements.py serve > requirements-serve.txt \
 COPY README.md ./
 COPY contract ./contract
 COPY service ./service
+COPY scoring ./scoring
 # Non-editable, no deps (all installed above), built with the venv's setuptools (a torch
 # dependency): the image gets the packages in site-packages.
 # Then trim what serving never runs: pip and setuptools, torch's C++ headers (only for
@@ -62,7 +63,7 @@ RUN pip install --no-deps --no-build-isolation . \
     && rm -rf "$site/torch/include" "$site/torch/test" \
     && find "$site/torch/bin" -maxdepth 1 -type f ! -name torch_shm_manager -delete \
     && pip uninstall -q -y pip setuptools \
-    && python -c 'import service.app, contract.artifact, torch.nn'
+    && python -c 'import service.api.app, contract.artifact, torch.nn'
 
 # --- api: the inference service, non-root ------------------------------------------------
 FROM base AS api

@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.drift_bench import process_cpu_s
 from bench.report import publish, stamped
-from service.logs import ACCESS_FLUSH_S
+from service.observability.logs import ACCESS_FLUSH_S
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "out" / "access_log_bench.json"

@@ -14,9 +14,9 @@ titles for 3 seeds x 2 splits: noise floor about 0.01). Per run it keeps
 Methods, each a temperature per run applied to that run's test logits:
 
 * ``none``: the refit model at T = 1;
-* ``first``: T fitted on the first model's val logits, applied to the refit model (the old default);
+* ``first``: T fitted on the first model's val logits, applied to the refit model (the default);
 * ``first_at_least_1``: as ``first``, but never below 1 (never sharpen the model's probabilities);
-* ``crossfit``: T fitted on the cross-fitted val logits, applied to the refit model (the new default);
+* ``crossfit``: T fitted on the cross-fitted val logits, applied to the refit model (``--temperature-fit crossfit``);
 * ``crossfit_ece``: as ``crossfit``, but the T minimising val ECE rather than NLL;
 * ``no_refit``: the first model itself with its own val temperature (ships less data);
 * ``oracle``: T fitted on the refit model's own test logits: the best any scalar can do.

@@ -150,7 +150,8 @@ def inproc(artifacts_dir: Path, titles: list[str], seconds: float, rounds: int, 
     import numpy as np
     import torch
 
-    from service.predictor import Predictor, available_cpus
+    from service.inference.predictor import Predictor
+    from service.inference.threads import available_cpus
 
     threads = max(1, available_cpus() - 1)  # what the server's auto setting uses
     torch.set_num_threads(threads)

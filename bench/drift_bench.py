@@ -50,8 +50,8 @@ def in_process_cost(artifacts_dir: Path, titles: list[str], batch: int = 64, rou
 
     from contract.artifact import load_artifact, resolve_version
     from contract.drift import count_encoded
-    from service.drift import DriftCollector
-    from service.predictor import Predictor
+    from service.inference.predictor import Predictor
+    from service.observability.drift import DriftCollector
 
     torch.set_num_threads(1)
     predictor = Predictor(load_artifact(resolve_version(artifacts_dir)), torch.device("cpu"))

@@ -1,11 +1,11 @@
-"""Hostile-client benchmark: what cheap attacks cost the real server (issue 8), before vs after.
+"""Hostile-client benchmark: what cheap attacks cost the real server, one source tree beside another.
 
 Each attack runs against a fresh ``python -m service`` subprocess started from a source tree
 (``--root``; give two to compare, e.g. a checkout of the old commit and this one) while a
 probe measures what a normal client sees. Reported per attack and tree: server RSS (idle,
 peak, after), the attack's outcome, and the probe's p99.
 
-    python -m bench.hostile_bench --root /tmp/h8-before --root .      # the BENCHMARKS.md table
+    python -m bench.hostile_bench --root /tmp/before --root .        # an older checkout beside this one
     python -m bench.hostile_bench --root . --only amplification        # one attack
 
 The attack clients are also used by ``tests/resilience/test_hostile_clients.py``.
@@ -222,6 +222,8 @@ def stalled_prefix(kind: str) -> bytes:
         return b""
     if kind == "slowloris":
         return b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Slow: a"
+    if kind == "dripbody":  # a complete head, then a body that drips in a byte at a time
+        return post_head(1000) + b'{"text": "'
     if kind == "body":  # most of the largest body the old server accepted (3.1 MB), then nothing
         length = 3_000_000
         body = b'{"texts": ["' + b"a" * (length - 13) + b'"]'  # 2 bytes short of Content-Length
@@ -270,7 +272,7 @@ async def hold_stalled(port: int, kind: str, count: int, hold_s: float, drip_s: 
                     with contextlib.suppress(ConnectionError, RuntimeError):
                         w.write(b"a")
 
-    dripper = asyncio.ensure_future(drip()) if kind == "slowloris" else None
+    dripper = asyncio.ensure_future(drip()) if kind in ("slowloris", "dripbody") else None
     await asyncio.sleep(hold_s)
     if dripper is not None:
         dripper.cancel()
@@ -366,7 +368,48 @@ def measure_amplification(server: Server, concurrent: int) -> dict[str, Any]:
     }
 
 
+def attack_drip(server: Server, kind: str, count: int, hold_s: float, drip_s: float = 9.0) -> dict[str, Any]:
+    """``count`` connections dripping a byte every ``drip_s`` (head or body) while a client sends
+    one request after another, each on a new connection: the longest it waited, and RSS."""
+    idle = server.rss()
+    waits: list[float] = []
+    failures = 0
+    stop = threading.Event()
+
+    def client() -> None:
+        nonlocal failures
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection(HOST, server.port, timeout=30)
+                conn.request("POST", "/predict", body=PREDICT_BODY, headers={"Content-Type": "application/json"})
+                ok = conn.getresponse().status == 200
+                conn.close()
+            except OSError:
+                ok = False
+            waits.append(time.perf_counter() - started)
+            failures += not ok
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=client, daemon=True)
+    with Sampler(server) as sampler:
+        thread.start()
+        outcome = asyncio.run(hold_stalled(server.port, kind, count, hold_s, drip_s=drip_s))
+        stop.set()
+        thread.join(60)
+    return {
+        **outcome,
+        "client_requests": len(waits),
+        "client_failures": failures,
+        "client_max_wait_s": round(max(waits), 3) if waits else None,
+        "rss_idle_mb": round(idle),
+        "rss_peak_mb": round(sampler.peak),
+    }
+
+
 ATTACKS: dict[str, Callable[[Server, argparse.Namespace], dict[str, Any]]] = {
+    "drip_head": lambda s, a: attack_drip(s, "slowloris", a.connections, a.hold),
+    "drip_body": lambda s, a: attack_drip(s, "dripbody", a.connections, a.hold),
     "amplification": lambda s, a: measure_amplification(s, 1),
     "amplification_x4": lambda s, a: measure_amplification(s, 4),
     "stalled_idle": lambda s, a: attack_stalled(s, "idle", a.connections, a.hold),
@@ -415,7 +458,7 @@ LABELS = {
     "stalled_idle": "1,000 connections that send nothing (held 15 s)",
     "stalled_slowloris": "1,000 slowloris connections (a header byte per second, 15 s)",
     "stalled_body": "1,000 connections that send 3 MB of a body and stall (15 s)",
-    "big_bodies": "1,000 complete 3 MB bodies at once (not an issue target)",
+    "big_bodies": "1,000 complete 3 MB bodies at once (no target)",
     "endless_header": "one client streaming an endless header value (10 s)",
     "endless_url": "one client streaming an endless URL (10 s)",
 }

@@ -1,6 +1,6 @@
 """In-process serving speed of two model artifacts side by side: the same 256 headlines per call.
 
-Both go through ``service.predictor.Predictor`` (the service's own encoding, padding and
+Both go through ``service.inference.predictor.Predictor`` (the service's own encoding, padding and
 forward pass), one thread, interleaved rounds so machine noise hits both alike. Prints
 headlines per second, the ratio new/old, and the weight file sizes.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from contract.artifact import resolve_version
-from service.predictor import Predictor
+from service.inference.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" / "news_10k.csv"))

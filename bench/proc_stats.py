@@ -17,7 +17,7 @@ def _stat(path: Path) -> list[str]:
     return path.read_text().rsplit(")", 1)[1].split()
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     """Live children of every thread of ``pid`` (a model process restarted by a worker thread too)."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -32,7 +32,7 @@ def tree_cpu_s(pid: int) -> float:
     """User + system CPU seconds of ``pid``, its live children and the children it has reaped."""
     fields = _stat(Path(f"/proc/{pid}/stat"))
     total = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    for child in _children(pid):
+    for child in child_pids(pid):
         try:
             child_fields = _stat(Path(f"/proc/{child}/stat"))
         except OSError:  # exited in between: counted in cutime once reaped
@@ -58,7 +58,7 @@ def rss_kb(pid: int) -> int:
 def tree_rss_kb(pid: int) -> int:
     """Resident memory of ``pid`` and its live children (the model process), in KiB."""
     total = rss_kb(pid)
-    for child in _children(pid):
+    for child in child_pids(pid):
         try:
             total += rss_kb(child)
         except OSError:

@@ -1,4 +1,4 @@
-"""The comparison point for issue 12: a plain ~30-line FastAPI app with a 2 ms micro-batcher.
+"""The serving comparison point: a plain ~30-line FastAPI app with a 2 ms micro-batcher.
 
 What a careful engineer writes in an afternoon: a pydantic request model, an asyncio queue,
 a consumer that waits up to 2 ms to fill a batch of at most 64 texts, the forward pass in a
@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from service.predictor import Predictor
+from service.inference.predictor import Predictor
 
 
 class Body(BaseModel):

@@ -1,7 +1,7 @@
-"""Offline scoring benchmark: ``python -m service.score`` on generated files of 10K to 300K rows.
+"""Offline scoring benchmark: ``python -m scoring`` on generated files of 10K to 300K rows.
 
 Each file is the 10K sample repeated (rows cycle through it) and lives in a temporary folder
-that is deleted afterwards. Every size runs as its own ``python -m service.score`` process on
+that is deleted afterwards. Every size runs as its own ``python -m scoring`` process on
 ``--threads`` torch threads; the bench reports the scorer's own rows/s (reading, encoding,
 forward passes and writing; not the interpreter start and model load, which are reported
 separately as the end-to-end figure) and the process's peak RSS from ``wait4``. The server's
@@ -54,7 +54,7 @@ def write_input(data: Path, rows: int, path: Path) -> Path:
 
 def run_scorer(artifacts_dir: Path, src: Path, dst: Path, threads: int, batch_size: int | None) -> dict[str, Any]:
     """One scorer process: its own timing (from its summary line), wall time and peak RSS."""
-    cmd = [sys.executable, "-m", "service.score", "--artifacts-dir", str(artifacts_dir), "--input", str(src)]
+    cmd = [sys.executable, "-m", "scoring", "--artifacts-dir", str(artifacts_dir), "--input", str(src)]
     cmd += ["--output", str(dst), "--threads", str(threads), "--device", "cpu"]
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
@@ -122,7 +122,7 @@ def markdown(results: dict[str, Any]) -> str:
     if target is not None:
         ok = target["headlines_per_s"] >= TARGET_HEADLINES_PER_S
         lines.append(
-            f"| `python -m service.score`, {TARGET_ROWS:,} rows, {threads} threads: headlines/s | "
+            f"| `python -m scoring`, {TARGET_ROWS:,} rows, {threads} threads: headlines/s | "
             f"**{target['headlines_per_s']:,.0f}** | ≥ {TARGET_HEADLINES_PER_S:,.0f} {'✅' if ok else '❌'} |"
         )
     if served is not None:

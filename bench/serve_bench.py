@@ -57,9 +57,9 @@ TEXTS_PER_REQUEST = 256
 OVERLOAD_CLIENTS = 512
 OVERLOAD_QUEUE = 64
 # name -> server flags (None: the reference batcher). "live" is GET /health/live on a separate
-# server with the default flags: run on "default" itself, it left "default" (access log on)
-# ~6% more CPU per /predict request than "nolog" got from the same live slices, which made the
-# access-log comparison unlike for like (BENCHMARKS.md).
+# server with the default flags: run on "default" itself, its slices left "default" (access log
+# on) paying more CPU per /predict request than "nolog", which made the access-log comparison
+# unlike for like.
 SERVERS: dict[str, list[str] | None] = {
     "default": [],
     "nolog": ["--no-access-log"],
@@ -208,7 +208,7 @@ def access_log_us_per_line(lines: int = 20_000, burst: int = 40) -> dict[str, fl
     """
     import asyncio
 
-    from service import logs
+    from service.observability import logs
 
     async def write_all(write: logs.AccessWriter) -> float:
         loop_cpu = 0.0
@@ -343,7 +343,7 @@ class Bench:
         import torch
 
         from contract.artifact import load_artifact, resolve_version
-        from service.predictor import Predictor
+        from service.inference.predictor import Predictor
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -473,7 +473,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _mean_cost(pairs: list[tuple[float | None, float | None]]) -> float | None:
-    """1 - geometric mean of off/on over several points: one point's CPU figure is +-15% on a busy machine."""
+    """1 - geometric mean of off/on over several points: one point's CPU figure swings on a busy machine."""
     ratios = [off / on for on, off in pairs if on and off]
     return 1 - statistics.geometric_mean(ratios) if ratios else None
 

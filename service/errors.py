@@ -1,24 +1,33 @@
-"""Error classes that carry their HTTP status, and the one JSON shape every error uses:
-``{"error": {"type": ..., "message": ..., "details": [...]}}``.
+"""Every answer that is not a prediction: the error classes, one table from class to HTTP
+(status, type, Retry-After), and one renderer that every path uses, the protocol guard's raw
+answers included. The JSON shape is always ``{"error": {"type", "message", "details"}}``.
+
+The classes say what went wrong, not how HTTP spells it: the data plane raises
+:class:`Overloaded` or :class:`PredictionTimedOut` and never sees a status code.
 """
 
 from __future__ import annotations
 
+import http
 import json
+import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+log = logging.getLogger("service")
+
 # Any error body stays small whatever the request: an invalid 3 MB body must not cost a
-# 200 MB answer (issue 8). Details past the first few are counted, not listed.
+# 200 MB answer. Details past the first few are counted, not listed.
 MAX_ERROR_BODY_BYTES = 16 * 1024
 MAX_ERROR_DETAILS = 10
 MAX_MESSAGE_ERRORS = 3
 _MAX_TEXT = 300
+JSON_CONTENT = (b"content-type", b"application/json")
 
 
 class ServiceError(Exception):
-    status_code = 500
-    error_type = "internal_error"
+    """A failure with a message for the client; :data:`ERRORS` gives its status and type."""
 
     def __init__(self, message: str, details: list[Any] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -27,44 +36,152 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
 
-class InvalidRequest(ServiceError):
-    status_code = 422
-    error_type = "invalid_request"
-
-
+# -- the request --------------------------------------------------------------------------
 class MalformedBody(ServiceError):
-    status_code = 400
-    error_type = "malformed_body"
+    """The body is not UTF-8 JSON."""
 
 
-class Unauthorized(ServiceError):
-    status_code = 401
-    error_type = "unauthorized"
+class InvalidRequest(ServiceError):
+    """The body is JSON but not a valid request."""
 
 
-class NotFound(ServiceError):
-    status_code = 404
-    error_type = "not_found"
+class InvalidHeader(ServiceError):
+    """A header the service reads has a bad value."""
 
 
 class PayloadTooLarge(ServiceError):
-    status_code = 413
-    error_type = "payload_too_large"
+    """The body is larger than any valid request."""
+
+
+class Unauthorized(ServiceError):
+    """Missing or wrong bearer token."""
+
+
+class NotFound(ServiceError):
+    """No such route, or an endpoint that is switched off."""
+
+
+class MethodNotAllowed(ServiceError):
+    """The route exists, the method does not."""
+
+
+# -- the connection (answered by the protocol guard, before any app code runs) --------------
+class MalformedRequest(ServiceError):
+    """Not a valid HTTP request."""
+
+
+class RequestTimedOut(ServiceError):
+    """The request head or body did not arrive in time."""
+
+
+class UriTooLong(ServiceError):
+    """The request line is over the header limit."""
+
+
+class HeadersTooLarge(ServiceError):
+    """The request headers are over the header limit."""
+
+
+# -- the model (raised by the data plane) ---------------------------------------------------
+class Overloaded(ServiceError):
+    """Too much work queued, too many connections, or shutting down: retry later."""
+
+
+class ModelUnavailable(ServiceError):
+    """No model to compute with right now (loading, or its process was lost): retry later."""
+
+
+class PredictionTimedOut(ServiceError):
+    """The request's deadline passed before its answer was ready."""
+
+
+class ClientGone(ServiceError):
+    """The client left before its batch started; nobody reads this answer (logged as 499)."""
 
 
 class ReloadFailed(ServiceError):
-    status_code = 409
-    error_type = "reload_failed"
+    """A new version failed to load; the old one keeps serving."""
 
 
-class ServiceUnavailable(ServiceError):
-    status_code = 503
-    error_type = "overloaded"
+class PredictionFailed(ServiceError):
+    """The model failed on a batch: a bug or a broken model, never the client's fault."""
 
 
-class Timeout(ServiceError):
-    status_code = 504
-    error_type = "timeout"
+class InternalError(ServiceError):
+    """An unexpected exception, already logged with its traceback where it was caught."""
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    status: int
+    type: str
+    retry: bool = False  # carries Retry-After: the same request may succeed later
+
+
+ERRORS: dict[type[ServiceError], ErrorKind] = {
+    MalformedBody: ErrorKind(400, "malformed_body"),
+    InvalidHeader: ErrorKind(400, "invalid_header"),
+    Unauthorized: ErrorKind(401, "unauthorized"),
+    NotFound: ErrorKind(404, "not_found"),
+    MethodNotAllowed: ErrorKind(405, "method_not_allowed"),
+    ReloadFailed: ErrorKind(409, "reload_failed"),
+    PayloadTooLarge: ErrorKind(413, "payload_too_large"),
+    InvalidRequest: ErrorKind(422, "invalid_request"),
+    ClientGone: ErrorKind(499, "client_closed_request"),
+    PredictionFailed: ErrorKind(500, "internal_error"),
+    InternalError: ErrorKind(500, "internal_error"),
+    Overloaded: ErrorKind(503, "overloaded", retry=True),
+    ModelUnavailable: ErrorKind(503, "overloaded", retry=True),
+    PredictionTimedOut: ErrorKind(504, "timeout", retry=True),
+    # An HTTP-level problem, not a bad body: the guard answers it and closes the connection.
+    MalformedRequest: ErrorKind(400, "malformed_request"),
+    RequestTimedOut: ErrorKind(408, "timeout"),
+    UriTooLong: ErrorKind(414, "uri_too_long"),
+    HeadersTooLarge: ErrorKind(431, "headers_too_large"),
+}
+_INTERNAL = ErrorKind(500, "internal_error")
+
+
+def error_kind(exc: ServiceError) -> ErrorKind:
+    for cls in type(exc).__mro__:
+        kind = ERRORS.get(cls)
+        if kind is not None:
+            return kind
+    return _INTERNAL
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """A rendered error: what an ASGI ``send`` or the raw protocol writes."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]  # content-type, Retry-After and the error's own headers
+    body: bytes
+
+
+class ErrorRenderer:
+    """Renders any :class:`ServiceError` for one server (its Retry-After value)."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        self.retry_after = str(retry_after_s).encode()
+
+    def render(self, exc: ServiceError) -> ErrorAnswer:
+        kind = error_kind(exc)
+        if kind.status >= 500 and kind.status not in (503, 504) and not isinstance(exc, InternalError):
+            log.error("request failed: %s", exc.message)
+        headers = [JSON_CONTENT]
+        if kind.retry:
+            headers.append((b"retry-after", self.retry_after))
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+        return ErrorAnswer(kind.status, headers, error_body(kind.type, exc.message, exc.details))
+
+    def raw(self, exc: ServiceError) -> bytes:
+        """A complete ``connection: close`` HTTP/1.1 response, for answers written to the socket."""
+        answer = self.render(exc)
+        lines = [f"HTTP/1.1 {answer.status} {http.HTTPStatus(answer.status).phrase}".encode()]
+        lines += [name + b": " + value for name, value in answer.headers]
+        lines += [b"content-length: %d" % len(answer.body), b"connection: close", b"", b""]
+        return b"\r\n".join(lines) + answer.body
 
 
 def error_body(error_type: str, message: str, details: list[Any] | None = None) -> bytes:
@@ -88,12 +205,12 @@ def _clip(text: str, limit: int = _MAX_TEXT) -> str:
 
 
 def summarize_validation_errors(errors: Iterable[Mapping[str, Any]], total: int | None = None) -> tuple[str, list[Any]]:
-    """``(message, details)`` for a 422 from pydantic-style errors, bounded whatever their number.
+    """``(message, details)`` for a 422 from field errors (``loc``, ``msg``, ``type``), bounded whatever their number.
 
-    ``details`` lists the first MAX_ERROR_DETAILS errors (``loc``, ``msg``, ``type``, each
-    clipped); ``message`` names the first few and the total count. Only the listed errors are
-    looked at, so a lazy iterable of a million errors costs no more than ten; pass ``total``
-    when the iterable is lazy so the count is still exact.
+    ``details`` lists the first MAX_ERROR_DETAILS errors, each clipped; ``message`` names the
+    first few and the total count. Only the listed errors are looked at, so a lazy iterable of
+    a million errors costs no more than ten; pass ``total`` when the iterable is lazy so the
+    count is still exact.
     """
     details: list[Any] = []
     count = 0
@@ -115,7 +232,7 @@ def summarize_validation_errors(errors: Iterable[Mapping[str, Any]], total: int 
 
 
 def jsonable(value: Any) -> Any:
-    """Make pydantic error details JSON-safe (bytes inputs, exception contexts)."""
+    """Make error details JSON-safe (bytes inputs, exception contexts)."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -125,15 +242,3 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)
-
-
-class InvalidHeader(ServiceError):
-    status_code = 400
-    error_type = "invalid_header"
-
-
-class ClientClosedRequest(ServiceError):
-    """Nobody reads this answer: the client left before its batch started (logged as 499, as nginx does)."""
-
-    status_code = 499
-    error_type = "client_closed_request"

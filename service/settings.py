@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         description="Longest a request body may stall with no bytes arriving; past it the connection gets 408 "
         "and is closed.",
     )
+    body_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Longest time from a request's first byte to its last body byte, however steadily it drips; "
+        "past it the connection gets 408 and is closed (room for a 128 KiB body at about 100 kbit/s).",
+    )
     max_header_bytes: int = Field(
         65536,
         ge=1024,
@@ -98,6 +104,12 @@ class Settings(BaseSettings):
         description="MiB of request bodies received and not yet answered, all connections together; past it a "
         "body over 64 KiB gets 503 with Retry-After and its connection is closed (bounds what large or stalled "
         "uploads can pin in memory).",
+    )
+    model_stall_s: float = Field(
+        2.0,
+        gt=0,
+        description="Shortest silence of the model process, while it owes an answer, after which it is killed and "
+        "replaced (its batches get 503); the watchdog allows 10 times the slowest answer seen when that is longer.",
     )
     shutdown_timeout_s: float = Field(
         30.0, gt=0, description="On SIGTERM, how long in-flight requests may take before they are cancelled."

@@ -1,4 +1,4 @@
-"""The README documents what the code actually offers."""
+"""The README and docs/ document what the code actually offers, and stay readable."""
 
 from __future__ import annotations
 
@@ -13,38 +13,110 @@ from training.config import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The people-facing docs, README first: examples run in this order against one server.
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), ROOT / "BENCHMARKS.md"]
 
 
-def test_every_service_setting_is_in_the_readme_table():
-    rows = [line for line in README.splitlines() if line.startswith("| `--")]
-    for name in Settings.model_fields:
+def _text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def _documented_default(field: object) -> str:
+    """How the README's Default column writes a setting's default."""
+    default = getattr(field, "default", None)
+    if getattr(field, "is_required", lambda: False)():
+        return "required"
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    return f"`{default}`"
+
+
+def test_every_service_setting_is_in_the_readme_table_with_its_default():
+    rows = [line for line in README.splitlines() if line.startswith("| `--") and "`HC_" in line]
+    assert len(rows) == len(Settings.model_fields), "the README table has a row for each setting, and no others"
+    for name, field in Settings.model_fields.items():
         flag, env = f"`--{name.replace('_', '-')}`", f"`{ENV_PREFIX}{name.upper()}`"
-        assert any(row.startswith(f"| {flag}") and env in row for row in rows), f"README table lacks {flag} {env}"
+        row = next((r for r in rows if r.startswith(f"| {flag}") and env in r), None)
+        assert row is not None, f"README table lacks {flag} {env}"
+        default = row.split(" | ")[2].strip()
+        assert default == _documented_default(field), f"README: {flag} default {default}, settings say {field}"
+
+
+def test_readme_fits_a_ten_minute_read_and_no_doc_cites_issues_or_commits():
+    import re
+
+    assert len(README.splitlines()) <= 300, "README.md is for a newcomer: depth goes to docs/"
+    for path in [*DOCS, ROOT / "tests" / "README.md"]:
+        text = _text(path)
+        issue = re.search(r"\bissue \d+|\b[Hh]\d{1,2}\b", text)
+        assert issue is None, f"{path.name} cites an issue: {issue and issue.group()}"
+        commit = re.search(r"`[0-9a-f]{7,40}`", text)
+        assert commit is None, f"{path.name} cites a commit: {commit and commit.group()}"
+
+
+def test_decision_records_say_context_decision_consequences():
+    import re
+
+    records = sorted((ROOT / "docs" / "decisions").glob("*.md"))
+    assert records
+    for number, path in enumerate(records, start=1):
+        name_ok = re.fullmatch(rf"{number:04d}-[a-z0-9-]+\.md", path.name)
+        assert name_ok, f"{path.name}: NNNN-title.md, numbered in order"
+        headings = re.findall(r"^## (.+)$", _text(path), flags=re.MULTILINE)
+        assert headings == ["Context", "Decision", "Consequences"], f"{path.name}: {headings}"
 
 
 def test_readme_training_flags_exist():
     flags = {option for action in build_parser()._actions for option in action.option_strings}
-    for flag in ("--data", "--artifacts-dir", "--model", "--epochs", "--seed", "--device", "--stopwords",
-                 "--nltk-data", "--cache-dir", "--weights-dtype"):
+    for flag in (
+        "--data",
+        "--artifacts-dir",
+        "--model",
+        "--epochs",
+        "--seed",
+        "--device",
+        "--stopwords",
+        "--nltk-data",
+        "--cache-dir",
+        "--weights-dtype",
+    ):
         assert flag in flags
         assert flag in README
 
 
-def test_readme_links_resolve():
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
     import re
 
-    for target in re.findall(r"\]\(([^)#]+)\)", README):
-        if "://" not in target:
-            assert (ROOT / target).exists(), f"README links to missing {target}"
+    headings = re.findall(r"^#+ (.+)$", _text(path), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_doc_links_and_their_anchors_resolve():
+    import re
+
+    checked = 0
+    for path in [*DOCS, ROOT / "tests" / "README.md"]:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]+))?\)", _text(path)):
+            if "://" in target:
+                continue
+            linked = (path.parent / target).resolve() if target else path
+            assert linked.exists(), f"{path.relative_to(ROOT)} links to missing {target}"
+            if anchor and linked.suffix == ".md":
+                assert anchor in _anchors(linked), f"{path.relative_to(ROOT)}: no heading #{anchor} in {target}"
+            checked += 1
+    assert checked > 30
 
 
 # --- README commands and their outputs -----------------------------------------------------
 
 
-def _blocks(language: str) -> list[str]:
+def _blocks(language: str, text: str = README) -> list[str]:
     import re
 
-    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.MULTILINE | re.DOTALL)
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
 
 
 def _commands(block: str) -> list[str]:
@@ -81,7 +153,7 @@ def test_readme_shell_commands_use_real_targets_variables_flags_and_files():
     targets, variables = _make_targets_and_variables()
     service_flags = {o for a in service_parser()._actions for o in a.option_strings}
     training_flags = {o for a in build_parser()._actions for o in a.option_strings}
-    commands = [c for block in _blocks("bash") for c in _commands(block)]
+    commands = [c for path in DOCS for block in _blocks("bash", _text(path)) for c in _commands(block)]
     assert len(commands) > 15
     checked = 0
     for command in commands:
@@ -179,9 +251,9 @@ def _same_output(documented: str, actual: str, command: str) -> None:
         _same_json(d, a, command)
 
 
-def _console_examples() -> list[tuple[str, str]]:
+def _console_examples(text: str = README) -> list[tuple[str, str]]:
     examples = []
-    for block in _blocks("console"):
+    for block in _blocks("console", text):
         command, output = "", []
         for line in block.splitlines():
             if line.startswith("$ "):
@@ -227,9 +299,9 @@ def _busy_queue(port: int, clients: int = 3) -> Iterator[None]:
 
 
 def test_readme_api_outputs_come_from_the_committed_model():
-    """Runs every `$ curl` example of the README (the other console examples have their own
-    tests), in order, against `make run`'s server (the
-    committed default model, HC_ADMIN_TOKEN set) and compares the output with the README's."""
+    """Runs every `$ curl` example of the README and docs/ (the other console examples have their
+    own tests), in order, README first, against `make run`'s server (the committed default model,
+    HC_ADMIN_TOKEN set) and compares the output with the documented one."""
     import os
     import shutil
     import subprocess
@@ -243,20 +315,27 @@ def test_readme_api_outputs_come_from_the_committed_model():
             pytest.fail("curl is needed to check the README's examples")
         pytest.skip("curl is not installed")
     # An example after a `$ # behind ... queued ...` comment runs while the queue is kept busy.
-    examples, busy = [], False
-    for command, documented in _console_examples():
-        if command.startswith("curl "):
-            examples.append((command, documented, busy))
-        busy = command.startswith("#") and "queued" in command
-    assert len(examples) >= 10
+    examples = []
+    for path in DOCS:
+        busy = False
+        for command, documented in _console_examples(_text(path)):
+            if command.startswith("curl "):
+                examples.append((command, documented, busy))
+            busy = command.startswith("#") and "queued" in command
+    assert len(examples) >= 13
     token = "readme-token"
     server = start_server("artifacts", "--torch-threads", "1", env={"HC_ADMIN_TOKEN": token})
     try:
         for command, documented, needs_load in examples:
             run = command.replace("localhost:8000", f"127.0.0.1:{server.port}")
             with _busy_queue(server.port) if needs_load else contextlib.nullcontext():
-                result = subprocess.run(["bash", "-c", run], capture_output=True, text=True, timeout=60,
-                                        env={**os.environ, "HC_ADMIN_TOKEN": token})
+                result = subprocess.run(
+                    ["bash", "-c", run],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env={**os.environ, "HC_ADMIN_TOKEN": token},
+                )
             assert result.returncode == 0, f"`{command}`: {result.stderr}"
             _same_output(documented, result.stdout, command)
     finally:

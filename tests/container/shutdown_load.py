@@ -128,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pid", type=int, required=True, help="process to send SIGTERM half-way")
     args = parser.parse_args(argv)
     outcome = run(
-        args.host, args.port, args.requests, args.concurrency, lambda: os.kill(args.pid, signal.SIGTERM),
+        args.host,
+        args.port,
+        args.requests,
+        args.concurrency,
+        lambda: os.kill(args.pid, signal.SIGTERM),
         args.requests // 2,
     )
     print(outcome.summary())

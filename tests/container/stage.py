@@ -63,8 +63,13 @@ def sh(
     """Run a command; its output is shown only when it fails (or when ``quiet`` is false)."""
     try:
         proc = subprocess.run(
-            argv, cwd=ROOT, env={**os.environ, **(env or {})}, text=True, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, timeout=timeout,
+            argv,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired as exc:
         raise StageFailure(f"`{shlex.join(argv)}` still running after {timeout:.0f} s") from exc
@@ -145,8 +150,20 @@ def run_api_container() -> None:
     port = free_port()
     name = f"hc-container-stage-{os.getpid()}"
     _cleanups.append(lambda: sh("docker", "rm", "-f", name, check_rc=False))
-    sh("docker", "run", "-d", "--name", name, "--network", "host", "-e", f"HC_PORT={port}", "-e", "HC_TORCH_THREADS=1",
-       API_IMAGE)
+    sh(
+        "docker",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "-e",
+        f"HC_PORT={port}",
+        "-e",
+        "HC_TORCH_THREADS=1",
+        API_IMAGE,
+    )
     wait_ready_and_healthy(name, port)
 
     uid = sh("docker", "exec", name, "id", "-u").strip()
@@ -165,8 +182,20 @@ def run_api_container() -> None:
     shutdown_under_load(name, port)
     for _ in range(1, int(os.environ.get("CONTAINER_SHUTDOWN_RUNS", "1"))):
         sh("docker", "rm", "-f", name)
-        sh("docker", "run", "-d", "--name", name, "--network", "host", "-e", f"HC_PORT={port}", "-e",
-           "HC_TORCH_THREADS=1", API_IMAGE)
+        sh(
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "-e",
+            f"HC_PORT={port}",
+            "-e",
+            "HC_TORCH_THREADS=1",
+            API_IMAGE,
+        )
         wait_ready_and_healthy(name, port)
         shutdown_under_load(name, port)
 
@@ -176,8 +205,10 @@ def wait_ready_and_healthy(name: str, port: int) -> None:
     ready_at = wait_for("API ready", lambda: ready(port), 60)
     healthy_at = wait_for("API healthy", lambda: health(name) == "healthy", 60, interval=0.1)
     say(f"API ready {ready_at - started:.1f} s after start, healthy {healthy_at - ready_at:.1f} s after ready")
-    check(healthy_at - ready_at <= MAX_HEALTHY_AFTER_READY_S,
-          f"healthy {healthy_at - ready_at:.1f} s after ready (limit {MAX_HEALTHY_AFTER_READY_S} s)")
+    check(
+        healthy_at - ready_at <= MAX_HEALTHY_AFTER_READY_S,
+        f"healthy {healthy_at - ready_at:.1f} s after ready (limit {MAX_HEALTHY_AFTER_READY_S} s)",
+    )
 
 
 def shutdown_under_load(name: str, port: int) -> None:
@@ -220,14 +251,34 @@ def compose_end_to_end() -> None:
     project = f"hcstage{os.getpid()}"
     env = {"TAG": TAG, "HC_ADMIN_TOKEN": TOKEN, "COMPOSE_PROJECT_NAME": project}
     compose = [*compose_bin, "-f", str(compose_file), "--project-directory", str(ROOT)]
-    _cleanups.append(lambda: sh(*compose, "--profile", "train", "down", "-v", "--remove-orphans", env=env,
-                                check_rc=False))
+    _cleanups.append(
+        lambda: sh(*compose, "--profile", "train", "down", "-v", "--remove-orphans", env=env, check_rc=False)
+    )
 
     # Train before the API ever ran: a fresh volume must still get the committed default model.
     started = time.monotonic()
-    sh(*compose, "run", "--rm", "-v", f"{NEWS_DATA.parent}:/data:ro", "train",
-       "--data", f"/data/{NEWS_DATA.name}", "--artifacts-dir", "/app/artifacts", "--limit-rows", "1000",
-       "--epochs", "2", "--baseline-c", "1.0", "--threads", "2", "--quiet", env=env)
+    sh(
+        *compose,
+        "run",
+        "--rm",
+        "-v",
+        f"{NEWS_DATA.parent}:/data:ro",
+        "train",
+        "--data",
+        f"/data/{NEWS_DATA.name}",
+        "--artifacts-dir",
+        "/app/artifacts",
+        "--limit-rows",
+        "1000",
+        "--epochs",
+        "2",
+        "--baseline-c",
+        "1.0",
+        "--threads",
+        "2",
+        "--quiet",
+        env=env,
+    )
     say(f"compose run train (1000 rows, 2 epochs) into a fresh volume: {time.monotonic() - started:.0f} s")
 
     sh(*compose, "up", "-d", "--no-build", "api", env=env)

@@ -28,8 +28,12 @@ def test_host_network_compose_drops_ports_and_keeps_the_rest(tmp_path: Path) -> 
         assert service["volumes"] == original["services"][name]["volumes"]
     assert generated["services"]["api"]["environment"]["HC_PORT"] == "18123"
     if shutil.which("docker-compose"):  # compose 1.29 refuses network_mode: host together with ports:
-        result = subprocess.run(["docker-compose", "-f", str(path), "--project-directory", str(ROOT), "config", "-q"],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["docker-compose", "-f", str(path), "--project-directory", str(ROOT), "config", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
 
 

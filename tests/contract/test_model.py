@@ -130,7 +130,6 @@ def test_invalid_new_fields_are_refused(bad):
         ModelConfig(10, 2, **bad)
 
 
-
 def features(model: TextClassifier, sequences: list[list[int]]) -> torch.Tensor:
     """What the dense layers see (the input of fc1), one row per sequence."""
     seen: list[torch.Tensor] = []

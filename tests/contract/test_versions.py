@@ -1,7 +1,8 @@
-"""Which folder a version name or ``latest`` resolves to (issue 8, section 4)."""
+"""Which folder a version name or ``latest`` resolves to."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,7 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from contract.artifact import MANIFEST, ArtifactError, list_versions, new_version, resolve_version, write_artifact
+from contract.artifact import (
+    MANIFEST,
+    ArtifactError,
+    list_versions,
+    new_version,
+    resolve_version,
+    verify_artifact,
+    write_artifact,
+)
 from contract.model import ModelConfig, TextClassifier
 from contract.text import LabelEncoder, PreprocessSettings, Vocabulary
 from tests.service.conftest import make_artifact
@@ -52,9 +61,14 @@ def test_symlinks_out_and_manifest_paths_out_are_refused(tmp_path: Path) -> None
     assert resolve_version(root) == old
     with pytest.raises(ArtifactError, match="outside the artifacts folder"):
         resolve_version(root, escaped.name)
+    # A manifest entry that leaves the folder, naming a real file with its real checksum: only
+    # the escape check stands between it and a load.
     manifest = json.loads((old / MANIFEST).read_text())
-    manifest["files"]["../../elsewhere/x"] = "0" * 64
+    target = escaped / "labels.json"
+    manifest["files"][f"../../elsewhere/{escaped.name}/labels.json"] = hashlib.sha256(target.read_bytes()).hexdigest()
     (old / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="outside the version folder"):
+        verify_artifact(old)
     with pytest.raises(ArtifactError, match="no valid artifact version"):
         resolve_version(root)
 
@@ -67,7 +81,7 @@ def test_bad_names_are_refused_with_a_short_message(tmp_path: Path, name: str) -
 
 
 # Versions sort by creation time: names made by new_version sort that way too, and ``latest`` is
-# the newest version written (H9, issue 9).
+# the newest version written.
 TIMES = [
     datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC),
     datetime(2027, 1, 1, 0, 0, 0, tzinfo=UTC),

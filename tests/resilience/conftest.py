@@ -34,6 +34,15 @@ def read_rss_kb(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+def read_tree_rss_kb(pid: int) -> int:
+    """RSS of a server and its model process together (a leak in either counts)."""
+    from bench.proc_stats import child_pids
+
+    children = child_pids(pid)
+    assert children, f"server {pid} has no model process"
+    return read_rss_kb(pid) + sum(read_rss_kb(child) for child in children)
+
+
 @pytest.fixture(scope="session")
 def titles() -> list[str]:
     """Real headlines when NEWS_DATA is readable, else the unit tests' handful."""

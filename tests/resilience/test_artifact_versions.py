@@ -1,4 +1,4 @@
-"""Which version ``latest`` serves, and what is refused (issue 8, sections 4 and 5), via ``python -m service``."""
+"""Which version ``latest`` serves, and what is refused, via ``python -m service``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile and unlucky clients (issue 8): each attack's cost is bounded, against a real server.
+"""Hostile and unlucky clients: each attack's cost is bounded, against a real server.
 
 The attack clients are bench.hostile_bench's (the benchmark measures the same attacks at full
 size and writes the "Hostile clients" table). Limits are set small here so each test takes
@@ -8,6 +8,7 @@ seconds; the defaults are measured by the benchmark.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import statistics
 import threading
@@ -100,19 +101,69 @@ def test_stalled_connections_are_closed_after_the_timeout(server: LiveServer, ki
     assert sampler.failures == 0 and statistics.median(sampler.latencies) < 0.2
 
 
-def test_connection_cap_refuses_new_connections_cleanly(two_versions: Path) -> None:
-    with launch_server(two_versions, "--version", V1, "--max-connections", "20") as live:
-        held = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(19)]
+def test_at_the_connection_cap_idle_then_slow_connections_make_room(two_versions: Path) -> None:
+    """A new client is served at the cap: the longest-idle connection is closed for it, then the
+    one receiving its request most slowly (answered 503 with Retry-After), never a busy one."""
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+
+    def dripping() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", live.port))
+        sock.sendall(head)
+        return sock
+
+    with launch_server(two_versions, "--version", V1, "--max-connections", "10") as live:
+        idle = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(5)]
+        drip = [dripping() for _ in range(5)]  # 10: at the cap
+        time.sleep(1.2)  # the idle ones have been idle long enough to go first
         try:
-            with httpx.Client(base_url=live.url) as client:  # the 20th connection, accepted
-                assert client.post("/predict", json=PREDICT).status_code == 200
-                refused = _raw(live.port, b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
-                assert refused.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in refused.lower(), refused
-                assert b"<still open>" not in refused, "a refused connection must be closed"
-                assert client.post("/predict", json=PREDICT).status_code == 200  # accepted ones unharmed
+            for _ in range(8):  # each new client costs one connection; refill to stay at the cap
+                assert httpx.post(f"{live.url}/predict", json=PREDICT).status_code == 200
+                drip.append(dripping())
+            for sock in idle:
+                sock.settimeout(3)
+                assert sock.recv(100) == b"", "an idle connection should have been closed"
+            shed = []
+            for sock in drip:
+                sock.settimeout(0.3)
+                with contextlib.suppress(TimeoutError):
+                    shed.append(sock.recv(4096))
+            assert len(shed) == 3, shed  # the 5 idle ones, then 3 of the slow uploads
+            for answer in shed:
+                assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower(), answer
+                assert b"to serve others" in answer, answer
         finally:
-            for sock in held:
+            for sock in idle + drip:
                 sock.close()
+
+
+@pytest.mark.parametrize("kind", ["slowloris", "dripbody"])
+def test_drip_fed_requests_end_at_the_total_deadline_and_never_lock_a_client_out(two_versions: Path, kind: str) -> None:
+    """Every byte resets the idle timers, so only a total deadline ends a drip-fed request; at the
+    connection cap, new clients make room by shedding the slowest."""
+    args = ("--version", V1, "--max-connections", "64", "--body-timeout-s", "3")
+    args += ("--header-timeout-s", "30", "--body-idle-timeout-s", "30")  # drips would reset these forever
+    with launch_server(two_versions, *args) as live:
+        idle_kb = read_rss_kb(live.process.pid)
+        latencies: list[float] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                r = httpx.post(f"{live.url}/predict", json=PREDICT, timeout=10)  # a new connection each time
+                assert r.status_code == 200, r.text
+                latencies.append(time.monotonic() - started)
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        outcome = asyncio.run(hold_stalled(live.port, kind, 200, hold_s=6.0, drip_s=0.5))
+        stop.set()
+        thread.join(30)
+        assert latencies and max(latencies) < 2.0, (max(latencies), len(latencies))
+        statuses = outcome["closed_by_server"]
+        assert statuses.get("408", 0) >= 50, outcome  # cut off at the total deadline while still dripping
+        assert (read_rss_kb(live.process.pid) - idle_kb) / 1024 < 300
 
 
 def test_stalled_uploads_cannot_pin_more_than_the_body_budget(two_versions: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.resilience.conftest import read_rss_kb
+from tests.resilience.conftest import read_tree_rss_kb
 from tests.service.live_server import launch_server
 
 pytestmark = pytest.mark.resilience
@@ -30,14 +30,14 @@ def test_soak_steady_load_no_errors_flat_rss(two_versions: Path, bodies_file: Pa
         # RSS is taken after a warm-up at the same load: allocator arenas, caches and
         # connection buffers reach their working size first; growth after that is a leak.
         load_factory(server.port, bodies_file, 32, warmup_s).result()
-        before = read_rss_kb(server.process.pid)
+        before = read_tree_rss_kb(server.process.pid)
         load = load_factory(server.port, bodies_file, 32, SOAK_S)
         peak = before
         while load.process.poll() is None:
-            peak = max(peak, read_rss_kb(server.process.pid))
+            peak = max(peak, read_tree_rss_kb(server.process.pid))
             time.sleep(1.0)
         result = load.result()
-        after = read_rss_kb(server.process.pid)
+        after = read_tree_rss_kb(server.process.pid)
     assert result["requests"] > 0
     assert result["statuses"] == {"200": result["requests"]}, result
     assert sum(result["errors"].values()) == 0, result

@@ -103,3 +103,57 @@ def test_a_stalled_stderr_neither_blocks_requests_nor_grows_memory(two_versions:
     # Every request is either in the log or counted as dropped (the /predict and /metrics
     # requests made while the pipe was still full may be among the dropped).
     assert REQUESTS <= written + final <= REQUESTS + 2
+
+
+def _records_dropped(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("hc_log_dropped_records_total "):
+            return float(line.split()[1])
+    raise AssertionError("hc_log_dropped_records_total missing from /metrics")
+
+
+def test_every_log_record_shares_the_bound_malformed_requests_cannot_grow_memory(two_versions: Path) -> None:
+    """Each malformed request logs a warning from the protocol, not an access line: those records
+    go through the same bounded backlog, so a flood of them costs no memory while stderr is stalled."""
+    import socket
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--artifacts-dir", str(two_versions), "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, "server exited during start-up"
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready"
+            time.sleep(0.1)
+
+        def malformed(count: int) -> None:
+            for _ in range(count):
+                with socket.create_connection(("127.0.0.1", port)) as sock:
+                    sock.sendall(b"NOT HTTP AT ALL " + b"y" * 2000 + b"\r\n\r\n")
+                    sock.settimeout(5)
+                    while sock.recv(4096):
+                        pass
+
+        malformed(2000)  # warm: allocator arenas and buffers reach their working size
+        rss_before = read_rss_kb(process.pid)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            list(pool.map(malformed, [7500] * 4))
+        rss_growth_mb = (read_rss_kb(process.pid) - rss_before) / 1024
+        assert _records_dropped(url) > 0  # past the bound: dropped and counted, not queued
+        assert rss_growth_mb <= 16, f"RSS grew {rss_growth_mb:.1f} MB while stderr was stalled"
+        assert httpx.post(f"{url}/predict", json={"text": "Stocks rally"}, timeout=5).status_code == 200
+    finally:
+        process.kill()
+        process.wait()

@@ -42,8 +42,11 @@ def test_cuda_variant_needs_cuda() -> None:
 def test_check_torch_on_this_venv_exit_status() -> None:
     """This venv has the CPU build: `cpu` passes, `cuda` fails with an error line."""
     script = str(ROOT / "scripts" / "check_torch.py")
-    pin = next(line.split("==")[1] for line in (ROOT / "constraints.txt").read_text().splitlines()
-               if line.startswith("torch=="))
+    pin = next(
+        line.split("==")[1]
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line.startswith("torch==")
+    )
     ok = subprocess.run([sys.executable, script, "cpu", pin], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     bad = subprocess.run([sys.executable, script, "cuda"], capture_output=True, text=True, timeout=120)
@@ -64,7 +67,9 @@ def test_requirements_expand_extras_and_self_references() -> None:
 
 def test_serve_requirements_leave_out_training_and_dev_tools() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = {r.split(";")[0].split("[")[0].split(">")[0].split("=")[0].strip().lower() for r in
-             requirements(project, ["serve"])}
+    names = {
+        r.split(";")[0].split("[")[0].split(">")[0].split("=")[0].strip().lower()
+        for r in requirements(project, ["serve"])
+    }
     assert {"torch", "fastapi", "uvicorn", "fastapi-swagger"} <= names
     assert not names & {"scikit-learn", "nltk", "matplotlib", "pytest", "watchfiles", "websockets"}

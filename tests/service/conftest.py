@@ -21,7 +21,7 @@ from contract.artifact import write_artifact
 from contract.drift import CONFIDENCE_BUCKETS, TOKEN_LENGTH_QUANTILES, confidence_histogram, count_inputs
 from contract.model import ModelConfig, TextClassifier, pad_batch, predict_proba
 from contract.text import LabelEncoder, Normalizer, PreprocessSettings, Vocabulary
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 
 CATEGORIES = ["Business", "Sci/Tech", "Sports", "World"]

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from contract.artifact import load_artifact, resolve_version
 from contract.model import pad_batch, predict_proba
-from service.app import create_app
+from service.api.app import create_app
 from tests.service.conftest import CATEGORIES, TOKEN_TEXTS, make_artifact, make_settings
 from tests.tolerance import SERVED_ATOL, SERVED_DEVICE
 
@@ -183,6 +184,31 @@ def test_metrics_exposition(client: TestClient) -> None:
         f'hc_model_info{{device="{SERVED_DEVICE}",version="20260101T000000Z-000001"}} 1.0',
     ):
         assert name in text
+    # Observed, not only declared: the answered request is in each histogram.
+    for observed in (
+        'hc_http_request_duration_seconds_count{route="/predict"}',
+        "hc_batch_queue_wait_seconds_count",
+        "hc_batch_compute_seconds_count",
+        "hc_batch_size_texts_count",
+    ):
+        count = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(observed + " "))
+        assert count >= 1, observed
+
+
+def test_served_probabilities_apply_the_artifacts_temperature(tmp_path: Path) -> None:
+    """A calibrated artifact is served calibrated: softmax(logits / T), not softmax(logits)."""
+    make_artifact(tmp_path, seed=3, version="20260101T000000Z-0000aa", temperature=3.0)
+    artifact = load_artifact(resolve_version(tmp_path))
+    ids, lengths = pad_batch(artifact.text_encoder().encode_many(TOKEN_TEXTS))
+    with torch.inference_mode():
+        logits = artifact.model(ids, lengths)
+    calibrated = torch.softmax(logits / 3.0, dim=-1).numpy()
+    raw = torch.softmax(logits, dim=-1).numpy()
+    with TestClient(create_app(make_settings(tmp_path))) as c:
+        preds = c.post("/predict", json={"texts": TOKEN_TEXTS}).json()["predictions"]
+    got = np.array([[p["probabilities"][cls] for cls in artifact.labels.classes] for p in preds])
+    np.testing.assert_allclose(got, calibrated, atol=SERVED_ATOL)
+    assert np.abs(got - raw).max() > 10 * SERVED_ATOL  # the two differ enough to tell apart
 
 
 def test_admin_disabled_without_token(client: TestClient) -> None:

@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from service.batching import Batcher, DeadlineExceeded, Overloaded, RequestTooLarge
-from service.predictor import (
+from service.inference.batching import Batcher, DeadlineExceeded, Overloaded, RequestTooLarge
+from service.inference.predictor import (
     _GROUP_PAD_FACTOR,
     _GROUP_PAD_SLACK,
     Prediction,
     Predictor,
-    available_cpus,
-    configure_torch_threads,
     length_groups,
 )
+from service.inference.threads import available_cpus, configure_torch_threads
 from tests.service.conftest import distinct_texts, make_artifact
 
 # Far longer than any test runs: a batch that waited for its deadline would fail the test.
@@ -517,11 +516,11 @@ def test_available_cpus_follow_affinity_and_cgroup_quota(
 
 def test_torch_threads_default_to_usable_cpus_minus_one(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
-    monkeypatch.setattr("service.predictor.available_cpus", lambda: 4)
+    monkeypatch.setattr("service.inference.threads.available_cpus", lambda: 4)
     try:
         assert configure_torch_threads(0) == 3 and torch.get_num_threads() == 3
         assert configure_torch_threads(2) == 2 and torch.get_num_threads() == 2  # an explicit count wins
-        monkeypatch.setattr("service.predictor.available_cpus", lambda: 1)
+        monkeypatch.setattr("service.inference.threads.available_cpus", lambda: 1)
         assert configure_torch_threads(0) == 1  # never zero
     finally:
         torch.set_num_threads(before)
@@ -598,3 +597,110 @@ def test_a_deadline_that_passes_in_a_sent_batch_says_the_batch_was_running(predi
 
     result = asyncio.run(main())
     assert isinstance(result, DeadlineExceeded) and result.computed, result
+
+
+class CountingMetrics:
+    """The BatchMetrics protocol, recorded."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []
+        self.dropped: list[str] = []
+
+    def observe_batch(self, texts: int, requests: int, compute_s: float) -> None:
+        self.batches.append((texts, requests))
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        pass
+
+    def set_queue_depth(self, texts: int) -> None:
+        pass
+
+    def count_dropped(self, reason: str) -> None:
+        self.dropped.append(reason)
+
+
+def test_batch_sizes_count_what_the_model_computed_as_the_drift_counters_do(predictor: Predictor) -> None:
+    """A sent batch is computed whole, a departed caller's rows included: the batch-size metric
+    counts those rows too, as the drift counters (which count in the model) do."""
+    model = SendingAheadPredictor(predictor)
+    metrics = CountingMetrics()
+    texts = distinct_texts(3)
+
+    async def main() -> None:
+        batcher = Batcher(
+            lambda: model,  # type: ignore[arg-type, return-value]
+            max_batch_size=2,
+            max_wait_ms=LONG_WAIT_MS,
+            max_queue_size=1024,
+            metrics=metrics,
+        )
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(texts[:1]))
+        await model.started()
+        leaving = asyncio.create_task(batcher.submit(texts[1:2]))
+        staying = asyncio.create_task(batcher.submit(texts[2:3]))
+        await queued()
+        leaving.cancel()
+        await queued()
+        model.gate.set()
+        await asyncio.gather(first, leaving, staying, return_exceptions=True)
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert metrics.batches == [(1, 1), (2, 2)], metrics.batches  # the sent batch: both texts computed
+
+
+def test_a_deadline_and_the_batch_start_never_both_claim_a_request(predictor: Predictor) -> None:
+    """The deadline timer (event loop) and the batch's start (model thread) race for a forming
+    request. Here the timer fires in the middle of the start's checks, the moment it used to
+    slip in: the request is either dropped uncomputed (504 "not computed", counted) or
+    computed (504 "still running"), never answered "not computed" and computed anyway."""
+    model = GatedPredictor(predictor)
+    model.gate.set()
+    metrics = CountingMetrics()
+    batcher = Batcher(
+        lambda: model,  # type: ignore[arg-type, return-value]
+        max_batch_size=64,
+        max_wait_ms=0,
+        max_queue_size=1024,
+        metrics=metrics,
+    )
+
+    async def main() -> tuple[list[object], BaseException | None]:
+        from service.inference.batching import _FORMING, _Request
+
+        loop = asyncio.get_running_loop()
+        request = _Request(["Stocks rally"], loop.create_future(), timeout_s=0.05)
+        request.stage = _FORMING
+
+        def gone() -> bool:  # called by the batch's start, just before it marks the request running
+            batcher._expire(request)  # the deadline timer fires right then
+            return False
+
+        request.gone = gone
+        live, dropped = batcher._select([request], now=0.0)
+        return live, request.future.exception()
+
+    live, error = asyncio.run(main())
+    assert isinstance(error, DeadlineExceeded) and not error.computed
+    assert live == [], "answered 'not computed' and computed anyway"
+    assert metrics.dropped == ["deadline"]
+
+
+def test_a_batch_with_an_outlier_length_runs_in_length_groups(
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grouping is used, not only defined: short titles are not padded to a 200-token one."""
+    calls: list[int] = []
+    forward = Predictor._forward
+
+    def counting(self: Predictor, sequences: list[Sequence[object]], same_length: bool) -> np.ndarray:
+        calls.append(len(sequences))
+        return forward(self, sequences, same_length)
+
+    texts = [*distinct_texts(6), " ".join(["stocks rally"] * 100)]
+    alone = [predictor.predict([t]).probabilities[0] for t in texts]
+    monkeypatch.setattr(Predictor, "_forward", counting)
+    together = predictor.predict(texts).probabilities
+    assert sorted(calls) == [1, 6], calls
+    np.testing.assert_allclose(together, np.array(alone), atol=1e-6)

@@ -1,4 +1,4 @@
-"""The bounded /predict body screen and the bounded error bodies (issue 8, section 1)."""
+"""The bounded /predict body screen and the bounded error bodies."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from service.body_screen import SMALL_BODY_BYTES, screen_predict_body
 from service.errors import MAX_ERROR_BODY_BYTES, InvalidRequest, MalformedBody, error_body, summarize_validation_errors
+from service.http.predict_body import SMALL_BODY_BYTES, screen_predict_body
 
 PAD = " " * SMALL_BODY_BYTES  # whitespace makes a body large enough to be screened
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.batching import Batcher, ClientDisconnected, DeadlineExceeded
+from service.api.app import create_app
 from service.errors import InvalidHeader
-from service.metrics import Metrics
-from service.predictor import Prediction, Predictor
-from service.routes import request_timeout
+from service.http.endpoint import request_timeout
+from service.inference.batching import Batcher, ClientDisconnected, DeadlineExceeded
+from service.inference.predictor import Prediction, Predictor
+from service.observability.metrics import Metrics
 from tests.service.conftest import make_settings
 
 
@@ -166,13 +166,13 @@ def test_a_client_gone_while_its_batch_waits_on_the_model_thread_is_dropped(pred
     ],
 )
 def test_timeout_header_is_capped_by_the_server(value: str | None, expected: float) -> None:
-    assert request_timeout(value, 10.0) == pytest.approx(expected)
+    assert request_timeout(None if value is None else value.encode(), 10.0) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("value", ["0", "000", "-5", "+5", "1.5", "abc", "", "1e3", "٣", "1 000"])
 def test_bad_timeout_header_is_400_with_reason(value: str, client: TestClient) -> None:
     with pytest.raises(InvalidHeader):
-        request_timeout(value, 10.0)
+        request_timeout(None if value is None else value.encode(), 10.0)
     for body in ({"text": "Stocks rally"}, {"texts": ["Stocks rally", "Oil"]}):
         r = client.post("/predict", json=body, headers={"X-Request-Timeout-Ms": value.encode()})
         assert r.status_code == 400, r.text
@@ -189,7 +189,7 @@ def test_good_timeout_header_is_served(client: TestClient) -> None:
 def test_expired_while_queued_is_504_with_retry_after(artifacts_dir: Path, predictor: Predictor) -> None:
     """Over HTTP (in-process): the model thread is held, so a 5 ms deadline expires in the queue."""
     with TestClient(create_app(make_settings(artifacts_dir, max_wait_ms=0))) as c:
-        state = c.app.state.service  # type: ignore[attr-defined]
+        state = c.app.model  # type: ignore[attr-defined]
         gate = GatedPredictor(predictor)
         state.batcher._get_predictor = lambda: gate
         holder = threading.Thread(target=lambda: c.post("/predict", json={"text": "hold the model"}))

@@ -1,45 +1,29 @@
-"""Shutdown draining (service/draining.py): accepted requests are answered, new connections refused."""
+"""Shutdown draining (DrainingServer, service/http/server.py): accepted requests answered, new ones refused."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
-from service.draining import CONNECTION_CLOSE, close_connections_when_draining
-from service.state import ServiceState
+from fastapi.testclient import TestClient
+
 from tests.service.live_server import start_server
 
 
-def _run_wrapped(draining: bool) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    state = ServiceState.__new__(ServiceState)
-    state.draining = draining
-    asyncio.run(close_connections_when_draining(app, state)({"type": "http"}, receive, send))
-    return sent
-
-
-def test_responses_say_connection_close_only_while_draining() -> None:
-    assert CONNECTION_CLOSE not in _run_wrapped(draining=False)[0]["headers"]
-    start, body = _run_wrapped(draining=True)
-    assert start["headers"] == [(b"content-type", b"text/plain"), CONNECTION_CLOSE]
-    assert body["body"] == b"ok"
+def test_responses_say_connection_close_only_while_draining(client: TestClient) -> None:
+    model = client.app.model  # type: ignore[attr-defined]
+    assert "connection" not in client.get("/health/live").headers
+    model.draining = True
+    try:
+        for response in (client.get("/health/live"), client.post("/predict", json={"text": "Stocks rally"})):
+            assert response.headers["connection"] == "close"
+        assert client.get("/health/ready").status_code == 503
+    finally:
+        model.draining = False
 
 
 def _refused(port: int) -> bool:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contract.artifact import load_artifact, resolve_version
 from contract.drift import CONFIDENCE_BUCKETS, confidence_histogram, count_inputs
-from service.app import create_app
+from service.api.app import create_app
 from tests.service.conftest import CATEGORIES, TOKEN_TEXTS, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]

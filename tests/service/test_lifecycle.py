@@ -19,9 +19,9 @@ import torch
 from fastapi.testclient import TestClient
 
 from contract.artifact import resolve_version
-from service.app import create_app
-from service.model_process import ModelHost, ModelProcessLost, ProcessPredictor
-from service.predictor import Prediction, Predictor
+from service.api.app import create_app
+from service.inference.model_host import ModelHost, ModelProcessLost, ProcessPredictor
+from service.inference.predictor import Prediction, Predictor
 from tests.service.conftest import make_artifact, make_settings
 
 V1 = "20260101T000000Z-aaaaaa"
@@ -152,7 +152,7 @@ def test_with_a_model_process_a_reload_loads_into_it_between_batches_and_unloads
     assert settings.model_process  # the default
     two = {"texts": ["hold: Stocks rally", "Oil"]}  # two texts: computed in the model process
     with TestClient(create_app(settings, predictor=predictor, model_host=host)) as client:
-        state = client.app.state.service  # type: ignore[attr-defined]
+        state = client.app.model  # type: ignore[attr-defined]
         running, answer = in_thread(lambda: client.post("/predict", json=two))
         predictor.wait_held()
         reloading, reloaded = in_thread(lambda: client.post("/admin/reload", headers=AUTH, json={"version": V2}))
@@ -192,7 +192,7 @@ def test_the_old_model_is_freed_after_a_reload_without_a_full_gc_pass(two_versio
     app = create_app(settings, Predictor.load(two_versions, V1, "cpu") if preloaded else None)
     with TestClient(app) as client:
         assert client.post("/predict", json={"text": "Stocks rally"}).status_code == 200
-        old = weakref.ref(client.app.state.service.predictor)  # type: ignore[attr-defined]
+        old = weakref.ref(client.app.model.predictor)  # type: ignore[attr-defined]
         gc.disable()  # only reference counting may free it
         try:
             assert client.post("/admin/reload", headers=AUTH, json={"version": V2}).status_code == 200

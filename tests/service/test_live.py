@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.predictor import Predictor
+from service.inference.predictor import Predictor
 from tests.service.conftest import distinct_texts
 from tests.service.live_server import LiveServer, launch_server, start_server
 from tests.tolerance import SERVED_ATOL
@@ -109,11 +109,15 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(big_artifacts_dir: Path) 
             # Wait until all 8 requests are inside the server (queued or running), then SIGTERM.
             async with httpx.AsyncClient(base_url=s.url) as probe:
                 deadline = time.monotonic() + 20
+                most = 0.0  # the gauge's highest reading: it must have counted requests inside
                 while time.monotonic() < deadline:
                     text = (await probe.get("/metrics")).text
-                    if metric(text, 'hc_http_requests_in_flight{route="/predict"}', 0) >= 8:
+                    most = max(most, metric(text, 'hc_http_requests_in_flight{route="/predict"}', 0))
+                    if most >= 8:
                         break
                     await asyncio.sleep(0.02)
+                print("in flight at most:", most)
+                assert most >= 1, "the in-flight gauge never counted a request inside the server"
                 s.process.send_signal(signal.SIGTERM)
                 after: list[int | str] = []
                 for _ in range(5):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service import logs
+from service.observability import logs
 
 
 @pytest.fixture()
@@ -180,3 +180,33 @@ def test_a_stalled_stderr_costs_bounded_memory_and_the_drops_are_counted_and_rep
     assert f"{dropped} lines dropped" in warning["message"]
     assert len(access) + dropped == 41 * 20
     assert entries.index(warning) == len(entries) - 21  # just before the burst that followed the gap
+
+
+def test_every_record_shares_the_one_backlog_bound_and_its_drops_are_counted_and_reported(
+    monkeypatch: pytest.MonkeyPatch, captured: io.StringIO
+) -> None:
+    """Not only access lines: warnings and errors from any thread queue into the same bounded
+    backlog, so a flood of bad requests cannot grow memory while stderr is stalled."""
+    cap = 64 * 1024
+    monkeypatch.setattr(logs, "ACCESS_BACKLOG_BYTES", cap)
+    stream = _StalledStream()
+    listener = logs.setup_logging("info", stream)
+    buffer = logs._access_buffer
+    assert buffer is not None
+    log = logging.getLogger("service")
+    backlog = []
+    for i in range(2000):  # ~0.8 MB of records while nothing drains
+        log.warning("request failed: %s", "x" * 100, extra={"n": i})
+        backlog.append(buffer.backlog())
+    assert max(backlog) <= cap
+    dropped = logs.dropped_log_records()
+    assert dropped > 1000
+    stream.drain.set()
+    time.sleep(0.2)
+    log.warning("after the stall")
+    listener.stop()
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    [report] = [e for e in entries if "records dropped" in e["message"]]
+    assert f"{dropped} records dropped" in report["message"]
+    assert entries[-1]["message"] == "after the stall"
+    assert len([e for e in entries if e["message"].startswith("request failed")]) + dropped == 2000

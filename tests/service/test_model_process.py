@@ -15,8 +15,8 @@ import torch
 
 from contract.artifact import ArtifactError
 from contract.drift import InputCounts
-from service.model_process import ModelHost, ModelProcessLost, ProcessPredictor
-from service.predictor import Predictor
+from service.inference.model_host import ModelHost, ModelProcessLost, ProcessPredictor
+from service.inference.predictor import Predictor
 from tests.service.conftest import TITLES, distinct_texts
 from tests.service.live_server import launch_server
 from tests.tolerance import CPU_ATOL, SERVED_ATOL
@@ -75,17 +75,83 @@ def test_a_killed_child_fails_one_batch_and_is_started_again_with_every_loaded_v
     expected = remote.predict(["Stocks rally", "Oil prices fall"]).probabilities
     first = remote.pid
     assert first is not None and first != os.getpid() and other.pid == first  # one process for both
+    losses: list[str] = []
+    host.on_loss = losses.append
     kill(first)
-    with pytest.raises(ModelProcessLost, match="exited .* restarted for the next batch"):
+    with pytest.raises(ModelProcessLost, match="exited .* being replaced"):
         remote.predict(["Stocks rally", "Oil prices fall"])
-    assert remote.pid is None and gone(first)  # reaped, not left a zombie
-    # A lone text on the CPU never needed the child; a batch starts a new one.
+    assert losses == ["exited"] and gone(first)  # counted, and reaped rather than left a zombie
+    # A lone text on the CPU never needs the child; the replacement starts on its own thread.
     assert remote.predict(["Stocks rally"]).probabilities.shape == (1, 4)
-    assert remote.pid is None
+    assert host.wait_until_serving(NEVER)
     again = remote.predict(["Stocks rally", "Oil prices fall"]).probabilities
     np.testing.assert_allclose(again, expected, atol=CPU_ATOL)
     assert remote.pid not in (None, first)
     assert other.predict(["Stocks rally", "Oil prices fall"]).probabilities.shape == (2, 4)  # reloaded too
+
+
+def test_a_stopped_child_is_replaced_by_the_watchdog_and_batches_fail_fast_meanwhile(artifacts_dir: Path) -> None:
+    with ModelHost(threads=1, stall_s=0.5) as host:
+        remote = ProcessPredictor.start(host, artifacts_dir, device="cpu")
+        texts = ["Stocks rally", "Oil prices fall"]
+        expected = remote.predict(texts).probabilities
+        stopped = remote.pid
+        assert stopped is not None
+        losses: list[str] = []
+        host.on_loss = losses.append
+        os.kill(stopped, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(ModelProcessLost, match="stopped answering"):
+            remote.predict(texts)
+        assert time.monotonic() - started < 5, "the watchdog took too long"
+        assert losses == ["stalled"]
+        if host.restarting:  # until the new child serves, a batch fails at once instead of waiting for it
+            fast = time.monotonic()
+            with pytest.raises(ModelProcessLost, match="being replaced"):
+                remote.predict(texts)
+            assert time.monotonic() - fast < 0.5
+        assert host.wait_until_serving(NEVER)
+        np.testing.assert_allclose(remote.predict(texts).probabilities, expected, atol=CPU_ATOL)
+        assert remote.pid not in (None, stopped) and gone(stopped)
+
+
+def test_a_version_whose_folder_is_gone_is_restored_from_the_bytes_the_host_kept(
+    artifacts_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from contract.artifact import resolve_version
+
+    folder = tmp_path / resolve_version(artifacts_dir).name
+    shutil.copytree(resolve_version(artifacts_dir), folder)
+    with ModelHost(threads=1) as host:
+        remote = ProcessPredictor(folder, torch.device("cpu"), host)
+        texts = ["Stocks rally", "Oil prices fall"]
+        expected = remote.predict(texts).probabilities
+        shutil.rmtree(folder)
+        first = remote.pid
+        assert first is not None
+        kill(first)
+        with pytest.raises(ModelProcessLost):
+            remote.predict(texts)
+        assert host.wait_until_serving(NEVER)
+        np.testing.assert_allclose(remote.predict(texts).probabilities, expected, atol=CPU_ATOL)
+        assert remote.pid not in (None, first)
+
+
+def test_a_changed_file_is_refused_before_it_reaches_the_model_process(artifacts_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from contract.artifact import resolve_version
+    from service.inference.model_host import read_artifact_files
+
+    folder = tmp_path / resolve_version(artifacts_dir).name
+    shutil.copytree(resolve_version(artifacts_dir), folder)
+    files = read_artifact_files(folder)
+    assert "manifest.json" in files and "model.pt" in files
+    (folder / "labels.json").write_text("[]")
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        read_artifact_files(folder)
 
 
 def test_the_child_outlives_a_group_sigterm_until_its_parent_lets_it_go(remote: ProcessPredictor) -> None:
@@ -129,10 +195,26 @@ def test_a_host_that_is_garbage_collected_stops_its_process(artifacts_dir: Path)
     assert gone(pid)
 
 
-def test_a_version_the_child_cannot_load_names_the_folder_and_the_cause(host: ModelHost, tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match=f"could not load {tmp_path}: .*Error"):
-        host.load(str(tmp_path), "cpu")
-    assert host.pid is not None  # the process itself keeps serving
+def test_a_version_the_child_cannot_load_names_the_folder_and_the_cause(
+    host: ModelHost, remote: ProcessPredictor, artifacts_dir: Path, tmp_path: Path
+) -> None:
+    import hashlib
+    import json
+    import shutil
+
+    from contract.artifact import resolve_version
+
+    with pytest.raises(ArtifactError, match=f"{tmp_path}: cannot read the artifact's files"):
+        host.load(str(tmp_path), "cpu")  # nothing there: refused before the child sees it
+    folder = tmp_path / resolve_version(artifacts_dir).name
+    shutil.copytree(resolve_version(artifacts_dir), folder)
+    (folder / "model.pt").write_bytes(b"not a checkpoint")  # consistent checksums, unusable weights
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["model.pt"] = hashlib.sha256(b"not a checkpoint").hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=f"could not load {folder}: .*cannot load weights"):
+        host.load(str(folder), "cpu")
+    assert host.pid is not None and not host.restarting  # the process itself keeps serving
 
 
 def test_a_server_whose_model_process_is_killed_answers_503_then_recovers(artifacts_dir: Path) -> None:
@@ -140,12 +222,20 @@ def test_a_server_whose_model_process_is_killed_answers_503_then_recovers(artifa
     with launch_server(artifacts_dir, "--torch-threads", "1") as server:
         body = {"texts": ["Stocks rally", "Federer wins the final"]}
         assert httpx.post(f"{server.url}/predict", json=body).status_code == 200
-        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+        tasks = Path(f"/proc/{server.process.pid}/task").iterdir()  # whichever thread started it
+        children = [c for task in tasks for c in (task / "children").read_text().split()]
         assert len(children) == 1, children  # exactly one model process
         kill(int(children[0]))
         lost = httpx.post(f"{server.url}/predict", json=body, timeout=NEVER)
         assert lost.status_code == 503, lost.text
         assert "model process exited" in lost.json()["error"]["message"] and lost.headers["retry-after"]
+        assert httpx.get(f"{server.url}/health/ready").json()["status"] == "restarting"
+        deadline = time.monotonic() + NEVER
+        while httpx.get(f"{server.url}/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "not ready again"
+            time.sleep(0.05)
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'hc_model_process_restarts_total{reason="exited"} 1.0' in metrics
         recovered = httpx.post(f"{server.url}/predict", json=body, timeout=NEVER)
         assert recovered.status_code == 200 and len(recovered.json()["predictions"]) == 2
         assert httpx.get(f"{server.url}/health/ready").status_code == 200
@@ -183,6 +273,7 @@ def test_a_lost_model_process_fails_every_batch_in_flight(remote: ProcessPredict
     for collect in sent:
         with pytest.raises(ModelProcessLost):
             collect()  # type: ignore[misc]
+    assert remote.host.wait_until_serving(NEVER)
     assert remote.predict(["Stocks rally", "Oil"]).probabilities.shape == (2, 4)
 
 
@@ -214,4 +305,15 @@ def test_large_requests_from_concurrent_clients_each_get_their_own_answers(artif
     for index, rounds in enumerate(answers):
         for got in rounds:
             np.testing.assert_allclose(got, expected[index], atol=SERVED_ATOL)
-    assert 'hc_batch_size_requests_count' in metrics
+    assert "hc_batch_size_requests_count" in metrics
+
+
+def test_a_batch_sent_ahead_is_counted_by_the_drift_counters(remote: ProcessPredictor) -> None:
+    """A sent batch is computed in the child with counting on, and its counts reach the observer."""
+    seen: list[InputCounts] = []
+    remote.observer = lambda counts, probs, classes: seen.append(counts)
+    texts = ["Stocks rally", "Oil prices fall", "!!! ???"]
+    collect = remote.send_ahead(texts)
+    assert collect is not None
+    collect()
+    assert len(seen) == 1 and seen[0].texts == 3 and seen[0].empty == 1, seen

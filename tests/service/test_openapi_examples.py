@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from contract.artifact import resolve_version
-from service.app import create_app
+from service.api.app import create_app
 from tests.service.conftest import make_settings
 from tests.service.live_server import ROOT
 from tests.tolerance import SERVED_DEVICE

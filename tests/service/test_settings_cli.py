@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_missing_artifacts_exit_with_one_line(tmp_path: Path) -> None:
 def test_service_does_not_import_training_job_or_its_libraries() -> None:
     # (tqdm is not checked: torch itself imports it.)
     code = (
-        "import json, sys; import service.app, service.__main__; "
+        "import json, sys; import service.api.app, service.__main__; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'sklearn', 'nltk', 'matplotlib', 'training'})))"
     )
@@ -87,3 +88,31 @@ def test_a_request_larger_than_the_queue_is_refused_at_startup(tmp_path: Path) -
     assert result.returncode == 2
     [error] = result.stderr.strip().splitlines()
     assert error.startswith("error: invalid settings: max_texts_per_request") and "(256)" not in error
+
+
+def test_a_taken_port_exits_3(artifacts_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("--artifacts-dir", str(artifacts_dir), "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 3, result.stderr[-500:]
+    assert "address already in use" in result.stderr
+
+
+def test_log_level_filters_the_json_log(artifacts_dir: Path) -> None:
+    """At ``--log-level warning`` the info lines (startup, access) are gone and warnings stay."""
+    import httpx
+
+    from tests.service.live_server import launch_server
+
+    for level, expect_info in (("info", True), ("warning", False)):
+        with launch_server(artifacts_dir, "--log-level", level) as server:
+            assert httpx.post(f"{server.url}/predict", json={"text": "Stocks rally"}).status_code == 200
+            httpx.get(f"{server.url}/nope")
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:  # logged at warning
+                sock.sendall(b"NOT HTTP\r\n\r\n")
+                sock.recv(4096)
+        entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        levels = {e["level"] for e in entries}
+        assert ("info" in levels) == expect_info, (level, levels)
+        assert "warning" in levels, (level, levels)

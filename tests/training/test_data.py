@@ -31,7 +31,7 @@ def write(tmp_path, content: str | bytes, name: str = "data.csv"):
 
 
 def test_reads_titles_and_labels_ignoring_other_columns(tmp_path):
-    path = write(tmp_path, "id,category,title\n1,Sports,Team wins\n2,World,\"Talks, again\"\n")
+    path = write(tmp_path, 'id,category,title\n1,Sports,Team wins\n2,World,"Talks, again"\n')
     data = read_dataset(path)
     assert data.titles == ["Team wins", "Talks, again"]
     assert data.labels == ["Sports", "World"]

@@ -272,7 +272,7 @@ def test_vocabulary_is_fitted_on_the_training_rows_only(tiny_run, tiny_csv):
 def test_served_probabilities_are_the_calibrated_ones(tiny_run):
     """The service's Predictor divides by the stored temperature: what metrics.json describes."""
     from contract.model import probabilities
-    from service.predictor import Predictor
+    from service.inference.predictor import Predictor
 
     loaded = load_artifact(tiny_run.artifact_path)
     temperature = loaded.temperature

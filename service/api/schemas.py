@@ -2,57 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from service.http.predict_body import NOT_BLANK
 
 # Examples are real answers of the committed default model (tests/service/test_openapi_examples.py checks them).
 EXAMPLE_VERSION = "20261129T184058Z-040fda"
 EXAMPLE_PROBABILITIES: dict[str, Any] = {"Sports": 0.9453, "World": 0.0356, "Sci/Tech": 0.0105, "Business": 0.0087}
 
-# The one whitespace rule, used verbatim as the OpenAPI pattern and by the validators. A text is
-# blank when every character is whitespace. "Whitespace" is the union of Python's str.isspace()
-# and ECMAScript's \s (which JSON-schema patterns use): the two disagree on U+001C-U+001F and
-# U+0085 (Python only) and U+FEFF (ECMAScript only), so the set is spelled out instead of
-# writing \s, which would mean something different to the validator and to a schema client.
-WHITESPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-NOT_BLANK = f"[^{WHITESPACE}]"  # JSON-schema pattern (a search): at least one non-whitespace character
-_NOT_BLANK = re.compile(NOT_BLANK)
-
-
-def is_blank(text: str) -> bool:
-    """True when ``text`` has no character outside :data:`WHITESPACE` (the schema's pattern fails)."""
-    return _NOT_BLANK.search(text) is None
-
-
-def _check_text(text: str) -> str:
-    if is_blank(text):
-        raise ValueError("text must not be empty or whitespace only")
-    return text
-
-
-# More problems of one kind than this are reported as one error with a count: pydantic would
-# build one error object per bad list item or extra key, which for a 3 MB body of 1.5 million
-# numbers took 19 s and 2 GB before the 422 went out (issue 8).
-MAX_ITEM_ERRORS = 10
-
-
-def _refuse_mass_errors(data: dict[Any, Any]) -> None:
-    """One error for many non-string items or unknown fields, found in one C-speed pass."""
-    extra = [key for key in data if key not in ("text", "texts")]
-    if len(extra) > MAX_ITEM_ERRORS:
-        raise ValueError(f"{len(extra)} unknown fields (first {str(extra[0])[:40]!r}); only 'text' or 'texts' allowed")
-    texts = data.get("texts")
-    if isinstance(texts, list) and not all(type(t) is str for t in texts):
-        bad = sum(type(t) is not str for t in texts)
-        if bad > MAX_ITEM_ERRORS:
-            first = next(i for i, t in enumerate(texts) if type(t) is not str)
-            raise ValueError(f"texts: {bad} of {len(texts)} items are not strings (the first at index {first})")
-
 
 def _predict_request_schema(schema: dict[str, Any]) -> None:
-    """State the rules the validators enforce, so the OpenAPI schema is exact (create_app adds the limits)."""
+    """State the rules the parser enforces, so the OpenAPI schema is exact (create_app adds the limits)."""
     text = {"type": "string", "minLength": 1, "pattern": NOT_BLANK}
     schema["properties"] = {
         "text": {**text, "title": "Text", "description": "One headline (not blank)."},
@@ -72,49 +34,16 @@ def _predict_request_schema(schema: dict[str, Any]) -> None:
 
 
 class PredictRequest(BaseModel):
-    """Exactly one of ``text`` (one headline) or ``texts`` (a list of headlines)."""
+    """Exactly one of ``text`` (one headline) or ``texts`` (a list of headlines).
+
+    Publishes the rules of service/http/predict_body.py, which parses every /predict body; it
+    validates nothing itself. tests/service/test_predict_body.py holds the two to the same verdicts.
+    """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_predict_request_schema)
 
-    # None only means "absent": an explicit null is rejected below.
     text: StrictStr | None = None
     texts: list[StrictStr] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in ("text", "texts"):
-                if key in data and data[key] is None:
-                    raise ValueError(f"'{key}' must not be null")
-            _refuse_mass_errors(data)
-        return data
-
-    @field_validator("text")
-    @classmethod
-    def _text_not_blank(cls, value: str | None) -> str | None:
-        return None if value is None else _check_text(value)
-
-    @field_validator("texts")
-    @classmethod
-    def _texts_not_blank(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("texts must not be an empty list")
-        for i, text in enumerate(value):
-            if is_blank(text):
-                raise ValueError(f"texts[{i}] must not be empty or whitespace only")
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> PredictRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' or 'texts'")
-        return self
-
-    def all_texts(self) -> list[str]:
-        return [self.text] if self.text is not None else list(self.texts or [])
 
 
 class TextPrediction(BaseModel):
@@ -235,9 +164,7 @@ class ModelInfo(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"status": "ready", "model_version": EXAMPLE_VERSION}]}
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", "model_version": EXAMPLE_VERSION}]})
 
     status: str
     model_version: str | None = None

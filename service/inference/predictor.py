@@ -7,11 +7,9 @@ single worker thread.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,13 +18,13 @@ import torch
 from contract.artifact import Artifact, ArtifactError, load_artifact, resolve_version
 from contract.drift import InputCounts, count_encoded
 from contract.model import pad_batch, probabilities
-from service.drift import read_reference
+from service.observability.drift import read_reference
 
 # Length groups inside a batch. The packed recurrence already runs every row only for its own
 # length, so a batch is split only around outliers: padding a row to more than this factor
 # of its length (plus slack) costs more in the embedding and max-pooling than one more
-# forward pass does. Every extra group is a full Python trip through the model: grouping
-# typical headlines (3-20 tokens) by a factor of 1.5 made 8-40-text batches ~35% slower.
+# forward pass does. Every extra group is a full Python trip through the model, so grouping
+# typical headlines (3-20 tokens) more finely made small batches markedly slower.
 _GROUP_PAD_FACTOR = 4.0
 _GROUP_PAD_SLACK = 8
 
@@ -52,47 +50,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ArtifactError("device 'cuda' requested but CUDA is not available")
     return torch.device(device)
-
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
-    """CPUs this process may actually use: affinity mask and cgroup v2/v1 quota, whichever is lower."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota(cgroup_root)
-    if quota is not None:
-        count = min(count, max(1, math.ceil(quota)))
-    return max(1, count)
-
-
-def _cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
-    try:  # cgroup v2: "max 100000" or "200000 100000"
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
-    except (OSError, ValueError):
-        return None
-
-
-def configure_torch_threads(requested: int) -> int:
-    """Size torch's intra-op pool (``requested`` when > 0); returns the count.
-
-    Auto leaves one usable CPU to the event loop (HTTP parsing, JSON), which runs alongside
-    the model thread: on a 2-CPU box two intra-op threads plus the loop oversubscribe the
-    CPUs and a single short request got ~3x slower in our measurements.
-    """
-    threads = requested or max(1, available_cpus() - 1)
-    torch.set_num_threads(threads)
-    return threads
 
 
 def length_groups(lengths: Sequence[int], max_group: int) -> list[list[int]]:
@@ -165,7 +122,7 @@ class Predictor:
 
     def send_ahead(self, texts: Sequence[str]) -> Callable[[], Prediction] | None:
         """Start computing ``texts`` behind the running batch; None when it cannot be (here: never,
-        the model thread computes one batch at a time; a model process can, see service/model_process.py)."""
+        the model thread computes one batch at a time; a model process can, see service/inference/model_host.py)."""
         return None
 
     def warmup_batches(self, rounds: int = 2) -> list[list[str]]:

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
-from service.drift import DriftCollector
-from service.logs import dropped_access_lines
+from service.observability.drift import DriftCollector
+from service.observability.logs import dropped_access_lines, dropped_log_records
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -54,6 +54,14 @@ class Metrics:
         )
         for reason in ("deadline", "disconnected"):
             self.dropped.labels(reason)  # exported at 0 from the start, so rate() works
+        self.model_process_restarts = Counter(
+            "hc_model_process_restarts_total",
+            "Model processes replaced, by reason (exited: it died; stalled: the watchdog stopped it)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("exited", "stalled"):
+            self.model_process_restarts.labels(reason)
         # Drift signals: input tokens / OOV / empty, predicted labels, confidence, and the reference.
         self.drift = DriftCollector()
         r.register(self.drift)
@@ -83,11 +91,16 @@ class Metrics:
 
 
 class _AccessLogDrops:
-    """``hc_access_log_dropped_lines_total``: read at scrape time from the process's access log."""
+    """``hc_access_log_dropped_lines_total`` and ``hc_log_dropped_records_total``, read at scrape time."""
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(
             "hc_access_log_dropped_lines",
             "Access-log lines dropped because stderr was not draining (the backlog passed its cap)",
             value=dropped_access_lines(),
+        )
+        yield CounterMetricFamily(
+            "hc_log_dropped_records",
+            "Other log records dropped because stderr was not draining (one backlog bound for all log output)",
+            value=dropped_log_records(),
         )

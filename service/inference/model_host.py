@@ -3,23 +3,30 @@
 In one process the model thread and the event loop share the GIL. A 256-headline request
 costs the loop ~1.5 ms of Python (parsing, rendering 43 KB of JSON, the HTTP exchange), and
 that work lands right after a batch finishes, exactly when the model thread starts the next
-one with its own Python (tokenising, padding, packing). Measured on 2 CPUs, the model thread
-was off its CPU 11-13% of the time and 256-headline requests ran at 0.73-0.91 of the
-in-process rate. Here the model thread only sends texts down a socket and blocks (GIL
+one with its own Python (tokenising, padding, packing), so the model thread waited for the
+GIL and 256-headline requests ran well below the in-process rate (docs/decisions: the model
+process). Here the model thread only sends texts down a socket and blocks (GIL
 released) until the probabilities come back; the child has a GIL of its own.
 
 One child per server (:class:`ModelHost`) holds every loaded version under a key, so a
 reload loads into the running child (tens of milliseconds, between batches) instead of
 starting a new interpreter. The parent still loads and verifies each artifact too: metadata
 for ``GET /model``, the encoder for warm-up inputs, an early ``error:`` line for a broken
-folder. A child that dies fails its batch with :class:`ModelProcessLost` (HTTP 503); the
-next batch starts a new child, which loads the versions still in use.
+folder, and keeps the verified bytes of every version it serves: the child loads from those
+bytes, never from the folder, so a version whose folder has since gone can still be restored.
+
+A child that dies, or stays silent past the watchdog's budget while it owes an answer (stopped,
+deadlocked, swapping), is killed; the batches it held fail with :class:`ModelProcessLost` (HTTP
+503), and a new child is started at once on a thread of its own, off the request path, with
+every version still served. Until it is ready, batches fail fast and readiness says 503.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -27,22 +34,65 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from contract.artifact import ArtifactError, load_artifact, resolve_version
+from contract.artifact import MANIFEST, ArtifactError, load_artifact, resolve_version
 from contract.drift import count_encoded
-from service.predictor import Prediction, Predictor, resolve_device
+from service.inference.predictor import Prediction, Predictor, resolve_device
 
 log = logging.getLogger("service")
 
 _START_TIMEOUT_S = 300.0  # importing torch on a cold, busy machine
 _STOP_TIMEOUT_S = 10.0
+# The watchdog: a child that owes an answer and has said nothing for longer than this many
+# times the slowest answer seen so far (and at least the server's --model-stall-s) is stuck.
+STALL_FACTOR = 10.0
+_LOAD_TIMEOUT_S = 120.0  # a load reads and checks a whole artifact: never judged by batch times
+_RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+_WARM_TEXTS = ("a first batch for a new model process", "so its device is ready")
+
+# The files of one verified version: relative path -> bytes.
+ArtifactFiles = dict[str, bytes]
+
+
+def read_artifact_files(folder: str | os.PathLike[str]) -> ArtifactFiles:
+    """Every file the manifest lists, and the manifest, each checked against its checksum."""
+    root = Path(folder)
+    try:
+        manifest_bytes = (root / MANIFEST).read_bytes()
+        listed: dict[str, str] = json.loads(manifest_bytes)["files"]
+        files = {MANIFEST: manifest_bytes}
+        for name, expected in listed.items():
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ArtifactError(f"{root / MANIFEST}: lists {name[:80]!r}, outside the version folder; refused")
+            data = (root / name).read_bytes()
+            if hashlib.sha256(data).hexdigest() != expected:
+                raise ArtifactError(f"{root / name}: checksum mismatch (file changed since the artifact was written)")
+            files[name] = data
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"{root}: cannot read the artifact's files ({exc})") from None
+    return files
+
+
+def _load_from_files(name: str, files: ArtifactFiles, device: torch.device) -> Predictor:
+    """In the child: the artifact rebuilt in a private temporary folder, loaded (and verified
+    again), then deleted. The folder keeps the version's name, which the manifest checks."""
+    with tempfile.TemporaryDirectory(prefix="hc-model-") as scratch:
+        folder = Path(scratch) / name
+        for relative, data in files.items():
+            target = folder / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return Predictor(load_artifact(folder, device=device), device)
 
 
 class ModelProcessLost(RuntimeError):
@@ -61,8 +111,8 @@ def _handle(models: dict[int, Predictor], message: tuple[Any, ...]) -> tuple[Any
         result = predictor.predict_encoded(sequences, empty, observe=False)
         return ("ok", result.probabilities, empty, count_encoded(sequences, empty) if observe else None)
     if kind == "load":
-        device = torch.device(message[3])
-        models[key] = Predictor(load_artifact(message[2], device=device), device)
+        name, files, device = message[2], message[3], torch.device(message[4])
+        models[key] = _load_from_files(name, files, device)
         return ("ok", str(models[key].device))
     models.pop(key, None)  # "drop"
     return ("ok",)
@@ -97,14 +147,15 @@ def _serve(conn: Connection, threads: int) -> None:
 
 
 class _Child:
-    """One started ``python -m service.model_process`` and the parent's end of its socket."""
+    """One started ``python -m service.inference.model_host`` and the parent's end of its socket."""
 
     def __init__(self, threads: int) -> None:
         # A plain subprocess, not multiprocessing: no fork of a threaded process, and no
         # resource-tracker process beside the model process.
+        self.warm = False  # it has computed a batch: the watchdog's budget applies from then on
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            command = [sys.executable, "-m", "service.model_process", str(theirs.fileno()), str(threads)]
+            command = [sys.executable, "-m", "service.inference.model_host", str(theirs.fileno()), str(threads)]
             self.process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
             self.conn = Connection(ours.detach())
         if not self.conn.poll(_START_TIMEOUT_S) or self.request_or_none() != (0, "ready"):
@@ -160,20 +211,25 @@ class ModelHost:
     earlier one is still computing (the batcher sends a full batch ahead, see
     :meth:`ProcessPredictor.send_ahead`) and each answer is claimed by its own ticket.
     Thread-safe: one lock for sending, one for receiving. Started on the first load; after a
-    loss, every request in flight fails and the next one starts a new child, which loads the
-    versions still registered.
+    loss (an exit, or the watchdog), every request in flight fails and a restarter thread
+    starts a new child with the versions still registered, from their bytes.
     """
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, stall_s: float = 2.0) -> None:
         # The child's intra-op pool is the size configure_torch_threads gave this process.
         self.threads = threads or torch.get_num_threads()
+        self.stall_s = stall_s  # the watchdog's floor
+        self.on_loss: Callable[[str], None] | None = None  # called with "exited" or "stalled"
+        self._slowest = 0.0  # the longest a reply to a batch has taken
+        self._restarting = False
+        self._restarter: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._receive_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._child: _Child | None = None
         self._generation = 0  # bumped when a child is lost: its tickets can never be answered
         self._answers: dict[int, tuple[Any, ...]] = {}  # received, not yet claimed
-        self._models: dict[int, tuple[str, str]] = {}  # key -> (folder, device) to reload after a loss
+        self._models: dict[int, tuple[str, ArtifactFiles, str]] = {}  # key -> (name, files, device)
         self._keys = itertools.count(1)
         self._tickets = itertools.count(1)
         self._closed = False
@@ -186,33 +242,81 @@ class ModelHost:
         child = self._child
         return child.pid if child is not None else None
 
+    @property
+    def restarting(self) -> bool:
+        """A lost child is being replaced: batches fail fast until the new one serves."""
+        return self._restarting
+
     def _start(self) -> _Child:
-        """A new child with every registered version loaded (called with the send lock held)."""
-        if self._models:
-            log.warning("starting the model process again")
+        """A new child with every registered version loaded and run once, so its first live batch
+        is not its slowest (called with the send lock held)."""
         child = _Child(self.threads)
-        for key, (folder, device) in self._models.items():
-            reply = child.request_or_none((0, "load", key, folder, device))
+        for key, (name, files, device) in list(self._models.items()):
+            reply = child.request_or_none((0, "load", key, name, files, device))
+            if reply is not None and reply[1] == "ok":
+                reply = child.request_or_none((0, "predict", key, list(_WARM_TEXTS), False))
             if reply is None or reply[1] != "ok":
                 child.stop()
-                raise ModelProcessLost(f"the new model process could not load {folder}: {reply and reply[2]}")
+                raise ModelProcessLost(f"the new model process could not load {name}: {reply and reply[2]}")
+            child.warm = True
         with self._state_lock:
             self._child = child
             self._box[:] = [child]
         return child
 
-    def _lose(self, child: _Child) -> ModelProcessLost:
-        """Forget a child that died; every ticket it held fails."""
+    def _lose(self, child: _Child, reason: str) -> ModelProcessLost:
+        """Forget a child that died or was stopped by the watchdog; every ticket it held fails,
+        and a new child is started off the request path."""
         with self._state_lock:
-            if self._child is child:
+            current = self._child is child
+            if current:
                 self._child = None
                 self._generation += 1
                 self._answers.clear()
                 self._box.clear()
+                self._restarting = bool(self._models) and not self._closed
+        if reason == "stalled":
+            child.process.kill()
         child.stop()
-        return ModelProcessLost(
-            f"the model process exited (exit code {child.exit_code()}); it is restarted for the next batch"
-        )
+        if current:
+            if self.on_loss is not None:
+                self.on_loss(reason)
+            if self._restarting:
+                self._restarter = threading.Thread(target=self._restart, name="model-process-restart", daemon=True)
+                self._restarter.start()
+        if reason == "stalled":
+            return ModelProcessLost("the model process stopped answering; it was stopped and is being replaced")
+        return ModelProcessLost(f"the model process exited (exit code {child.exit_code()}); it is being replaced")
+
+    def _restart(self) -> None:
+        """The restarter thread: a new child with every served version, retried until it works."""
+        log.warning("starting the model process again")
+        attempt = 0
+        while True:
+            with self._send_lock:
+                if self._closed:
+                    self._restarting = False
+                    return
+                try:
+                    if self._child is None:
+                        self._start()
+                    self._restarting = False
+                    log.info("model process started again (pid %d)", self.pid or -1)
+                    return
+                except (ArtifactError, ModelProcessLost, OSError) as exc:
+                    log.error("model process restart failed: %s", exc)
+            time.sleep(_RESTART_BACKOFF_S[min(attempt, len(_RESTART_BACKOFF_S) - 1)])
+            attempt += 1
+
+    def wait_until_serving(self, timeout: float) -> bool:
+        """For tests and benchmarks: True once no restart is under way."""
+        deadline = time.monotonic() + timeout
+        while self._restarting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._restarting
+
+    def _budget(self) -> float:
+        return max(self.stall_s, STALL_FACTOR * self._slowest)
 
     def send(
         self, message: tuple[Any, ...], *, start: bool = True, wait: bool = True, max_bytes: int | None = None
@@ -220,6 +324,10 @@ class ModelHost:
         """Send one request; its ticket. None when it was not sent: no child runs and ``start`` is
         False; another thread is sending or starting a child and ``wait`` is False (the event
         loop never waits); or the request is larger than ``max_bytes``."""
+        if self._restarting:
+            if not wait:
+                return None
+            raise ModelProcessLost("the model process is being replaced; retry shortly")
         if not self._send_lock.acquire(blocking=wait):
             return None
         try:
@@ -237,13 +345,17 @@ class ModelHost:
             try:
                 child.conn.send_bytes(data)
             except OSError:
-                raise self._lose(child) from None
+                raise self._lose(child, "exited") from None
             return ticket, self._generation
         finally:
             self._send_lock.release()
 
-    def receive(self, sent: Sent) -> tuple[Any, ...]:
-        """The answer to a sent request: ``("ok", ...)`` or ``("error", message)``."""
+    def receive(self, sent: Sent, budget_s: float | None = None) -> tuple[Any, ...]:
+        """The answer to a sent request: ``("ok", ...)`` or ``("error", message)``.
+
+        The watchdog: a child silent for longer than ``budget_s`` (default: STALL_FACTOR times
+        the slowest answer seen, at least ``stall_s``) while it owes this answer is stopped.
+        """
         ticket, generation = sent
         with self._receive_lock:
             while True:
@@ -252,23 +364,37 @@ class ModelHost:
                     return answer
                 child = self._child
                 if generation != self._generation or child is None:
-                    raise ModelProcessLost("the model process exited before it answered; it is restarted")
+                    raise ModelProcessLost("the model process exited before it answered; it is being replaced")
+                if budget_s is not None:
+                    budget = budget_s
+                else:  # a child's first batch may set up a device (CUDA): never judged by later ones
+                    budget = self._budget() if child.warm else _LOAD_TIMEOUT_S
+                started = time.monotonic()
                 try:
+                    if not child.conn.poll(budget):
+                        log.error("the model process said nothing for %.1f s while computing; replacing it", budget)
+                        raise self._lose(child, "stalled")
                     reply = child.conn.recv()
                 except (EOFError, OSError):
-                    raise self._lose(child) from None
+                    raise self._lose(child, "exited") from None
+                if budget_s is None:
+                    if child.warm:
+                        self._slowest = max(self._slowest, time.monotonic() - started)
+                    child.warm = True
                 self._answers[reply[0]] = reply[1:]
 
     def load(self, folder: str, device: str) -> tuple[int, str]:
-        """Load ``folder`` in the child; its key and the device it landed on. Raises ArtifactError."""
+        """Load ``folder`` in the child from its verified bytes, which the host keeps to restore
+        the version after a loss; its key and the device it landed on. Raises ArtifactError."""
         key = next(self._keys)
+        name, files = Path(folder).name, read_artifact_files(folder)
         try:
-            reply = self.receive(self._send_or_raise(("load", key, folder, device)))
+            reply = self.receive(self._send_or_raise(("load", key, name, files, device)), budget_s=_LOAD_TIMEOUT_S)
         except ModelProcessLost as exc:
             raise ArtifactError(str(exc)) from None
         if reply[0] != "ok":
             raise ArtifactError(f"the model process could not load {folder}: {reply[1]}")
-        self._models[key] = (folder, device)
+        self._models[key] = (name, files, device)
         return key, str(reply[1])
 
     def _send_or_raise(self, message: tuple[Any, ...]) -> Sent:
@@ -297,8 +423,9 @@ class ModelHost:
 
     def close(self) -> None:
         """Stop the model process for good (idempotent)."""
+        self._closed = True  # a restart under way gives up at its next step
         with self._send_lock:
-            self._closed = True
+            self._restarting = False
             with self._state_lock:
                 child, self._child = self._child, None
                 self._generation += 1
@@ -403,7 +530,7 @@ def load_predictor(
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m service.model_process FD THREADS``: started by :class:`ModelHost` only."""
+    """``python -m service.inference.model_host FD THREADS``: started by :class:`ModelHost` only."""
     fd, threads = argv
     _serve(Connection(int(fd)), int(threads))
     return 0

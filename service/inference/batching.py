@@ -16,8 +16,8 @@ No idle model between full batches: when, while a batch runs, the queue already 
 batch (``max_batch_size`` texts, or a request too large to share), that batch is formed at
 once and handed to the model thread behind the running one. Waiting could not make it any
 larger, and the model thread goes straight on to it instead of waiting for the event loop to
-wake, deliver the last result and hand over the next batch (about 1 ms on a busy 2-CPU box,
-11% of the model's time at 256 texts per request). Smaller batches still form when the
+wake, deliver the last result and hand over the next batch (about a millisecond on a busy
+small machine, a large share of a 256-text batch's time). Smaller batches still form when the
 model becomes free, so they take in everything that arrived meanwhile.
 
 No work for requests nobody waits for: each request has a deadline (the client's
@@ -35,6 +35,7 @@ import asyncio
 import functools
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -42,9 +43,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from service.predictor import Prediction, Predictor
+from service.inference.predictor import Prediction, Predictor
 
-log = logging.getLogger("service.batching")
+log = logging.getLogger("service.inference.batching")
 
 T = TypeVar("T")
 
@@ -78,8 +79,10 @@ class BatchMetrics(Protocol):
     def count_dropped(self, reason: str) -> None: ...
 
 
-# Where a request is; a deadline timer acts on it accordingly.
-_QUEUED, _FORMING, _RUNNING = 0, 1, 2
+# Where a request is; a deadline timer acts on it accordingly. _FORMING -> _RUNNING (the model
+# thread starts it) and _FORMING -> _EXPIRED (its deadline timer on the event loop) happen under
+# the batcher's stage lock, so exactly one of them wins.
+_QUEUED, _FORMING, _RUNNING, _EXPIRED = 0, 1, 2, 3
 
 
 @dataclass(eq=False, slots=True)
@@ -102,6 +105,7 @@ class _Outcome:
     started: float
     finished: float
     result: Prediction | BaseException | None = None  # None: nothing was left to compute
+    computed: tuple[int, int] = (0, 0)  # (texts, requests) the model computed: the batch metrics
 
 
 @dataclass(slots=True)
@@ -181,6 +185,7 @@ class Batcher:
         self._running: _Job | None = None  # the batch on the model thread
         self._ahead: _Job | None = None  # a full batch handed over behind it
         self._closing = False
+        self._stage_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -292,10 +297,14 @@ class Batcher:
         if request.future.done():
             return
         assert request.timeout_s is not None
-        if request.stage == _RUNNING:
+        with self._stage_lock:
+            stage = request.stage
+            if stage == _FORMING:  # the model thread has not started it: it never will now
+                request.stage = _EXPIRED
+        if stage == _RUNNING:
             request.future.set_exception(DeadlineExceeded(request.timeout_s, computed=True))
             return
-        if request.stage == _QUEUED:
+        if stage == _QUEUED:
             self._queue.remove(request)
             self._queued_texts -= len(request.texts)
             self._set_depth()
@@ -339,7 +348,10 @@ class Batcher:
             elif request.gone is not None and request.gone():
                 dropped.append((request, "disconnected"))
             else:
-                request.stage = _RUNNING
+                with self._stage_lock:  # the deadline timer may be answering it right now
+                    if request.stage != _FORMING:
+                        continue
+                    request.stage = _RUNNING
                 live.append(request)
         return live, dropped
 
@@ -358,16 +370,18 @@ class Batcher:
             except Exception as exc:  # noqa: BLE001 - delivered to this batch's callers only
                 result = exc
             live = [request for request in batch if not request.future.done()]
-            outcome = _Outcome(live, [], started, started)
+            outcome = _Outcome(live, [], started, self._clock())
+            if not isinstance(result, BaseException):  # computed whole, callers who left included
+                outcome.computed = (len(result.probabilities), len(batch))
             if live:
                 outcome.result = result if isinstance(result, BaseException) else keep_rows(result, batch, live)
-                outcome.finished = self._clock()
             return outcome
         live, dropped = self._select(batch, started)
         outcome = _Outcome(live, dropped, started, started)
         if live:
             try:
                 outcome.result = self._get_predictor().predict(merge_texts(live))
+                outcome.computed = (len(outcome.result.probabilities), len(live))
             except Exception as exc:  # noqa: BLE001 - delivered to this batch's callers only
                 outcome.result = exc
             outcome.finished = self._clock()
@@ -415,6 +429,9 @@ class Batcher:
                 self._drop(request, reason, DeadlineExceeded(request.timeout_s, computed=False))
             else:
                 self._drop(request, reason, ClientDisconnected("client disconnected before its batch started"))
+        if self._metrics is not None and outcome.computed[0]:  # what the model computed, as drift counts it
+            texts, requests = outcome.computed
+            self._metrics.observe_batch(texts, requests, outcome.finished - outcome.started)
         result = outcome.result
         if result is None:
             return
@@ -430,10 +447,6 @@ class Batcher:
                 if not request.future.done():
                     request.future.set_exception(result)
             return
-        if self._metrics is not None:
-            self._metrics.observe_batch(
-                len(result.probabilities), len(outcome.live), outcome.finished - outcome.started
-            )
         parts = split_prediction(result, [len(r.texts) for r in outcome.live])
         for request, part in zip(outcome.live, parts, strict=True):
             if not request.future.done():  # not answered already by its deadline

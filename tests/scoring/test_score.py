@@ -1,4 +1,4 @@
-"""Offline scoring (python -m service.score): output shape and order, equality with /predict, bad input."""
+"""Offline scoring (python -m scoring): output shape and order, equality with /predict, bad input."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service import score
-from service.app import create_app
+from scoring import score
+from service.api.app import create_app
 from tests.service.conftest import CATEGORIES, TITLES, TOKEN_TEXTS, make_settings, read_news
 from tests.tolerance import SERVED_ATOL
 
@@ -201,7 +201,7 @@ def test_progress_line_only_on_a_terminal(artifacts_dir: Path, tmp_path: Path) -
 def test_module_entry_point(artifacts_dir: Path, tmp_path: Path) -> None:
     src = write_csv(tmp_path / "in.csv", ["title"], [[t] for t in TITLES])
     proc = subprocess.run(
-        [sys.executable, "-m", "service.score", "--artifacts-dir", str(artifacts_dir), "--input", str(src)]
+        [sys.executable, "-m", "scoring", "--artifacts-dir", str(artifacts_dir), "--input", str(src)]
         + ["--output", str(tmp_path / "out.csv"), "--threads", "1"],
         cwd=ROOT,
         capture_output=True,
@@ -221,3 +221,52 @@ def test_unusable_model_exits_1_with_one_error_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot load model from {artifacts_dir}"), err
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--threads", "-1", "--threads: must be 0 (every usable CPU) or a positive integer, got -1"),
+        ("--threads", "two", "--threads: invalid _non_negative value: 'two'"),
+        ("--batch-size", "0", "--batch-size: must be a positive integer, got 0"),
+    ],
+)
+def test_bad_flag_values_are_one_usage_error_not_a_traceback(
+    artifacts_dir: Path, tmp_path: Path, flag: str, value: str, message: str
+) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("title\nStocks rally\n")
+    cmd = [sys.executable, "-m", "scoring", "--artifacts-dir", str(artifacts_dir), "--input", str(src)]
+    done = subprocess.run(
+        [*cmd, "--output", str(tmp_path / "out.csv"), flag, value], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+_PEAK_RSS = (
+    "import atexit, resource, runpy, sys; "
+    "atexit.register(lambda: print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); "
+    "sys.argv = ['scoring', *sys.argv[1:]]; runpy.run_module('scoring', run_name='__main__')"
+)
+
+
+def test_memory_stays_flat_as_the_file_grows(artifacts_dir: Path, tmp_path: Path) -> None:
+    """Streamed in chunks: 40 times more rows cost no more memory (peak RSS of the whole process)."""
+    peaks = []
+    for rows in (5_000, 200_000):
+        src = tmp_path / f"in-{rows}.csv"
+        with src.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["title", "category"])
+            for i in range(rows):
+                writer.writerow([f"{TITLES[i % len(TITLES)]} number {i}", "x"])
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS, "--artifacts-dir", str(artifacts_dir), "--input", str(src)]
+            + ["--output", str(tmp_path / f"out-{rows}.csv"), "--chunk-rows", "2048", "--threads", "1"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        peaks.append(int(done.stderr.split("peak_kb")[-1].split()[0]) / 1024)
+    assert peaks[1] - peaks[0] < 25, f"peak RSS {peaks[0]:.0f} MB at 5K rows, {peaks[1]:.0f} MB at 200K rows"

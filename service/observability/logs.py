@@ -5,7 +5,7 @@ Loggers put records on a queue (:class:`DeferredQueueHandler`); a
 The access log goes further (:class:`AccessBuffer`): the event loop appends a plain tuple
 per request and hands the logging thread one pre-encoded burst every ``ACCESS_FLUSH_S``.
 A LogRecord per request cost ~25 us of event-loop time; a queue put per request cost a
-thread wake-up and a GIL switch per request (BENCHMARKS.md).
+thread wake-up and a GIL switch per request (docs/decisions: the access log).
 """
 
 from __future__ import annotations
@@ -60,9 +60,12 @@ class DeferredQueueHandler(logging.handlers.QueueHandler):
 
 ACCESS_LOGGER = "service.access"
 ACCESS_FLUSH_S = 0.01  # access lines reach stderr at most this much later, in bursts
-# Encoded access lines handed to the logging thread and not yet written: past this (stderr not
-# draining: a stalled log collector, a full pipe), bursts are dropped and counted, not queued.
+# Log output handed to the logging thread and not yet written, access lines and every other
+# record together: past this (stderr not draining: a stalled log collector, a full pipe), new
+# output is dropped and counted, not queued.
 ACCESS_BACKLOG_BYTES = 8 << 20
+# What a record is counted as in the backlog, besides its message and traceback.
+_RECORD_OVERHEAD_BYTES = 512  # a queued LogRecord measured ~450 bytes (tracemalloc)
 AccessWriter = Callable[[str, str, int, float, str], None]
 _access_buffer: AccessBuffer | None = None  # set by setup_logging
 
@@ -90,9 +93,8 @@ class AccessBuffer:
     A request costs one ``list.append``. The first line of a burst arms a ``call_later``
     timer; when it fires (``ACCESS_FLUSH_S`` later) the whole burst is encoded by one msgspec
     call and put on the listener's queue as one bytes object, which the logging thread
-    writes with one ``write``. The design before (a queue put per request, each line built
-    by the logging thread) measured 6% of the server's CPU at 8..256 clients; this one 2%
-    of a request measured alone, 4-5% in an A/B as noisy as that (BENCHMARKS.md). The write
+    writes with one ``write``: a queue put per request, each line built by the logging
+    thread, cost several times more CPU (BENCHMARKS.md has the current A/B). The write
     stays off the loop, so a stderr pipe that is slow to drain never stalls it.
     """
 
@@ -105,8 +107,46 @@ class AccessBuffer:
         self._loop_thread: int | None = None
         self.handed_bytes = 0  # only the loop's thread adds to this ...
         self.written_bytes = 0  # ... and only the logging thread to this: no lock needed
+        self.record_bytes = 0  # other records' bytes handed over, from any thread (under the lock)
+        self._record_lock = threading.Lock()
         self.dropped_lines = 0
+        self.dropped_records = 0
         self._unreported_drops = 0
+        self._unreported_records = 0
+
+    def backlog(self) -> int:
+        """Bytes handed to the logging thread and not written yet, all output together."""
+        return self.handed_bytes + self.record_bytes - self.written_bytes
+
+    def admit(self, record: logging.LogRecord) -> bool:
+        """Count a record into the backlog, or refuse it (counted) when the backlog is full."""
+        size = _RECORD_OVERHEAD_BYTES + len(str(record.msg)) + len(record.exc_text or "")
+        with self._record_lock:
+            if self.backlog() + size > ACCESS_BACKLOG_BYTES:
+                self.dropped_records += 1
+                self._unreported_records += 1
+                return False
+            self.record_bytes += size
+        record._hc_size = size  # written off by the logging thread; "_" keeps it out of the JSON
+        if self._unreported_records and record.levelno < logging.CRITICAL:
+            self._report_record_drops()
+        return True
+
+    def _report_record_drops(self) -> None:
+        with self._record_lock:
+            dropped, self._unreported_records = self._unreported_records, 0
+        if dropped:
+            self._put(
+                logging.LogRecord(
+                    "service",
+                    logging.WARNING,
+                    __file__,
+                    0,
+                    "log: %d records dropped while stderr was not draining (backlog over %d bytes)",
+                    (dropped, ACCESS_BACKLOG_BYTES),
+                    None,
+                )
+            )
 
     def write(self, method: str, path: str, status: int, latency_ms: float, request_id: str) -> None:
         pending = self._pending
@@ -128,7 +168,7 @@ class AccessBuffer:
             self._hand_over(self._encode(lines), len(lines))
 
     def _hand_over(self, data: bytes, lines: int) -> None:
-        if self.handed_bytes - self.written_bytes + len(data) > ACCESS_BACKLOG_BYTES:
+        if self.backlog() + len(data) > ACCESS_BACKLOG_BYTES:
             self.dropped_lines += lines
             self._unreported_drops += lines
             return
@@ -196,6 +236,7 @@ class _Listener(logging.handlers.QueueListener):
             self._access.written_bytes += len(record)
             return
         super().handle(record)
+        self._access.written_bytes += getattr(record, "_hc_size", 0)
 
     def stop(self) -> None:
         self._access.flush()  # the loop has stopped: what its timer did not hand over yet
@@ -211,12 +252,18 @@ class _QueueHandler(DeferredQueueHandler):
 
     def enqueue(self, record: logging.LogRecord) -> None:
         self._access.flush_if_on_loop()
-        super().enqueue(record)
+        if self._access.admit(record):
+            super().enqueue(record)
 
 
 def dropped_access_lines() -> int:
     """Access lines dropped because stderr was not draining (0 without :func:`setup_logging`)."""
     return _access_buffer.dropped_lines if _access_buffer is not None else 0
+
+
+def dropped_log_records() -> int:
+    """Other log records dropped because stderr was not draining (0 without :func:`setup_logging`)."""
+    return _access_buffer.dropped_records if _access_buffer is not None else 0
 
 
 def access_writer() -> AccessWriter:

@@ -1,0 +1,1 @@
+"""Offline scoring: a file of headlines in, the same rows with predictions out, on the serving Predictor."""
