@@ -8,7 +8,7 @@ titles for 3 seeds x 2 splits: noise floor about 0.01). Per run it keeps
 
 * the first model's (train only, early-stopped on val) val and test logits,
 * the refit model's (train + val, the epochs the first run chose: what is shipped) test logits,
-* the cross-fitted val logits (``training.pipeline.crossfit_val_logits``: two models trained
+* the cross-fitted val logits (``training.fitting.crossfit_val_logits``: two models trained
   like the refit on train + one half of val, each scoring the other half).
 
 Methods, each a temperature per run applied to that run's test logits:
@@ -47,22 +47,22 @@ from contract.text import LabelEncoder, Normalizer, PreprocessSettings
 from training import distributed
 from training.calibration import ECE_BINS, ece_noise_floor, expected_calibration_error, fit_temperature, nll
 from training.config import TrainConfig
-from training.data import read_dataset
+from training.data import read_dataset, split_rows
 from training.engine import predict_logits
-from training.pipeline import _Corpus, _fit_model, crossfit_val_logits, split_indices
+from training.fitting import Corpus, crossfit_val_logits, fit_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" / "news_10k.csv"))
 METHODS = ("none", "first", "first_at_least_1", "crossfit", "crossfit_ece", "no_refit", "oracle")
 
 
-def load_corpus(data: Path) -> tuple[_Corpus, list[str]]:
+def load_corpus(data: Path) -> tuple[Corpus, list[str]]:
     """The whole CSV, preprocessed with the default settings (stopwords kept)."""
     dataset = read_dataset(data)
     preprocessing = PreprocessSettings()
     normalizer = Normalizer(preprocessing)
     labels = LabelEncoder.fit(dataset.labels)
-    corpus = _Corpus(
+    corpus = Corpus(
         titles=dataset.titles,
         tokens=[normalizer.tokens(t) for t in dataset.titles],
         targets=np.asarray(labels.encode(dataset.labels), dtype=np.int64),
@@ -72,7 +72,9 @@ def load_corpus(data: Path) -> tuple[_Corpus, list[str]]:
     return corpus, dataset.labels
 
 
-def study_split(kind: str, labels: list[str], config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def study_split(
+    kind: str, labels: list[str], tokens: list[list[str]], config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pipeline's splits, plus ``future``: what the default command meets after shipping.
 
     ``future`` draws train and validation at random (stratified, as ``--split random`` does)
@@ -80,7 +82,7 @@ def study_split(kind: str, labels: list[str], config: TrainConfig) -> tuple[np.n
     calibrated the default way, then scored on later news, like the team's held-out set.
     """
     if kind != "future":
-        return split_indices(kind, labels, config)
+        return split_rows(kind, labels, tokens, config.seed, config.fractions)
     n_test = int(round(len(labels) * config.test_fraction))
     past = len(labels) - n_test
     val_share = config.val_fraction / (1 - config.test_fraction)
@@ -94,14 +96,14 @@ def study_split(kind: str, labels: list[str], config: TrainConfig) -> tuple[np.n
     return np.setdiff1d(np.arange(past), val_idx), val_idx, np.arange(past, len(labels))
 
 
-def collect(config: TrainConfig, corpus: _Corpus, raw_labels: list[str], kind: str) -> dict[str, np.ndarray]:
+def collect(config: TrainConfig, corpus: Corpus, raw_labels: list[str], kind: str) -> dict[str, np.ndarray]:
     """Train first model, refit and cross-fit models for one (split, seed); return their logits."""
     dist = distributed.setup(config.device)
     quiet = lambda *a, **k: None  # noqa: E731
     try:
-        train_idx, val_idx, test_idx = study_split(kind, raw_labels, config)
+        train_idx, val_idx, test_idx = study_split(kind, raw_labels, corpus.tokens, config)
         started = time.perf_counter()
-        first = _fit_model(config, dist, corpus, train_idx, val_idx, quiet)
+        first = fit_model(config, dist, corpus, train_idx, val_idx, quiet)
 
         def logits(fitted: Any, rows: np.ndarray) -> np.ndarray:
             return predict_logits(
@@ -110,7 +112,7 @@ def collect(config: TrainConfig, corpus: _Corpus, raw_labels: list[str], kind: s
 
         schedule = [h["lr"] for h in first.result.history[: first.result.best_epoch]]
         both = np.sort(np.concatenate([train_idx, val_idx]))
-        refit = _fit_model(config, dist, corpus, both, val_idx, quiet, schedule)
+        refit = fit_model(config, dist, corpus, both, val_idx, quiet, schedule)
         first_and_refit_s = time.perf_counter() - started
         t0 = time.perf_counter()
         val_cross = crossfit_val_logits(config, dist, corpus, train_idx, val_idx, schedule, quiet).numpy()
@@ -293,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     corpus = None if args.report_only else load_corpus(args.data)[0]
     raw_labels = read_dataset(args.data).labels
+    corpus_tokens = corpus.tokens if corpus is not None else []  # the random and time splits need no tokens
     results: dict[str, dict[str, Any]] = {}
     for smoothing in args.label_smoothing:
         runs: dict[str, dict[str, np.ndarray]] = {}
@@ -310,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{path.name}: {time.perf_counter() - t0:.0f}s", flush=True)
                 if path.exists():
                     runs[f"{kind}-seed{seed}"] = dict(np.load(path))
-                    rows[f"{kind}-seed{seed}"] = study_split(kind, raw_labels, replace(TrainConfig(), seed=seed))[2]
+                    seeded = replace(TrainConfig(), seed=seed)
+                    rows[f"{kind}-seed{seed}"] = study_split(kind, raw_labels, corpus_tokens, seeded)[2]
         if runs:
             results[str(smoothing)] = summarise(runs, rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from contract.text import PAD_INDEX, SubwordHasher
@@ -27,7 +29,9 @@ class ModelConfig:
     """Everything needed to rebuild the network; saved next to the weights.
 
     The defaults are the architecture training ships (TrainConfig takes its model defaults from
-    here), so a test or benchmark that builds ``ModelConfig(vocab, classes)`` gets the real model.
+    here), so a test or benchmark that builds ``ModelConfig(vocab, classes)`` gets the real model,
+    except for the character n-grams: ``subword_buckets`` is 0 here, the meaning of a config
+    written before the field existed, and training sets it (``TrainConfig.subword_buckets``).
     """
 
     vocab_size: int
@@ -39,11 +43,15 @@ class ModelConfig:
     dropout: float = 0.5
     embedding_dropout: float = 0.3
     pooling: str = "last_max"
-    # Character n-gram embeddings (0: off, the format of artifacts written before they existed).
+    # Hashed character n-grams of every token (0 buckets: none, the format of artifacts written
+    # before they existed). They feed the recurrent layer (added to each word's vector), a wide
+    # linear head over the whole title's words and n-grams (added to the logits), or both.
     subword_buckets: int = 0
     subword_min_n: int = 3
     subword_max_n: int = 5
     subword_max_per_token: int = 32
+    subword_embeddings: bool = True
+    subword_head: bool = False
     # Logits are divided by this before the softmax; fitted on the validation split after
     # training (temperature scaling), 1.0 for an uncalibrated model.
     temperature: float = 1.0
@@ -57,6 +65,8 @@ class ModelConfig:
             raise ValueError("vocab_size and num_classes must be at least 2")
         if self.subword_buckets < 0:
             raise ValueError("subword_buckets must be >= 0")
+        if self.subword_head and not self.subword_buckets:
+            raise ValueError("subword_head needs subword_buckets > 0")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
@@ -91,9 +101,19 @@ class TextClassifier(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=PAD_INDEX)
         self.subword_embedding = (
             nn.Embedding(config.subword_buckets + 1, config.embedding_dim, padding_idx=0)
-            if config.subword_buckets
+            if config.subword_buckets and config.subword_embeddings
             else None
         )
+        # The wide head: one weight per class for every word and every n-gram bucket, like a
+        # linear model on a bag of words and character n-grams, trained jointly with the GRU.
+        # It starts at zero, so training begins from the recurrent model alone.
+        self.head_words: nn.Embedding | None = None
+        self.head_grams: nn.Embedding | None = None
+        if config.subword_head:
+            self.head_words = nn.Embedding(config.vocab_size, config.num_classes, padding_idx=PAD_INDEX)
+            self.head_grams = nn.Embedding(config.subword_buckets + 1, config.num_classes, padding_idx=0)
+            nn.init.zeros_(self.head_words.weight)
+            nn.init.zeros_(self.head_grams.weight)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         rnn_cls = nn.RNN if config.rnn_type == "rnn" else nn.GRU
         self.rnn = rnn_cls(
@@ -118,8 +138,25 @@ class TextClassifier(nn.Module):
         if ids.dim() != 3:
             raise ValueError("this model has subword embeddings: ids must be [B, T, 1 + K] (see TextEncoder)")
         words, grams = ids[..., 0], ids[..., 1:]
-        counts = (grams != 0).sum(dim=2, keepdim=True).clamp_min(1)
-        return self.embedding(words) + self.subword_embedding(grams).sum(dim=2) / counts
+        # One fused gather-and-average per token: materialising every n-gram vector first
+        # ([B, T, K, E]) and summing it took most of the forward pass. Padding ids (0) are left
+        # out of the mean; a token with no n-grams gets zeros.
+        flat = grams.reshape(-1, grams.shape[-1])
+        pieces = F.embedding_bag(flat, self.subword_embedding.weight, mode="mean", padding_idx=0)
+        return self.embedding(words) + pieces.view(*grams.shape[:2], -1)
+
+    def wide_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """The wide head's logits ``[B, C]`` for ``[B, T, 1 + K]`` features.
+
+        The sum of the weights of every word and n-gram in the title, divided by the square
+        root of their number (an L2-normalised binary bag, as TF-IDF vectors are), so a long
+        title does not get larger logits. Padding (word 0, bucket 0) has zero weights.
+        """
+        assert self.head_words is not None and self.head_grams is not None
+        words, grams = ids[..., 0], ids[..., 1:]
+        total = self.head_words(words).sum(dim=1) + self.head_grams(grams).sum(dim=(1, 2))
+        count = (words != PAD_INDEX).sum(dim=1) + (grams != 0).sum(dim=(1, 2))
+        return total / count.clamp_min(1).unsqueeze(1).to(total.dtype).sqrt()
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, pack: bool | None = None) -> torch.Tensor:
         """``ids``: [B, T] token indices (or [B, T, 1 + K] with n-grams, see :meth:`embed`),
@@ -130,6 +167,9 @@ class TextClassifier(nn.Module):
         the same result without the packing overhead. ``pack=False`` forces the plain path and
         is only correct when no row is padded.
         """
+        if self.config.subword_buckets and ids.dim() != 3:
+            raise ValueError("this model reads character n-grams: ids must be [B, T, 1 + K] (see TextEncoder)")
+        wide = self.wide_logits(ids) if self.head_words is not None else None
         x = self.embedding_dropout(self.embed(ids))
         if ids.dim() == 3:
             ids = ids[..., 0]
@@ -156,7 +196,8 @@ class TextClassifier(nn.Module):
                 )
             pooled = out.amax(dim=1)
             features = pooled if self.config.pooling == "max" else torch.cat([last, pooled], dim=1)
-        return self.fc2(self.dropout(torch.relu(self.fc1(features))))
+        logits = self.fc2(self.dropout(torch.relu(self.fc1(features))))
+        return logits if wide is None else logits + wide
 
 
 def pad_batch(
@@ -168,12 +209,14 @@ def pad_batch(
     if len(sequences) == 0 or lengths.min() < 1:
         raise ValueError("every sequence needs at least one token")
     if isinstance(sequences[0][0], tuple):
-        widths = [len(token) for s in sequences for token in s]
-        ids = np.zeros((len(sequences), int(lengths.max()), max(widths)), dtype=np.int64)
+        tokens = [token for s in sequences for token in s]
+        widths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+        ids = np.zeros((len(sequences), int(lengths.max()), int(widths.max())), dtype=np.int64)
         rows = np.repeat(np.arange(len(sequences)), lengths)
-        cols = np.concatenate([np.arange(n) for n in lengths])
-        flat = np.fromiter((i for s in sequences for token in s for i in token), dtype=np.int64, count=sum(widths))
-        depth = np.concatenate([np.arange(w) for w in widths])
+        cols = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        total = int(widths.sum())
+        flat = np.fromiter(chain.from_iterable(tokens), dtype=np.int64, count=total)
+        depth = np.arange(total) - np.repeat(np.cumsum(widths) - widths, widths)
         ids[np.repeat(rows, widths), np.repeat(cols, widths), depth] = flat
         return torch.from_numpy(ids).to(device), torch.from_numpy(lengths)
     ids = np.full((len(sequences), int(lengths.max())), PAD_INDEX, dtype=np.int64)

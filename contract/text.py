@@ -40,6 +40,9 @@ class PreprocessSettings:
     # contract's default agrees with training's (stopwords kept unless a list is loaded).
     remove_stopwords: bool | None = None
     stopwords: tuple[str, ...] = field(default_factory=tuple)
+    # The lesson drops parenthesised asides; keeping them keeps source tags such as "(SPACE.com)"
+    # or "(AFP)", which say something about the topic. False in artifacts written before the field.
+    keep_parenthesised: bool = False
 
     def __post_init__(self) -> None:
         if self.remove_stopwords is None:
@@ -56,6 +59,7 @@ class PreprocessSettings:
             lowercase=bool(data["lowercase"]),
             remove_stopwords=bool(data["remove_stopwords"]),
             stopwords=tuple(str(w) for w in data["stopwords"]),
+            keep_parenthesised=bool(data.get("keep_parenthesised", False)),
         )
 
 
@@ -87,7 +91,8 @@ class Normalizer:
         """Token list for one raw title (possibly empty)."""
         if self.settings.lowercase:
             text = text.lower()
-        text = _PARENTHESISED.sub(" ", text)
+        if not self.settings.keep_parenthesised:
+            text = _PARENTHESISED.sub(" ", text)
         # Tokens are the ASCII alphanumeric runs; with lowercase off, upper case letters
         # still count as word characters but are kept as they are.
         found = _WORD.findall(text) if self.settings.lowercase else _ASCII_WORD.findall(text)

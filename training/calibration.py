@@ -88,24 +88,39 @@ def ece_noise_floor(probs: np.ndarray, bins: int = ECE_BINS, draws: int = 200, s
 
 
 def calibration_report(
-    val_logits: torch.Tensor, val_targets: np.ndarray, test_logits: torch.Tensor, test_targets: np.ndarray
+    val_logits: torch.Tensor,
+    val_targets: np.ndarray,
+    test_logits: torch.Tensor,
+    test_targets: np.ndarray,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
-    """Fit the temperature on validation; ECE and NLL on test before and after applying it."""
-    temperature = fit_temperature(val_logits, val_targets)
+    """ECE and NLL on test before and after temperature scaling.
+
+    The temperature is fitted on the validation logits, unless one fitted elsewhere is given
+    (on validation rows shifted like later news); the validation rows' own fit is then
+    reported beside it as ``own_val``, so both can be compared on these test rows.
+    """
+    own = fit_temperature(val_logits, val_targets) if len(val_targets) else None
+    chosen = own if temperature is None else temperature
+    assert chosen is not None, "no validation logits and no temperature"
     before = torch.softmax(test_logits.double(), dim=1).numpy()
-    after = torch.softmax(test_logits.double() / temperature, dim=1).numpy()
-    return {
+    after = torch.softmax(test_logits.double() / chosen, dim=1).numpy()
+    report: dict[str, Any] = {
         "method": "temperature_scaling",
-        "temperature": temperature,
+        "temperature": chosen,
         "fitted_on": "val",
         "bins": ECE_BINS,
         "test": {
             "ece_before": expected_calibration_error(before, test_targets),
             "ece_after": expected_calibration_error(after, test_targets),
             "nll_before": nll(test_logits, test_targets),
-            "nll_after": nll(test_logits, test_targets, temperature),
+            "nll_after": nll(test_logits, test_targets, chosen),
             "ece_noise_floor": ece_noise_floor(after),
         },
         "reliability_before": reliability(before, test_targets),
         "reliability_after": reliability(after, test_targets),
     }
+    if temperature is not None and own is not None:
+        own_probs = torch.softmax(test_logits.double() / own, dim=1).numpy()
+        report["own_val"] = {"temperature": own, "test_ece": expected_calibration_error(own_probs, test_targets)}
+    return report

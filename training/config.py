@@ -8,9 +8,32 @@ from typing import Any
 
 from contract.model import POOLINGS, RNN_TYPES, ModelConfig
 
-SPLITS = ("random", "time", "both")
+SPLITS = ("random", "time", "unseen", "both")
 TEMPERATURE_FITS = ("first", "crossfit")
+TEMPERATURE_ROWS = ("own", "shifted")
 DEFAULT_DATA_URL = "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/main/datasets/news.csv"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How one model is optimised; TrainConfig takes its optimisation defaults from here."""
+
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.1
+    word_dropout: float = 0.2
+    grad_clip: float = 1.0
+    patience: int = 4
+    lr_patience: int = 1
+    lr_factor: float = 0.5
+    early_stopping_metric: str = "val_loss"
+    ema_decay: float | None = None
+    # The wide head's learning rate over the rest's: a rare n-gram's weight is only updated in
+    # the few batches that hold it, and Adam's step is bounded by the learning rate.
+    head_lr_scale: float = 1.0
+    seed: int = 42
 
 
 class ConfigError(ValueError):
@@ -21,54 +44,9 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Hyperparameters and paths; stored in the artifact as ``train_config.json``.
 
-    Defaults were chosen on the 10K sample over seeds 1, 2, 3 and 42 (not one split):
-
-    * a compact BiGRU (64 per direction) with last-state + max pooling, trained in
-      length-sorted batches of 128 with packed sequences: ~2.5x faster per epoch than the
-      lesson's batch-64 unpacked pipeline and more accurate;
-    * embeddings initialised with std 0.1 instead of torch's N(0, 1), the largest single
-      gain (about +0.03 weighted F1): unit-variance inputs saturate the GRU gates early;
-    * then overwritten by LSA vectors (truncated SVD of the training split's TF-IDF matrix,
-      same scale): words that share titles start close, which helps words seen once or
-      twice; +0.01 to +0.02 weighted F1 on each of seeds 42, 1, 2 and 3;
-    * every training word in the vocabulary (``min_freq`` 1) plus word dropout 0.2, so
-      ``<UNK>`` is trained on real contexts and unseen words at serving time degrade softly;
-    * embedding dropout 0.3, dense dropout 0.5, AdamW weight decay 1e-2, label smoothing 0.1,
-      gradient clipping, ReduceLROnPlateau and early stopping on validation loss;
-    * stopwords are kept (``--stopwords`` removes them): before LSA init, removal gained
-      +0.005 weighted F1 on average over three seeds (below the seed-to-seed spread); with
-      it, removal lost 0.005 on seed 42. Keeping them also means a run needs no NLTK data.
-
-    Measured (``python -m training --data news_10k.csv --threads 2 --seed S``), test weighted F1
-    ours vs the TF-IDF baseline: seed 42 0.803/0.809, 1 0.800/0.800, 2 0.811/0.819,
-    3 0.800/0.801; the lesson's pipeline got 0.699 on seed 42.
-
-    Then chosen on the out-of-time split (``--split time``, seeds 1, 2, 3), where the config
-    above got 0.737/0.737/0.733:
-
-    * ``refit``: after early stopping, a fresh model trained on train + val for the chosen
-      epochs. The validation block is the most recent data before the test block, and news
-      vocabulary moves fast: 0.765/0.777 on seeds 1/2 (+0.03 to +0.04);
-    * hashed character 3-5-gram embeddings (``--subword-buckets 20000``, n-grams initialised
-      from the LSA vectors of the words containing them) are available but off: without refit
-      they got 0.726/0.751/0.745 (mean +0.005, within seed noise), with refit 0.764/0.767/0.771
-      (no better than refit alone), while costing speed, serving time and 4 MB of weights.
-
-    Calibration, chosen on test predictions pooled over seeds and splits
-    (``python -m bench.calibration_study``; one 1,500-title split cannot resolve ECE 0.02):
-
-    * ``temperature_fit="first"``: the refit model trained on the validation rows, so its
-      temperature is fitted on the pre-refit model's validation logits. The refit is not
-      measurably more confident than that model (test-optimal temperatures 0.99 for both,
-      averaged over seeds 1-8 x random, time and "future" splits). Pooled over those 24 runs
-      (36,000 predictions, noise floor 0.005) this measured ECE 0.014; cross-fitting (two more
-      models trained like the refit on train + half of val, each scoring the other half)
-      0.015, paired 90% interval of the difference -0.0003 to +0.002, for two more trainings;
-      it stays available. No scalar does better (test-fitted: 0.015): the rest is the shape
-      of the reliability curve (0.5-0.85 bins over-confident, 0.9+ calibrated);
-    * label smoothing 0.1 kept: pooled ECE after scaling 0.010 vs 0.014 with 0.05 and 0.016
-      without (seeds 1-3, three splits); without it the model is over-confident (T 1.0-1.5)
-      and time / future-split F1 fell (0.765 / 0.764 vs 0.769 / 0.774, mean of seeds 1-3).
+    The model's defaults come from ``ModelConfig`` and the optimiser's from ``FitConfig``, so
+    each default is written once. Why each default is what it is, with the runs that chose
+    it, is in docs/training.md.
     """
 
     # Paths
@@ -82,6 +60,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     remove_stopwords: bool = False
+    keep_parenthesised: bool = True
     max_vocab: int | None = 30000
     min_freq: int = 1
     # Model
@@ -94,28 +73,32 @@ class TrainConfig:
     pooling: str = ModelConfig.pooling
     embedding_init: str = "lsa"
     embedding_init_std: float | None = 0.1
-    subword_buckets: int = 0
+    subword_buckets: int = 20000
     subword_min_n: int = 3
     subword_max_n: int = 5
     subword_lsa_init: bool = True
+    subword_embeddings: bool = ModelConfig.subword_embeddings
+    subword_head: bool = ModelConfig.subword_head
     # Optimisation
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    label_smoothing: float = 0.1
-    word_dropout: float = 0.2
-    grad_clip: float = 1.0
-    ema_decay: float | None = None
+    epochs: int = FitConfig.epochs
+    batch_size: int = FitConfig.batch_size
+    lr: float = FitConfig.lr
+    weight_decay: float = FitConfig.weight_decay
+    label_smoothing: float = FitConfig.label_smoothing
+    word_dropout: float = FitConfig.word_dropout
+    grad_clip: float = FitConfig.grad_clip
+    ema_decay: float | None = FitConfig.ema_decay
+    head_lr_scale: float = FitConfig.head_lr_scale
     class_weights: bool = False
-    patience: int = 4
-    lr_patience: int = 1
-    lr_factor: float = 0.5
-    early_stopping_metric: str = "val_loss"
+    patience: int = FitConfig.patience
+    lr_patience: int = FitConfig.lr_patience
+    lr_factor: float = FitConfig.lr_factor
+    early_stopping_metric: str = FitConfig.early_stopping_metric
     baseline_c: float | None = None
     calibrate: bool = True
     refit: bool = True
     temperature_fit: str = "first"
+    temperature_rows: str = "shifted"
     # Runtime
     seed: int = 42
     device: str = "auto"
@@ -126,6 +109,34 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def model_config(self, vocab_size: int, num_classes: int) -> ModelConfig:
+        """The network this run trains, for a vocabulary and label set fitted on its rows."""
+        return ModelConfig(
+            vocab_size=vocab_size,
+            num_classes=num_classes,
+            rnn_type=self.model,
+            embedding_dim=self.embedding_dim,
+            hidden_dim=self.hidden_dim,
+            fc_dim=self.fc_dim,
+            dropout=self.dropout,
+            embedding_dropout=self.embedding_dropout,
+            pooling=self.pooling,
+            subword_buckets=self.subword_buckets,
+            subword_min_n=self.subword_min_n,
+            subword_max_n=self.subword_max_n,
+            subword_embeddings=self.subword_embeddings,
+            subword_head=self.subword_head,
+        )
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        """Shares of train, validation and test rows."""
+        return (1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction)
+
+    def fit_config(self) -> FitConfig:
+        """How each model of this run is optimised."""
+        return FitConfig(**{f.name: getattr(self, f.name) for f in fields(FitConfig)})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -155,6 +166,8 @@ class TrainConfig:
             raise ConfigError("embedding_init must be lsa or normal")
         if self.temperature_fit not in TEMPERATURE_FITS:
             raise ConfigError(f"temperature_fit must be one of {TEMPERATURE_FITS}")
+        if self.temperature_rows not in TEMPERATURE_ROWS:
+            raise ConfigError(f"temperature_rows must be one of {TEMPERATURE_ROWS}")
         if self.early_stopping_metric not in ("val_loss", "val_f1"):
             raise ConfigError("early_stopping_metric must be val_loss or val_f1")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -167,6 +180,8 @@ class TrainConfig:
             raise ConfigError(f"max-vocab must be at least 3 (<PAD>, <UNK> and one word) or none, got {self.max_vocab}")
         if self.subword_buckets < 0 or not 1 <= self.subword_min_n <= self.subword_max_n:
             raise ConfigError("subword buckets must be >= 0 (0: off) and 1 <= subword-min-n <= subword-max-n")
+        if self.subword_head and not self.subword_buckets:
+            raise ConfigError("--subword-head needs --subword-buckets > 0")
         val, test = self.val_fraction, self.test_fraction
         if not 0 < val < 1 or not 0 < test < 1 or val + test >= 1:
             raise ConfigError("val and test fractions must be in (0, 1) and sum to less than 1")
@@ -204,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SPLITS,
         default=d.split,
         help="random: stratified by category; time: consecutive blocks in file order (train on the earliest "
-        "rows, validate on the next, test on the latest); both: also train and report the time split, "
-        "then ship the random-split model",
+        "rows, validate on the next, test on the latest); unseen: a time block (the latest for seed 1, the one "
+        "before for seed 2, ...) plus every title sharing a word found in at most two titles with it, so its "
+        "rare words are never trained on; both: also train and report the time and unseen splits, then ship "
+        "the random-split model",
     )
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="validation share")
     g.add_argument("--test-fraction", type=float, default=d.test_fraction, help="test share")
@@ -214,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=d.remove_stopwords,
         help="remove NLTK English stopwords (--no-stopwords keeps them)",
+    )
+    g.add_argument(
+        "--keep-parenthesised",
+        action=argparse.BooleanOptionalAction,
+        default=d.keep_parenthesised,
+        help="keep text in parentheses, such as source tags like (AFP) (--no-keep-parenthesised drops it, as the "
+        "lesson does)",
     )
     g.add_argument("--max-vocab", type=_optional_int, default=d.max_vocab, help="vocabulary size cap incl. PAD/UNK")
     g.add_argument("--min-freq", type=int, default=d.min_freq, help="minimum training-split count for a word")
@@ -251,6 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.subword_lsa_init,
         help="with --embedding-init lsa, start each n-gram at the mean LSA vector of the words containing it",
     )
+    g.add_argument(
+        "--subword-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=d.subword_embeddings,
+        help="with --subword-buckets, add each token's n-gram vectors to its word vector (the GRU's input)",
+    )
+    g.add_argument(
+        "--subword-head",
+        action=argparse.BooleanOptionalAction,
+        default=d.subword_head,
+        help="with --subword-buckets, a wide linear head over the title's words and n-grams, added to the logits",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size (per process)")
@@ -264,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_optional_float,
         default=d.ema_decay,
         help="keep an exponential moving average of the weights with this decay per step (None: off)",
+    )
+    g.add_argument(
+        "--head-lr-scale",
+        type=float,
+        default=d.head_lr_scale,
+        help="learning rate of the wide n-gram head (--subword-head) as a multiple of --lr",
     )
     g.add_argument(
         "--class-weights",
@@ -302,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --refit, which validation logits the temperature is fitted on: first: the early-stopped model's "
         "(trained before the refit); crossfit: two models trained like the refit on train + half of val, each "
         "scoring the other half (two more trainings)",
+    )
+    g.add_argument(
+        "--temperature-rows",
+        choices=TEMPERATURE_ROWS,
+        default=d.temperature_rows,
+        help="validation rows the temperature is fitted on: own: the shipped split's; shifted: the unseen-word "
+        "split's, whose rare words the model never saw, as on later news (trains that split too)",
     )
     g = p.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for the split, initialisation and batches")

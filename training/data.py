@@ -308,3 +308,91 @@ def slice_batch(ids: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> tuple
     """Rows of the padded matrix, trimmed to the longest row in the batch."""
     lens = lengths[rows]
     return ids[rows, : int(lens.max())], lens
+
+
+# A word found in at most this many titles of the sample ties them to one part of the split.
+RARE_WORD_TITLES = 2
+
+
+def rare_word_groups(token_lists: Sequence[Sequence[str]], max_titles: int = RARE_WORD_TITLES) -> list[np.ndarray]:
+    """Rows joined into groups by the rare words they share (union-find).
+
+    A word found in at most ``max_titles`` titles links them; a row without such a link is a
+    group of its own.
+    """
+    titles_with: dict[str, list[int]] = {}
+    for row, tokens in enumerate(token_lists):
+        for word in set(tokens):
+            titles_with.setdefault(word, []).append(row)
+    parent = list(range(len(token_lists)))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for rows in titles_with.values():
+        if len(rows) <= max_titles:
+            for other in rows[1:]:
+                parent[root(other)] = root(rows[0])
+    groups: dict[int, list[int]] = {}
+    for row in range(len(token_lists)):
+        groups.setdefault(root(row), []).append(row)
+    return [np.asarray(rows, dtype=np.int64) for rows in groups.values()]
+
+
+def unseen_word_split(
+    token_lists: Sequence[Sequence[str]],
+    labels: Sequence[str],
+    seed: int,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    max_titles: int = RARE_WORD_TITLES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A time block held out with every title that shares a rare word with it.
+
+    News from another month brings words no training title has, and a random split hides
+    that: the sample's other titles about a story land in training. Here the test part is a
+    block of consecutive rows in file order (``seed`` 1 the latest block, 2 the one before,
+    and so on, wrapping round), validation the block before it (after it, for the first
+    block), and every title linked to a block by a word found in at most ``max_titles``
+    titles (:func:`rare_word_groups`) joins that block. So the test and validation rows' rare
+    words are never trained on, and both parts are shifted alike: the temperature fitted on
+    validation meets the same shift on test.
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
+        raise ValueError(f"fractions must be three positive shares summing to 1, got {fractions}")
+    n = len(token_lists)
+    n_test, n_val = int(round(n * fractions[2])), int(round(n * fractions[1]))
+    if min(n_test, n_val, n - n_test - n_val) < 1:
+        raise DataError(f"{n} row(s) are too few for an unseen-word split of train/val/test = {fractions}")
+    block = (seed - 1) % (n // n_test)
+    test_start = n - (block + 1) * n_test
+    val_start = test_start - n_val if test_start >= n_val else test_start + n_test
+    part = np.zeros(n, dtype=np.int64)  # 0 train, 1 val, 2 test
+    part[val_start : val_start + n_val] = 1
+    part[test_start : test_start + n_test] = 2
+    for group in rare_word_groups(token_lists, max_titles):
+        part[group] = part[group].max()
+    train, val, test = (np.flatnonzero(part == k) for k in range(3))
+    missing = sorted(set(labels) - {labels[int(i)] for i in train})
+    if missing:
+        raise DataError(f"category {missing[0]!r} has no row in the unseen-word split's training part; add rows of it")
+    return train, val, test
+
+
+def split_rows(
+    kind: str,
+    labels: Sequence[str],
+    token_lists: Sequence[Sequence[str]],
+    seed: int,
+    fractions: tuple[float, float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of train/val/test for a split ``kind``: "random", "time" or "unseen"."""
+    if kind == "time":
+        return time_split(labels, fractions)
+    if kind == "random":
+        return stratified_split(labels, seed, fractions)
+    if kind == "unseen":
+        return unseen_word_split(token_lists, labels, seed, fractions)
+    raise ValueError(f"unknown split kind {kind!r}")

@@ -18,6 +18,7 @@ from torch import nn
 
 from contract.model import TextClassifier
 from contract.text import PAD_INDEX, UNK_INDEX
+from training.config import FitConfig
 from training.data import BucketBatcher, slice_batch
 from training.distributed import DistContext
 
@@ -155,81 +156,81 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+@dataclass
+class EncodedRows:
+    """Padded token indices ``[N, T]``, their lengths and class targets of one set of rows."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    targets: np.ndarray
+
+
 def fit(
     model: nn.Module,
-    train_ids: np.ndarray,
-    train_lengths: np.ndarray,
-    train_targets: np.ndarray,
-    val_ids: np.ndarray,
-    val_lengths: np.ndarray,
-    val_targets: np.ndarray,
+    train: EncodedRows,
+    val: EncodedRows,
+    config: FitConfig,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    label_smoothing: float,
-    word_dropout: float,
-    grad_clip: float,
-    patience: int,
-    lr_patience: int,
-    lr_factor: float,
-    early_stopping_metric: str,
-    class_weights: torch.Tensor | None,
-    seed: int,
-    device: torch.device,
-    dist: DistContext,
-    progress: bool,
-    log_epoch: Callable[[dict[str, Any]], None] | None = None,
-    ema_decay: float | None = None,
+    dist: DistContext | None = None,
+    class_weights: torch.Tensor | None = None,
     token_table: torch.Tensor | None = None,
     lr_schedule: list[float] | None = None,
+    progress: bool = False,
+    log_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train ``model`` (the bare module) in place and leave the best epoch's weights in it.
 
     Under DDP the wrapped model steps on this rank's shard of the batches; losses and
     validation metrics are averaged over ranks so every rank stops and decays together.
-    With ``ema_decay`` the weights that are validated, kept and returned are an exponential
-    moving average of the trained ones (smoother than any single step's weights).
+    With ``config.ema_decay`` the weights that are validated, kept and returned are an
+    exponential moving average of the trained ones (smoother than any single step's weights).
 
     ``lr_schedule`` replays a learning rate per epoch (a refit on train + val of the epochs an
     earlier run chose): the plateau scheduler and early stopping are off, and the model ends
     with the last epoch's weights, since the "validation" rows are then training rows.
     """
+    dist = dist or DistContext()
+    device = dist.device
     net = dist.wrap(model)
     # The fused kernel updates all parameters in one pass: on CPU the default per-tensor loop
     # over the 1.5M-weight embedding took more time than forward and backward together.
+    head = [p for name, p in model.named_parameters() if name.startswith("head_")]
+    rest = [p for name, p in model.named_parameters() if not name.startswith("head_")]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if head:
+        groups.append({"params": head, "lr": config.lr * config.head_lr_scale, "lr_scale": config.head_lr_scale})
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=lr, weight_decay=weight_decay, fused=device.type in ("cpu", "cuda")
+        groups, lr=config.lr, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda")
     )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=lr_factor, patience=lr_patience
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
     )
     weight = class_weights.to(device) if class_weights is not None else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     # Validation loss without smoothing or weights, so it is comparable across configs.
     val_loss_fn = nn.CrossEntropyLoss()
-    batcher = BucketBatcher(train_lengths, batch_size, seed=seed, rank=dist.rank, world_size=dist.world_size)
-    stopper = EarlyStopping(patience, mode="min" if early_stopping_metric == "val_loss" else "max")
+    batcher = BucketBatcher(
+        train.lengths, config.batch_size, seed=config.seed, rank=dist.rank, world_size=dist.world_size
+    )
+    stopper = EarlyStopping(config.patience, mode="min" if config.early_stopping_metric == "val_loss" else "max")
     result = FitResult()
-    ids_t = torch.from_numpy(train_ids)
-    len_t = torch.from_numpy(train_lengths)
-    y_t = torch.from_numpy(train_targets)
+    ids_t = torch.from_numpy(train.ids)
+    len_t = torch.from_numpy(train.lengths)
+    y_t = torch.from_numpy(train.targets)
     ema = None
-    if ema_decay:
+    if config.ema_decay:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     # The model that is validated and kept: the EMA copy when there is one.
     scored = cast(TextClassifier, ema.module if ema is not None else model)
     started = time.perf_counter()
-    if lr_schedule is not None:
-        epochs = len(lr_schedule)
+    epochs = len(lr_schedule) if lr_schedule is not None else config.epochs
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         if lr_schedule is not None:
             for group in optimizer.param_groups:
-                group["lr"] = lr_schedule[epoch - 1]
+                group["lr"] = lr_schedule[epoch - 1] * group["lr_scale"]
         batcher.set_epoch(epoch)
         batches = batcher.batches()
         bar = _progress(len(batches), f"epoch {epoch}/{epochs}", progress)
@@ -239,7 +240,7 @@ def fit(
             b_len = len_t[rows_t]
             b_ids = features(ids_t[rows_t, : int(b_len.max())], token_table).to(device, non_blocking=True)
             b_y = y_t[rows_t].to(device, non_blocking=True)
-            loss = train_step(net, optimizer, loss_fn, b_ids, b_len, b_y, word_dropout, grad_clip)
+            loss = train_step(net, optimizer, loss_fn, b_ids, b_len, b_y, config.word_dropout, config.grad_clip)
             if ema is not None:
                 ema.update_parameters(model)
             loss_sum += loss * len(rows)
@@ -252,7 +253,7 @@ def fit(
         loss_total, rows_total = dist.all_reduce_sum([loss_sum, float(seen)])
         train_loss = loss_total / rows_total
         val_loss, val_f1, _ = evaluate_split(
-            scored, val_ids, val_lengths, val_targets, device, val_loss_fn, token_table=token_table
+            scored, val.ids, val.lengths, val.targets, device, val_loss_fn, token_table=token_table
         )
         val_loss, val_f1 = dist.all_reduce_mean([val_loss, val_f1])
         lr_now = optimizer.param_groups[0]["lr"]
@@ -272,7 +273,7 @@ def fit(
             stopper.best_epoch = epoch
             continue
         scheduler.step(val_loss)
-        if stopper.step(val_loss if early_stopping_metric == "val_loss" else val_f1, epoch, scored):
+        if stopper.step(val_loss if config.early_stopping_metric == "val_loss" else val_f1, epoch, scored):
             break
     if lr_schedule is None:
         stopper.restore(model)

@@ -1,4 +1,4 @@
-"""Test-split metrics in the lesson's shape, confusion matrix, TF-IDF baseline and PNG plots."""
+"""Test-split metrics in the lesson's shape, confusion matrix and PNG plots."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
-
-BASELINE_NAME = "tfidf_logreg"
-BASELINE_CS = (1.0, 3.0, 10.0, 30.0)
-
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 # Class indices: a list or a numpy array.
 Labels = Sequence[int] | np.ndarray
@@ -34,36 +30,6 @@ def confusion(y_true: Labels, y_pred: Labels, classes: Sequence[str]) -> dict[st
     """Rows are true classes, columns predictions, both in ``labels`` order."""
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
     return {"labels": list(classes), "matrix": matrix.tolist()}
-
-
-def tfidf_baseline(
-    train_texts: Sequence[str],
-    train_y: np.ndarray,
-    val_texts: Sequence[str],
-    val_y: np.ndarray,
-    test_texts: Sequence[str],
-    c: float | None = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """TF-IDF word 1-2 grams + logistic regression on the raw titles; C tuned on val unless given.
-
-    Returns test predictions and ``{"C": ..., "val_f1": ...}``.
-    """
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-    x_train = vectorizer.fit_transform(train_texts)
-    x_val = vectorizer.transform(val_texts)
-    best: tuple[float, float, Any] | None = None
-    for candidate in (c,) if c is not None else BASELINE_CS:
-        clf = LogisticRegression(C=candidate, max_iter=1000)
-        clf.fit(x_train, train_y)
-        score = f1_score(val_y, clf.predict(x_val), average="weighted")
-        if best is None or score > best[0]:
-            best = (float(score), candidate, clf)
-    assert best is not None
-    val_f1, chosen, clf = best
-    return clf.predict(vectorizer.transform(test_texts)), {"C": chosen, "val_f1": val_f1}
 
 
 def _figure_bytes(fig) -> bytes:

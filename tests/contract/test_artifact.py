@@ -94,10 +94,18 @@ def test_artifact_written_before_subwords_and_calibration_still_loads(tmp_path, 
     assert torch.equal(predict_proba(loaded.model, ids, lengths), predict_proba(model, ids, lengths))
 
 
-def test_subword_artifact_rebuilds_its_tokenizer_and_temperature(tmp_path):
+@pytest.mark.parametrize(("embeddings", "head"), [(True, False), (False, True), (True, True)])
+def test_subword_artifact_rebuilds_its_tokenizer_and_temperature(tmp_path, embeddings, head):
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=12, num_classes=3, embedding_dim=8, hidden_dim=8, subword_buckets=64)
+    config = ModelConfig(
+        vocab_size=12, num_classes=3, embedding_dim=8, hidden_dim=8, subword_buckets=64,
+        subword_embeddings=embeddings, subword_head=head,
+    )  # fmt: skip
     model = TextClassifier(config).eval()
+    if head:
+        assert model.head_grams is not None
+        with torch.no_grad():
+            model.head_grams.weight[1:].normal_()  # a trained head, not the zeros it starts at
     model.config = ModelConfig(**{**config.to_dict(), "temperature": 1.7})
     folder = _write(tmp_path, model, "20260101T000000Z-aaaaaa")
     loaded = load_artifact(folder)

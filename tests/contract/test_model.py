@@ -72,8 +72,31 @@ def test_subword_model_handles_padding_and_unseen_words():
 
 def test_subword_model_refuses_word_ids_alone():
     model = _model(subword_buckets=97)
-    with pytest.raises(ValueError, match="subword embeddings"):
+    with pytest.raises(ValueError, match="character n-grams"):
         model(*pad_batch([[2, 3]]))
+
+
+def test_wide_head_adds_a_normalised_bag_of_the_titles_words_and_ngrams():
+    vocab = Vocabulary(["<PAD>", "<UNK>", *WORDS])
+    model = _model(subword_buckets=97, subword_head=True, subword_embeddings=False)
+    assert model.subword_embedding is None and model.head_words is not None and model.head_grams is not None
+    encoder = TextEncoder(PreprocessSettings(), vocab, model.config.subword_hasher())
+    encoded = encoder.encode_many(["Oil prices fall", "Microsofts shares rally today", "zzzz"])
+    ids, lengths = pad_batch(encoded)
+    with torch.no_grad():
+        start = model(ids, lengths)
+        model.head_words.weight[1:].normal_()
+        model.head_grams.weight[1:].normal_()
+        logits = model(ids, lengths)
+    # The head starts at zero (training begins from the recurrent model) and then adds, per
+    # title, the sum of its words' and n-grams' weights over the square root of their count.
+    row = [i for token in encoded[1] for i in token]
+    words = [token[0] for token in encoded[1]]
+    grams = [g for token in encoded[1] for g in token[1:]]
+    expected = (model.head_words.weight[words].sum(0) + model.head_grams.weight[grams].sum(0)) / len(row) ** 0.5
+    assert torch.allclose(logits[1] - start[1], expected, atol=1e-5)
+    for i, one in enumerate(encoded):  # padding adds nothing
+        assert torch.allclose(logits[i], model(*pad_batch([one]))[0], atol=1e-5), i
 
 
 def test_temperature_rescales_probabilities_but_never_the_prediction():

@@ -133,3 +133,13 @@ def test_stopword_removal_default_follows_the_list():
     assert PreprocessSettings(remove_stopwords=False, stopwords=("the",)).remove_stopwords is False
     restored = PreprocessSettings.from_dict(PreprocessSettings(stopwords=("the",)).to_dict())
     assert restored.remove_stopwords is True and restored.stopwords == ("the",)
+
+
+def test_parenthesised_text_is_kept_only_when_asked_and_older_settings_drop_it():
+    title = "Mars rover finds water (SPACE.com)"
+    assert Normalizer(PreprocessSettings()).tokens(title) == ["mars", "rover", "finds", "water"]
+    keep = PreprocessSettings(keep_parenthesised=True)
+    assert Normalizer(keep).tokens(title) == ["mars", "rover", "finds", "water", "space", "com"]
+    assert PreprocessSettings.from_dict(keep.to_dict()) == keep
+    older = {k: v for k, v in keep.to_dict().items() if k != "keep_parenthesised"}
+    assert PreprocessSettings.from_dict(older).keep_parenthesised is False

@@ -471,9 +471,8 @@ def test_batched_equals_single_for_every_model_type(tmp_path: Path, rnn_type: st
 def test_serving_defaults_are_what_training_ships() -> None:
     from contract.model import ModelConfig
     from training.config import TrainConfig
-    from training.pipeline import build_model_config
 
-    assert build_model_config(TrainConfig(), 100, 4) == ModelConfig(100, 4)
+    assert TrainConfig().model_config(100, 4) == ModelConfig(100, 4, subword_buckets=TrainConfig.subword_buckets)
     assert (ModelConfig(100, 4).hidden_dim, ModelConfig(100, 4).pooling) == (64, "last_max")
 
 

@@ -13,12 +13,14 @@ from training.data import (
     DataError,
     encode_matrix,
     fetch_data,
+    rare_word_groups,
     read_dataset,
     sample_rows,
     stratified_halves,
     stratified_split,
     subword_table,
     time_split,
+    unseen_word_split,
 )
 
 
@@ -202,6 +204,43 @@ def test_time_split_names_a_category_missing_from_the_past():
     labels = ["a", "b"] * 400 + ["late"] * 200
     with pytest.raises(DataError, match=r"category 'late' never occurs in the first 700 rows"):
         time_split(labels)
+
+
+def _common_words(n: int) -> list[list[str]]:
+    """Titles of n common words each (every word in many titles), one per row."""
+    return [["stocks", "oil", "team", "chip"][i % 4 : i % 4 + 1] * 2 for i in range(n)]
+
+
+def test_rare_word_groups_join_titles_sharing_a_word_found_in_few_titles():
+    tokens = [["oil", "zorblax"], ["oil"], ["zorblax", "quux"], ["quux", "oil"], ["oil"], ["oil"]]
+    groups = sorted(sorted(g.tolist()) for g in rare_word_groups(tokens, max_titles=2))
+    # zorblax links 0-2 and quux links 2-3; oil is in five titles, so it links nothing.
+    assert groups == [[0, 2, 3], [1], [4], [5]]
+
+
+def test_unseen_split_holds_out_a_time_block_with_its_rare_words():
+    tokens = _common_words(1000)
+    tokens[100].append("zorblax")  # an early title sharing a rare word with the latest block
+    tokens[950].append("zorblax")
+    tokens[200].append("quux")  # with the validation block
+    tokens[800].append("quux")
+    labels = ["a", "b", "c", "d"] * 250
+    train, val, test = unseen_word_split(tokens, labels, seed=1)
+    assert sorted([*train, *val, *test]) == list(range(1000))
+    assert set(range(850, 1000)) | {100} == set(test.tolist())  # seed 1: the latest block
+    assert set(range(700, 850)) | {200} == set(val.tolist())
+    trained = {w for i in train for w in tokens[i]}
+    assert "zorblax" not in trained and "quux" not in trained
+    again = unseen_word_split(tokens, labels, seed=1)
+    assert all(np.array_equal(x, y) for x, y in zip((train, val, test), again, strict=True))
+    _, val2, test2 = unseen_word_split(tokens, labels, seed=2)  # the block before, validated on the one before it
+    assert set(range(700, 850)) <= set(test2.tolist()) and set(range(550, 700)) <= set(val2.tolist())
+
+
+def test_unseen_split_names_a_category_missing_from_training():
+    labels = ["a", "b"] * 425 + ["late"] * 150
+    with pytest.raises(DataError, match=r"category 'late' has no row in the unseen-word split's training part"):
+        unseen_word_split(_common_words(1000), labels, seed=1)
 
 
 def test_subword_table_gives_the_servers_encoding():

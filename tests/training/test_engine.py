@@ -9,9 +9,10 @@ from torch import nn
 
 from contract.model import ModelConfig, TextClassifier
 from contract.text import PAD_INDEX, UNK_INDEX, Vocabulary
+from training.config import FitConfig
 from training.data import encode_matrix
 from training.distributed import DistContext, resolve_device
-from training.engine import EarlyStopping, apply_word_dropout, evaluate_split, fit
+from training.engine import EarlyStopping, EncodedRows, apply_word_dropout, evaluate_split, fit
 
 
 def test_word_dropout_only_replaces_real_tokens_with_unk():
@@ -65,12 +66,13 @@ def test_fit_learns_and_restores_the_best_epoch(ema_decay):
     va_ids, va_len = encode_matrix(val_texts, vocab)
     torch.manual_seed(0)
     model = TextClassifier(ModelConfig(len(vocab), 3, embedding_dim=8, hidden_dim=8, fc_dim=8, pooling="last_max"))
-    result = fit(
-        model, tr_ids, tr_len, train_y, va_ids, va_len, val_y,
+    config = FitConfig(
         epochs=6, batch_size=32, lr=0.01, weight_decay=0.0, label_smoothing=0.0, word_dropout=0.1, grad_clip=1.0,
-        patience=10, lr_patience=1, lr_factor=0.5, early_stopping_metric="val_loss", class_weights=None,
-        seed=0, device=torch.device("cpu"), dist=DistContext(), progress=False, ema_decay=ema_decay,
+        patience=10, lr_patience=1, lr_factor=0.5, seed=0, ema_decay=ema_decay,
     )  # fmt: skip
+    result = fit(
+        model, EncodedRows(tr_ids, tr_len, train_y), EncodedRows(va_ids, va_len, val_y), config, dist=DistContext()
+    )
     assert [h["epoch"] for h in result.history] == list(range(1, 7))
     best = min(result.history, key=lambda h: h["val_loss"])
     assert result.best_epoch == best["epoch"]
@@ -105,12 +107,13 @@ def test_restore_returns_the_best_epochs_weights_when_validation_loss_rises_late
         return next(losses), 0.5, np.zeros(0)
 
     monkeypatch.setattr(engine, "evaluate_split", scripted_validation)
-    result = fit(
-        model, ids, lengths, train_y, ids, lengths, train_y,
+    config = FitConfig(
         epochs=5, batch_size=32, lr=0.01, weight_decay=0.0, label_smoothing=0.0, word_dropout=0.0, grad_clip=1.0,
-        patience=10, lr_patience=10, lr_factor=0.5, early_stopping_metric="val_loss", class_weights=None,
-        seed=0, device=torch.device("cpu"), dist=DistContext(), progress=False,
+        patience=10, lr_patience=10, lr_factor=0.5, seed=0,
     )  # fmt: skip
+    result = fit(
+        model, EncodedRows(ids, lengths, train_y), EncodedRows(ids, lengths, train_y), config, dist=DistContext()
+    )
     assert result.best_epoch == 3 and len(seen) == 5
     final = model.state_dict()
     assert all(torch.equal(final[k], v) for k, v in seen[2].items())  # epoch 3
@@ -128,11 +131,17 @@ def test_replayed_schedule_runs_every_epoch_at_its_rate_and_keeps_the_last_weigh
     model = TextClassifier(ModelConfig(len(vocab), 3, embedding_dim=8, hidden_dim=8, fc_dim=8))
     losses = iter([0.5, 0.9, 1.5, 2.0])  # would stop and restore epoch 1 in a normal run
     monkeypatch.setattr(engine, "evaluate_split", lambda *a, **k: (next(losses), 0.5, np.zeros(0)))
-    result = fit(
-        model, ids, lengths, train_y, ids, lengths, train_y,
+    config = FitConfig(
         epochs=15, batch_size=32, lr=0.01, weight_decay=0.0, label_smoothing=0.0, word_dropout=0.0, grad_clip=1.0,
-        patience=1, lr_patience=0, lr_factor=0.5, early_stopping_metric="val_loss", class_weights=None,
-        seed=0, device=torch.device("cpu"), dist=DistContext(), progress=False, lr_schedule=[0.01, 0.01, 0.005, 0.001],
+        patience=1, lr_patience=0, lr_factor=0.5, seed=0,
     )  # fmt: skip
+    result = fit(
+        model,
+        EncodedRows(ids, lengths, train_y),
+        EncodedRows(ids, lengths, train_y),
+        config,
+        dist=DistContext(),
+        lr_schedule=[0.01, 0.01, 0.005, 0.001],
+    )
     assert [h["lr"] for h in result.history] == [0.01, 0.01, 0.005, 0.001]
     assert result.best_epoch == 4

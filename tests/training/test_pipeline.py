@@ -17,11 +17,10 @@ from contract.artifact import ArtifactError, load_artifact, write_artifact
 from contract.model import pad_batch, predict_proba
 from tests.tolerance import SERVED_ATOL
 from tests.training.conftest import small_csv
-from training import pipeline
+from training import fitting, pipeline
 from training.__main__ import main
 from training.calibration import fit_temperature
 from training.config import DEFAULT_DATA_URL, TrainConfig, build_parser
-from training.engine import predict_logits
 from training.pipeline import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +44,7 @@ def tiny_csv(news_csv, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_csv, tmp_path_factory):
-    """Both splits (the shipped model on the random one), subword embeddings and calibration."""
+    """Every split (the shipped model on the random one), subword embeddings and calibration."""
     return run(tiny_config(tiny_csv, tmp_path_factory.mktemp("artifacts"), split="both", subword_buckets=300))
 
 
@@ -61,22 +60,54 @@ def test_artifact_reproduces_the_in_memory_model(tiny_run):
     assert loaded.labels.classes == ["Business", "Sci/Tech", "Sports", "World"]
 
 
+def test_a_gru_with_the_wide_ngram_head_ships_and_reloads(tiny_csv, tmp_path):
+    config = tiny_config(
+        tiny_csv, tmp_path, plots=False, epochs=2, temperature_rows="own", subword_buckets=300,
+        subword_embeddings=False, subword_head=True, head_lr_scale=10.0,
+    )  # fmt: skip
+    result = run(config)
+    loaded = load_artifact(result.artifact_path)
+    assert loaded.model.head_grams is not None and loaded.model.subword_embedding is None
+    assert torch.count_nonzero(loaded.model.head_grams.weight) > 0  # the head trained
+    ids, lengths = pad_batch(loaded.text_encoder().encode_many(TITLES))
+    device = next(result.model.parameters()).device
+    expected = predict_proba(result.model, ids.to(device), lengths).cpu()
+    assert torch.allclose(predict_proba(loaded.model, ids, lengths), expected, atol=SERVED_ATOL)
+
+
 def test_metrics_report_shape_and_dropped_rows(tiny_run):
     metrics = json.loads((tiny_run.artifact_path / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(tiny_run.metrics))
     assert metrics["data"] == {"rows": 600, "train": 420, "val": 90, "test": 90, "dropped_empty_titles": 3}
-    assert metrics["split"] == "random" and list(metrics["splits"]) == ["time", "random"]
+    assert metrics["split"] == "random" and list(metrics["splits"]) == ["time", "unseen", "random"]
     for summary in metrics["splits"].values():
         assert set(summary) == {
-            "test_f1", "baseline_test_f1", "baseline_train_only_test_f1", "best_epoch", "data", "calibration",
+            "test_f1", "baseline_test_f1", "baseline_train_only_test_f1", "anchor_test_f1", "test_oov_token_rate",
+            "best_epoch", "data", "calibration",
         }  # fmt: skip
         assert set(summary["calibration"]) == {
             "temperature", "ece_before", "ece_after", "nll_before", "nll_after", "ece_noise_floor",
         }  # fmt: skip
     assert metrics["splits"]["random"]["test_f1"] == metrics["test"]["overall"]["f1"]
     assert metrics["splits"]["time"]["test_f1"] != metrics["splits"]["random"]["test_f1"]
+    unseen = metrics["splits"]["unseen"]
+    assert metrics["proxy"] == {
+        "split": "unseen",
+        "test_rows": unseen["data"]["test"],
+        "test_oov_token_rate": unseen["test_oov_token_rate"],
+        "f1": unseen["test_f1"],
+        "ece": unseen["calibration"]["ece_after"],
+        "temperature": unseen["calibration"]["temperature"],
+        "anchor": {"name": "tfidf_word_char_linear_svm", "f1": unseen["anchor_test_f1"]},
+        "baseline": {"name": "tfidf_logreg", "f1": unseen["baseline_test_f1"]},
+    }
+    assert unseen["test_oov_token_rate"] > metrics["splits"]["random"]["test_oov_token_rate"]
     calibration = metrics["calibration"]
-    assert calibration["fitted_on"] == "val" and calibration["bins"] == 15
+    # The shipped temperature is the one fitted on the proxy's shifted validation rows; the
+    # random split's own fit is reported beside it.
+    assert calibration["fitted_on"] == "unseen split val" and calibration["bins"] == 15
+    assert calibration["temperature"] == unseen["calibration"]["temperature"]
+    assert set(calibration["own_val"]) == {"temperature", "test_ece"}
     assert calibration["val_logits_from"] == "first_model"  # the default (bench/calibration_study.py)
     assert (
         calibration["temperature"]
@@ -92,6 +123,7 @@ def test_metrics_report_shape_and_dropped_rows(tiny_run):
         assert perf["overall"]["num_samples"] == 90
         assert sum(c["num_samples"] for c in perf["class"].values()) == 90
     assert metrics["baseline"]["name"] == "tfidf_logreg"
+    assert metrics["anchor"]["fitted_on"] == "train+val" and metrics["anchor"]["test"]["overall"]["num_samples"] == 90
     cm = metrics["confusion_matrix"]
     assert cm["labels"] == list(metrics["test"]["class"]) and sum(map(sum, cm["matrix"])) == 90
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
@@ -195,7 +227,7 @@ def test_config_from_args_round_trip():
 def test_class_weights_favour_rare_classes():
     import numpy as np
 
-    from training.pipeline import class_weight_tensor
+    from training.fitting import class_weight_tensor
 
     weights = class_weight_tensor(np.array([0, 0, 0, 1, 2, 2]), 3)
     assert weights.mean().item() == pytest.approx(1.0)
@@ -204,7 +236,7 @@ def test_class_weights_favour_rare_classes():
 
 def test_lsa_embeddings_put_co_occurring_words_together():
     from contract.text import Vocabulary
-    from training.pipeline import lsa_embeddings
+    from training.embeddings import lsa_embeddings
 
     docs = [["stocks", "shares", "market"], ["shares", "market"], ["goal", "match", "team"], ["match", "team"]] * 5
     vocab = Vocabulary.fit(docs)
@@ -221,15 +253,14 @@ def test_lsa_embeddings_put_co_occurring_words_together():
 
 def test_vocabulary_is_fitted_on_the_training_rows_only(tiny_run, tiny_csv):
     from contract.text import Normalizer
-    from training.data import read_dataset, sample_rows
-    from training.pipeline import split_indices
+    from training.data import read_dataset, sample_rows, split_rows
 
     config = tiny_config(tiny_csv, Path("unused"))
     data = read_dataset(tiny_csv)
     keep = sample_rows(len(data), config.limit_rows, config.seed)
     labels = [data.labels[i] for i in keep]
     tokens = [Normalizer(tiny_run.preprocessing).tokens(data.titles[i]) for i in keep]
-    train, val, test = split_indices("random", labels, config)
+    train, val, test = split_rows("random", labels, tokens, config.seed, config.fractions)
     # With --refit the shipped model's training rows are train + val; never test.
     fit_rows = (*train, *val) if config.refit else tuple(train)
     train_words = {t for i in fit_rows for t in tokens[i]}
@@ -258,7 +289,7 @@ def _spy_fits(monkeypatch) -> tuple[list[tuple], list[tuple]]:
     """Record every model fit (rows trained on, rows scored, lr schedule, the fit) and every cross-fit."""
     fits: list[tuple] = []
     crossfits: list[tuple] = []
-    real_fit, real_crossfit = pipeline._fit_model, pipeline.crossfit_val_logits
+    real_fit, real_crossfit = fitting.fit_model, pipeline.crossfit_val_logits
 
     def fit_model(config, dist, corpus, fit_idx, val_idx, say, lr_schedule=None):
         fitted = real_fit(config, dist, corpus, fit_idx, val_idx, say, lr_schedule)
@@ -270,7 +301,8 @@ def _spy_fits(monkeypatch) -> tuple[list[tuple], list[tuple]]:
         crossfits.append((logits, corpus.targets[val_idx]))
         return logits
 
-    monkeypatch.setattr(pipeline, "_fit_model", fit_model)
+    monkeypatch.setattr(pipeline, "fit_model", fit_model)
+    monkeypatch.setattr(fitting, "fit_model", fit_model)  # the cross-fit's own fits
     monkeypatch.setattr(pipeline, "crossfit_val_logits", crossfit)
     return fits, crossfits
 
@@ -282,7 +314,9 @@ def _stored_temperature(result) -> float:
 def test_crossfit_temperature_comes_from_out_of_fold_models_trained_like_the_refit(tiny_csv, tmp_path, monkeypatch):
     """Each val row is scored by a model that never trained on it, with the refit's schedule."""
     fits, crossfits = _spy_fits(monkeypatch)
-    result = run(tiny_config(tiny_csv, tmp_path, plots=False, epochs=3, temperature_fit="crossfit"))
+    result = run(
+        tiny_config(tiny_csv, tmp_path, plots=False, epochs=3, temperature_fit="crossfit", temperature_rows="own")
+    )
     (train, val, *_), (refit, _, schedule, *_), (fit_a, held_a, sched_a, *_), (fit_b, held_b, sched_b, *_) = fits
     assert refit == train | val and schedule is not None and len(schedule) == result.metrics["best_epoch"]
     assert sched_a == sched_b == schedule
@@ -302,12 +336,14 @@ def test_first_model_temperature_is_fitted_on_its_own_held_out_validation_logits
 ):
     """``first``: the early-stopped model's val logits (the refit model trained on val, so not its own)."""
     fits, crossfits = _spy_fits(monkeypatch)
-    result = run(tiny_config(tiny_csv, tmp_path, plots=False, temperature_fit="first", **overrides))
+    result = run(
+        tiny_config(tiny_csv, tmp_path, plots=False, temperature_fit="first", temperature_rows="own", **overrides)
+    )
     assert len(fits) == models and not crossfits
     _, val_rows, _, first, val_idx, corpus = fits[0]
     assert not val_rows & fits[0][0]
     device = next(first.model.parameters()).device  # where training ran, as the pipeline computed them
-    logits = predict_logits(first.model, first.ids[val_idx], first.lengths[val_idx], device)
+    logits = first.logits(val_idx, device)
     calibration = result.metrics["calibration"]
     assert calibration["val_logits_from"] == source
     assert calibration["temperature"] == fit_temperature(logits, corpus.targets[val_idx]) == _stored_temperature(result)
