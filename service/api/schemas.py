@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from service.http.predict_body import NOT_BLANK
 
 # Examples are real answers of the committed default model (tests/service/test_openapi_examples.py checks them).
-EXAMPLE_VERSION = "20261129T184058Z-040fda"
-EXAMPLE_PROBABILITIES: dict[str, Any] = {"Sports": 0.9453, "World": 0.0356, "Sci/Tech": 0.0105, "Business": 0.0087}
+EXAMPLE_VERSION = "20261203T085432Z-ca7e9b"
+EXAMPLE_PROBABILITIES: dict[str, Any] = {"Sports": 0.9175, "World": 0.0663, "Business": 0.0088, "Sci/Tech": 0.0074}
 
 
 def _predict_request_schema(schema: dict[str, Any]) -> None:
@@ -111,11 +111,11 @@ class ModelInfo(BaseModel):
             "examples": [
                 {
                     "version": EXAMPLE_VERSION,
-                    "created_at": "2026-11-29T18:40:58+00:00",
+                    "created_at": "2026-12-03T08:54:32+00:00",
                     "categories": ["Business", "Sci/Tech", "Sports", "World"],
                     "metrics": {
-                        "test": {"overall": {"precision": 0.8069, "recall": 0.8053, "f1": 0.8047, "num_samples": 1500}},
-                        "best_epoch": 8,
+                        "test": {"overall": {"precision": 0.8164, "recall": 0.8153, "f1": 0.8154, "num_samples": 1500}},
+                        "best_epoch": 4,
                     },
                     "reference": {
                         "split": "test",
@@ -135,7 +135,7 @@ class ModelInfo(BaseModel):
                     },
                     "reference_note": None,
                     "model_config": {
-                        "vocab_size": 9562,
+                        "vocab_size": 9596,
                         "num_classes": 4,
                         "rnn_type": "bigru",
                         "embedding_dim": 100,
@@ -144,17 +144,19 @@ class ModelInfo(BaseModel):
                         "dropout": 0.5,
                         "embedding_dropout": 0.3,
                         "pooling": "last_max",
-                        "subword_buckets": 0,
+                        "subword_buckets": 20000,
                         "subword_min_n": 3,
                         "subword_max_n": 5,
                         "subword_max_per_token": 32,
-                        "temperature": 1.048546,
+                        "subword_embeddings": True,
+                        "subword_head": False,
+                        "temperature": 0.872172,
                     },
                     "preprocessing": {
                         "lowercase": True,
                         "remove_stopwords": False,
                         "stopword_count": 0,
-                        "vocab_size": 9562,
+                        "vocab_size": 9596,
                     },
                     "device": "cpu",
                     "versions": [EXAMPLE_VERSION],
