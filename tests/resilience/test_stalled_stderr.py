@@ -36,27 +36,35 @@ def _dropped(url: str) -> float:
     raise AssertionError("hc_access_log_dropped_lines_total missing from /metrics")
 
 
-def test_a_stalled_stderr_neither_blocks_requests_nor_grows_memory(two_versions: Path) -> None:
+def _serve_with_unread_stderr(artifacts: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    """A server whose stdout and stderr are one pipe nobody reads yet; returns once it is ready
+    (its start-up lines fit in the pipe's buffer)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--artifacts-dir", str(two_versions), "--port", str(port)],
+        [sys.executable, "-m", "service", "--artifacts-dir", str(artifacts), "--port", str(port)],
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, "server exited during start-up"
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                return process, port, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("server not ready")
+        time.sleep(0.1)
+
+
+def test_a_stalled_stderr_neither_blocks_requests_nor_grows_memory(two_versions: Path) -> None:
+    process, port, url = _serve_with_unread_stderr(two_versions)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the start-up lines fit in the pipe's buffer: nothing is read yet
-            assert process.poll() is None, "server exited during start-up"
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready"
-            time.sleep(0.1)
         rss_before = read_rss_kb(process.pid)
         path = "/" + "x" * PATH_CHARS
 
@@ -117,26 +125,8 @@ def test_every_log_record_shares_the_bound_malformed_requests_cannot_grow_memory
     go through the same bounded backlog, so a flood of them costs no memory while stderr is stalled."""
     import socket
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--artifacts-dir", str(two_versions), "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process, port, url = _serve_with_unread_stderr(two_versions)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "server exited during start-up"
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready"
-            time.sleep(0.1)
 
         def malformed(count: int) -> None:
             for _ in range(count):
