@@ -146,25 +146,18 @@ def check_api_image() -> None:
     say(f"API image: torch {out[0]}, no training package, sklearn, nltk or matplotlib")
 
 
+def start_api(name: str, port: int) -> None:
+    """The API image as a container on the host network, one torch thread; returns once healthy."""
+    sh("docker", "run", "-d", "--name", name, "--network", "host", "-e", f"HC_PORT={port}",
+       "-e", "HC_TORCH_THREADS=1", API_IMAGE)  # fmt: skip
+    wait_ready_and_healthy(name, port)
+
+
 def run_api_container() -> None:
     port = free_port()
     name = f"hc-container-stage-{os.getpid()}"
     _cleanups.append(lambda: sh("docker", "rm", "-f", name, check_rc=False))
-    sh(
-        "docker",
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        "host",
-        "-e",
-        f"HC_PORT={port}",
-        "-e",
-        "HC_TORCH_THREADS=1",
-        API_IMAGE,
-    )
-    wait_ready_and_healthy(name, port)
+    start_api(name, port)
 
     uid = sh("docker", "exec", name, "id", "-u").strip()
     check(uid not in ("", "0"), f"API runs as uid {uid}")
@@ -182,21 +175,7 @@ def run_api_container() -> None:
     shutdown_under_load(name, port)
     for _ in range(1, int(os.environ.get("CONTAINER_SHUTDOWN_RUNS", "1"))):
         sh("docker", "rm", "-f", name)
-        sh(
-            "docker",
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "host",
-            "-e",
-            f"HC_PORT={port}",
-            "-e",
-            "HC_TORCH_THREADS=1",
-            API_IMAGE,
-        )
-        wait_ready_and_healthy(name, port)
+        start_api(name, port)
         shutdown_under_load(name, port)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import logging.handlers
 import threading
 import time
 from pathlib import Path
@@ -146,15 +147,23 @@ class _StalledStream(io.StringIO):
         return super().write(text)
 
 
-def test_a_stalled_stderr_costs_bounded_memory_and_the_drops_are_counted_and_reported(
-    monkeypatch: pytest.MonkeyPatch, captured: io.StringIO
-) -> None:
-    cap = 64 * 1024
+def _stalled_logging(
+    monkeypatch: pytest.MonkeyPatch, cap: int
+) -> tuple[_StalledStream, logging.handlers.QueueListener, logs.AccessBuffer]:
+    """Logging set up onto a stream that blocks until drained, with a backlog cap of ``cap`` bytes."""
     monkeypatch.setattr(logs, "ACCESS_BACKLOG_BYTES", cap)
     stream = _StalledStream()
     listener = logs.setup_logging("info", stream)
     buffer = logs._access_buffer
     assert buffer is not None
+    return stream, listener, buffer
+
+
+def test_a_stalled_stderr_costs_bounded_memory_and_the_drops_are_counted_and_reported(
+    monkeypatch: pytest.MonkeyPatch, captured: io.StringIO
+) -> None:
+    cap = 64 * 1024
+    stream, listener, buffer = _stalled_logging(monkeypatch, cap)
     write = logs.access_writer()
     long_path = "/" + "p" * 1000  # ~1.2 KB per line
     backlog: list[int] = []
@@ -188,11 +197,7 @@ def test_every_record_shares_the_one_backlog_bound_and_its_drops_are_counted_and
     """Not only access lines: warnings and errors from any thread queue into the same bounded
     backlog, so a flood of bad requests cannot grow memory while stderr is stalled."""
     cap = 64 * 1024
-    monkeypatch.setattr(logs, "ACCESS_BACKLOG_BYTES", cap)
-    stream = _StalledStream()
-    listener = logs.setup_logging("info", stream)
-    buffer = logs._access_buffer
-    assert buffer is not None
+    stream, listener, buffer = _stalled_logging(monkeypatch, cap)
     log = logging.getLogger("service")
     backlog = []
     for i in range(2000):  # ~0.8 MB of records while nothing drains
