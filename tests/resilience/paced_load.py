@@ -5,6 +5,8 @@ latency counts from that moment, so a stall shows up as latency instead of as fe
 (a closed-loop client would quietly slow down with the server). Each request's wall-clock due
 time, latency and outcome (the status code, or the error's class name) go to stdout as one
 JSON document, so a test can cut the run into the windows before and during an event.
+SIGTERM ends the schedule early (requests already due are still sent and counted), so a test
+can stop the load when its event is over instead of guessing the event's length up front.
 No retries: every error a client would see counts. Raw asyncio streams with pre-encoded
 requests keep the client's own cost small (an HTTP library's per-request overhead would
 show up as latency on a small machine).
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -65,8 +68,12 @@ async def run(
     queue: asyncio.Queue[tuple[int, float, float] | None] = asyncio.Queue()
     results: list[Result] = []
     workers = [asyncio.create_task(_worker(port, queue, requests, timeout_s, results)) for _ in range(connections)]
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     started, wall_start = time.monotonic(), time.time()
     for i in range(int(rate * duration_s)):
+        if stop.is_set():
+            break
         due = started + i / rate
         delay = due - time.monotonic()
         if delay > 0:
@@ -82,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.resilience.paced_load")
     parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
     parser.add_argument("--rate", type=float, required=True, help="requests per second")
-    parser.add_argument("--duration", type=float, required=True, help="seconds")
+    parser.add_argument("--duration", type=float, required=True, help="seconds at most (SIGTERM ends it sooner)")
     parser.add_argument("--bodies", type=Path, required=True, help="one JSON body per line, cycled")
     parser.add_argument(
         "--connections", type=int, default=32, help="keep-alive connections (requests wait for a free one)"
