@@ -276,9 +276,7 @@ class Endpoint:
             return None
         return body
 
-    async def _error(
-        self, send: Send, exc: ServiceError, headers: list[tuple[bytes, bytes]], v2: bool = False
-    ) -> int:
+    async def _error(self, send: Send, exc: ServiceError, headers: list[tuple[bytes, bytes]], v2: bool = False) -> int:
         answer = self.errors.render(exc, v2)
         if answer.status == CLIENT_GONE:
             return CLIENT_GONE

@@ -122,6 +122,52 @@ class BodyBudget:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
 
+class OneWriteTransport:
+    """The transport a request cycle writes through: a response's head waits for its body.
+
+    uvicorn writes the status line and headers with one ``write`` and the body with another,
+    and uvloop sends each at once: two ``send`` calls per response, and two reads for the
+    client. Here the head is held until the first body write (or the response's end, the
+    connection's close, or the end of this loop iteration at the latest), and both leave in
+    one ``writelines``, which uvloop sends with one system call and no copy.
+    """
+
+    __slots__ = ("_transport", "_loop", "_head")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.writelines((head, data))
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):  # a response head
+            self._head = data
+            self._loop.call_soon(self.flush)  # a head is never held past this iteration
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Send a held head now."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of :class:`ConnectionLimits`.
 
@@ -148,10 +194,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._fed_body = 0
         self._failed = False
         self._deferred: bytes | None = None  # error to send once earlier responses are out
+        self._writer: OneWriteTransport | None = None
 
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._writer = OneWriteTransport(transport, self.loop)
         self._last_read = self.loop.time()
         if len(self.connections) > self.limits.max_connections:
             victim = self._victim()
@@ -258,6 +306,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = None
         self._awaiting_body = True
         super().on_headers_complete()
+        if self.cycle is not None and self._writer is not None:
+            self.cycle.transport = self._writer  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         self._fed_body += len(body)
@@ -284,6 +334,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()  # a response without a body write (HEAD) is complete now
         if self._awaiting_body and self.cycle is not None and self.cycle.response_complete:
             # Answered before the body was read (e.g. 413): do not read the rest of it.
             self.transport.close()
@@ -315,9 +367,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.message_event.set()
             self._write_and_close(self.errors.raw(error))
         else:
-            self.transport.close()
+            (self._writer or self.transport).close()  # what was sent of the response goes first
 
     def _write_and_close(self, response: bytes) -> None:
+        if self._writer is not None:
+            self._writer.flush()
         if not self.transport.is_closing():
             self.transport.write(response)
             self.transport.close()
@@ -511,7 +565,7 @@ _PROTOCOL_INTERNALS = (
     "on_message_complete",
     "on_response_complete",
 )
-_CYCLE_INTERNALS = ("disconnected", "message_event", "response_complete", "response_started")
+_CYCLE_INTERNALS = ("disconnected", "message_event", "response_complete", "response_started", "transport")
 _SERVER_INTERNALS = ("servers", "server_state", "force_exit", "should_exit", "startup", "shutdown", "handle_exit")
 
 

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ from service.errors import (
     ReloadFailed,
 )
 from service.inference import batching
-from service.inference.batching import Batcher
+from service.inference.batching import Batcher, ModelThread
 from service.inference.gc_tuning import freeze_new_objects, settle_garbage_collector
 from service.inference.model_host import ModelHost, ModelProcessLost, load_predictor
 from service.inference.predictor import Prediction, Predictor
@@ -61,7 +60,7 @@ class ModelService:
         self.table: VersionTable | None = None
         self.ready = False  # loaded and warm
         self.draining = False  # shutdown started: readiness answers 503
-        self._executor: ThreadPoolExecutor | None = None  # the one model thread, shared by every lane
+        self._executor: ModelThread | None = None  # the one model thread, shared by every lane
         self._reload_lock = asyncio.Lock()
         self._warmup: asyncio.Task[None] | None = None
         self._loading: asyncio.Task[None] | None = None
@@ -113,7 +112,7 @@ class ModelService:
             loaded = await asyncio.to_thread(
                 load_predictor, settings.artifacts_dir, settings.version, settings.device, self.model_host
             )
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._executor = ModelThread()
         self.table = VersionTable(self._lane(loaded))
         self._serve(loaded)
         try:

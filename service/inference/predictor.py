@@ -82,6 +82,12 @@ class Predictor:
         self.version = artifact.version
         self.observer: PredictionObserver | None = None
 
+    @property
+    def computes_lone_text_here(self) -> bool:
+        """A single text is computed in this process, on the CPU: cheap enough to run on the
+        event loop when the model is otherwise idle (see service/inference/batching.py)."""
+        return self.device.type == "cpu"
+
     @classmethod
     def load(cls, artifacts_dir: str | os.PathLike[str], version: str = "latest", device: str = "auto") -> Predictor:
         """Resolve ``version`` in ``artifacts_dir``, verify and load it; raises ArtifactError."""

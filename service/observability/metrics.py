@@ -1,11 +1,18 @@
-"""Prometheus metrics on a per-app CollectorRegistry (several apps can live in one process)."""
+"""Prometheus metrics on a per-app CollectorRegistry (several apps can live in one process).
+
+The metrics every request touches (requests, latency, in flight, queue wait and depth) are
+plain numbers the event loop adds to and the registry reads at scrape time: a
+prometheus_client metric takes a lock per update, several microseconds per request in all.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from service.observability.drift import DriftCollector
 from service.observability.logs import dropped_access_lines, dropped_log_records
@@ -18,21 +25,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "hc_http_requests_total",
-            "HTTP requests by route and status code",
-            ["route", "method", "status"],
-            registry=r,
+        self.requests = LoopCounter(
+            "hc_http_requests", "HTTP requests by route and status code", ("route", "method", "status"), r
         )
-        self.latency = Histogram(
-            "hc_http_request_duration_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        self.latency = LoopHistogram(
+            "hc_http_request_duration_seconds", "HTTP request latency", ("route",), LATENCY_BUCKETS, r
         )
-        self.in_flight = Gauge("hc_http_requests_in_flight", "HTTP requests being handled", ["route"], registry=r)
-        self.queue_wait = Histogram(
-            "hc_batch_queue_wait_seconds",
-            "Time a request waited before its batch started",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.in_flight = LoopGauge("hc_http_requests_in_flight", "HTTP requests being handled", ("route",), r)
+        self.queue_wait = LoopHistogram(
+            "hc_batch_queue_wait_seconds", "Time a request waited before its batch started", (), LATENCY_BUCKETS, r
         )
         self.compute = Histogram(
             "hc_batch_compute_seconds", "Model time per batch (encode + forward)", buckets=LATENCY_BUCKETS, registry=r
@@ -41,7 +42,7 @@ class Metrics:
         self.batch_requests = Histogram(
             "hc_batch_size_requests", "Requests merged per batch", buckets=BATCH_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("hc_queue_depth_texts", "Texts waiting for the model", registry=r)
+        self.queue_depth = LoopGauge("hc_queue_depth_texts", "Texts waiting for the model", (), r)
         self.model_info = Info("hc_model", "The model version being served", registry=r)
         self.model_loaded = Gauge("hc_model_loaded_timestamp_seconds", "When the served model was loaded", registry=r)
         self.reloads = Counter("hc_model_reloads_total", "Model reload attempts by outcome", ["outcome"], registry=r)
@@ -96,10 +97,10 @@ class Metrics:
         self.compute.observe(compute_s)
 
     def observe_queue_wait(self, seconds: float) -> None:
-        self.queue_wait.observe(seconds)
+        self.queue_wait.child.observe(seconds)
 
     def set_queue_depth(self, texts: int) -> None:
-        self.queue_depth.set(texts)
+        self.queue_depth.child.value = texts
 
     def count_dropped(self, reason: str) -> None:
         self.dropped.labels(reason).inc()
@@ -110,6 +111,136 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# -- metrics updated on the event loop only ---------------------------------------------------
+class _Value:
+    """One labelled series of a counter or gauge: a plain number."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: float = 0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+class _Buckets:
+    """One labelled series of a histogram: a count per bucket (not cumulative) and the sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # "le": value <= bound
+        self.total += value
+
+
+S = TypeVar("S", _Value, _Buckets)
+
+
+class _LoopMetric(Generic[S]):
+    """A metric family whose series only the event loop's thread updates; read at scrape time."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str],
+        registry: CollectorRegistry,
+        new: Callable[[], S],
+    ) -> None:
+        self.name, self.documentation, self.label_names = name, documentation, tuple(labels)
+        self.series: dict[tuple[str, ...], S] = {}
+        self._new: Callable[[], S] = new
+        if not self.label_names:
+            self.labels()  # an unlabelled series is exported at 0 from the start
+        registry.register(self)  # type: ignore[arg-type]  # collect() is on each subclass
+
+    def labels(self, *values: str) -> S:
+        """The series for these label values (created at 0 on first use, as prometheus_client does)."""
+        key = tuple(str(v) for v in values)
+        if len(key) != len(self.label_names):
+            raise ValueError(f"{self.name}: expected labels {self.label_names}, got {key}")
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = self._new()
+        return series
+
+    @property
+    def child(self) -> S:
+        """The one series of an unlabelled metric."""
+        return self.labels()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class LoopCounter(_LoopMetric[_Value]):
+    """A counter (exposed as ``<name>_total``)."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry) -> None:
+        super().__init__(name, documentation, labels, registry, _Value)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
+        for key, series in list(self.series.items()):
+            family.add_metric(key, series.value)
+        yield family
+
+
+class LoopGauge(_LoopMetric[_Value]):
+    """A gauge."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry) -> None:
+        super().__init__(name, documentation, labels, registry, _Value)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.label_names)
+        for key, series in list(self.series.items()):
+            family.add_metric(key, series.value)
+        yield family
+
+
+class LoopHistogram(_LoopMetric[_Buckets]):
+    """A histogram with fixed buckets."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.bounds = tuple(sorted(buckets))
+        super().__init__(name, documentation, labels, registry, lambda: _Buckets(self.bounds))
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+        for key, series in list(self.series.items()):
+            cumulative, running = [], 0
+            for bound, count in zip((*self.bounds, float("inf")), list(series.counts), strict=True):
+                running += count
+                cumulative.append((_le(bound), running))
+            family.add_metric(list(key), cumulative, sum_value=series.total)
+        yield family
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus_client writes it (``0.005``, ``10.0``, ``+Inf``)."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 class _Answers:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -704,3 +705,86 @@ def test_a_batch_with_an_outlier_length_runs_in_length_groups(
     together = predictor.predict(texts).probabilities
     assert sorted(calls) == [1, 6], calls
     np.testing.assert_allclose(together, np.array(alone), atol=1e-6)
+
+
+class ThreadRecorder:
+    """A real predictor that can compute a lone text in this process; records the thread of each batch."""
+
+    computes_lone_text_here = True
+
+    def __init__(self, inner: Predictor, delay_s: float = 0.0) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+        self.threads: list[tuple[int, str]] = []  # (texts, thread name) per batch
+
+    def predict(self, texts: Sequence[str], *, observe: bool = True) -> Prediction:
+        self.threads.append((len(texts), threading.current_thread().name))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self.inner.predict(texts, observe=observe)
+
+
+def test_a_lone_text_on_an_idle_model_is_computed_on_the_event_loop(predictor: Predictor) -> None:
+    model = ThreadRecorder(predictor)
+
+    async def main() -> tuple[Prediction, str]:
+        batcher = Batcher(lambda: model, max_batch_size=64, max_wait_ms=LONG_WAIT_MS, max_queue_size=1024)  # type: ignore[arg-type, return-value]
+        batcher.start()
+        result = await asyncio.wait_for(batcher.submit(["Oil prices"]), NEVER)
+        await batcher.stop()
+        return result, threading.current_thread().name
+
+    result, loop_thread = asyncio.run(main())
+    assert model.threads == [(1, loop_thread)]
+    np.testing.assert_allclose(result.probabilities, predictor.predict(["Oil prices"]).probabilities, atol=1e-6)
+
+
+def test_requests_that_arrive_together_still_form_one_batch_on_the_model_thread(predictor: Predictor) -> None:
+    model = ThreadRecorder(predictor)
+    texts = distinct_texts(8)
+
+    async def main() -> list[Prediction]:
+        batcher = Batcher(lambda: model, max_batch_size=64, max_wait_ms=LONG_WAIT_MS, max_queue_size=1024)  # type: ignore[arg-type, return-value]
+        batcher.start()
+        results = await asyncio.wait_for(asyncio.gather(*(batcher.submit([t]) for t in texts)), NEVER)
+        await batcher.stop()
+        return list(results)
+
+    results = asyncio.run(main())
+    assert model.threads == [(8, "model_0")]
+    assert_own_answers(texts, results, predictor)
+
+
+def test_a_lone_text_waits_for_the_model_thread_while_it_has_other_work(predictor: Predictor) -> None:
+    model = ThreadRecorder(predictor)
+    gate = threading.Event()
+
+    async def main() -> None:
+        batcher = Batcher(lambda: model, max_batch_size=64, max_wait_ms=LONG_WAIT_MS, max_queue_size=1024)  # type: ignore[arg-type, return-value]
+        batcher.start()
+        busy = asyncio.ensure_future(batcher.run_on_model_thread(gate.wait, NEVER))  # e.g. a reload's load
+        await queued()
+        request = asyncio.ensure_future(batcher.submit(["Oil prices"]))
+        await queued()
+        assert not request.done()
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(busy, request), NEVER)
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert model.threads == [(1, "model_0")]
+
+
+def test_a_deadline_that_passes_while_the_loop_computes_is_still_a_timeout(predictor: Predictor) -> None:
+    model = ThreadRecorder(predictor, delay_s=0.05)
+
+    async def main() -> None:
+        batcher = Batcher(lambda: model, max_batch_size=64, max_wait_ms=LONG_WAIT_MS, max_queue_size=1024)  # type: ignore[arg-type, return-value]
+        batcher.start()
+        with pytest.raises(DeadlineExceeded) as raised:
+            await asyncio.wait_for(batcher.submit(["Oil prices"], timeout=0.01), NEVER)
+        assert raised.value.computed
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert len(model.threads) == 1 and model.threads[0][1] != "model_0"

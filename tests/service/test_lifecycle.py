@@ -37,6 +37,10 @@ class Holding(Predictor):
     gate: threading.Event
     held: threading.Semaphore
 
+    @property
+    def computes_lone_text_here(self) -> bool:
+        return False  # a held batch must hold the model thread, never the event loop
+
     def predict(self, texts: Sequence[str], *, observe: bool = True) -> Prediction:
         if any("hold" in t for t in texts):
             self.held.release()
@@ -111,6 +115,8 @@ def test_running_batch_finishes_on_the_old_model_during_a_reload(
 
     monkeypatch.setattr(Predictor, "load", staticmethod(recording_load))
     monkeypatch.setattr(Predictor, "predict", recording_predict)
+    # A lone text on an idle model runs on the event loop; here every forward pass is recorded.
+    monkeypatch.setattr(Predictor, "computes_lone_text_here", property(lambda self: False))
     predictor = holding(two_versions)
     threads.clear()
     settings = make_settings(two_versions, version=V1, warmup=True, admin_token=TOKEN, model_process=False)
