@@ -46,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import uvicorn
 
-    uvicorn.run(app, host=args.host, port=args.port, http="httptools", loop="uvloop", access_log=False, log_level="warning")
+    uvicorn.run(
+        app, host=args.host, port=args.port, http="httptools", loop="uvloop", access_log=False, log_level="warning"
+    )
     return 0
 
 

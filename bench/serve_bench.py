@@ -6,6 +6,8 @@ machine's other work therefore hits every server alike, so the ratios of one run
 on a busy machine (absolute req/s do not). Each slice also reads the server's CPU time from
 /proc: microseconds of CPU (all threads, and the event-loop thread alone) per request.
 
+0. the service beside the HTTP stack's own floor (bench/floor_compare.py: a bare uvicorn app,
+   wrk at 64/256/1 connections and a plain http.client keep-alive loop; ``--skip-floor``);
 1. ``POST /predict`` with one real headline at 1, 8, 16, 32, 64, 128 and 256 clients against:
    this service with its defaults (access log on), with ``--no-access-log``, with batching
    off (``--max-batch-size 1``), and the reference FastAPI + 2 ms micro-batcher in
@@ -743,6 +745,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, default=2, help="replicas for the scale-out point (0: skip)")
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--skip-overload", action="store_true")
+    parser.add_argument("--skip-floor", action="store_true", help="skip the floor comparison (bench/floor_compare.py)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s slices, 1 round, clients 1,64")
     parser.add_argument(
         "--access-log",
@@ -795,6 +798,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         artifacts_dir, described = find_artifacts(args.artifacts_dir, titles, scratch)
         results["model"] = described
         print(f"model {described}; load generator {engine}; {args.rounds} x {args.duration:g} s per point", flush=True)
+        if not args.skip_floor:  # first: the service beside the HTTP stack's own floor, as a user meets both
+            from bench.floor_compare import compare, report
+
+            results["floor"] = compare(artifacts_dir, rounds=args.rounds, seconds=max(args.duration, 1.0))
+            print(report(results["floor"]), flush=True)
         bench = Bench(args, artifacts_dir, scratch, titles)
         bench.run_curves()
         results["in_process"] = bench.run_texts()
@@ -816,6 +824,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print()
     print(f"machine: {results['machine']}  ({results['note']})")
     print(results["markdown"])
+    if "floor" in results:
+        print("\nThe service beside the HTTP stack's floor (wrk and http.client, medians):")
+        print(report(results["floor"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {args.out}" + (f" and {plotted}" if plotted else ""))

@@ -1,0 +1,242 @@
+"""The service beside the HTTP stack's own floor, measured the way a user meets both.
+
+Two servers run side by side: ``python -m service`` with its defaults (access log on) and
+``bench/floor_app.py`` (uvicorn + httptools + uvloop answering a fixed ``/predict``-shaped JSON
+document). Every point is measured on both in turn, ``--rounds`` times, and reported as the
+median with the ratio beside it, so the machine's other work hits both alike:
+
+- ``wrk`` (a C client: its own cost is small) at 64 and 256 connections and at 1 connection,
+  one real headline per request: req/s, p50, p99, non-2xx answers and socket errors;
+- a plain ``http.client`` keep-alive loop, one request at a time: p50 and p99 as a Python
+  client sees them (its own cost included: the floor's figure shows how much that is);
+- the CPU each server's processes spent per request (the model process included).
+
+    python -m bench.floor_compare                    # artifacts/, 3 rounds
+    python -m bench.serve_bench                      # runs this first, then its own points
+
+Without ``wrk`` on the PATH only the ``http.client`` points are measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.proc_stats import tree_cpu_s
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" / "news_10k.csv"))
+WRK_POINTS = (64, 256, 1)
+HEADLINE = "Stocks rally as oil prices fall on hopes of a deal"
+
+
+def _free_port() -> int:
+    from tests.service.live_server import free_port
+
+    return free_port()
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], port: int, log: Path, ready_path: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``cmd`` and wait until ``ready_path`` answers 200; stop it on exit."""
+    with log.open("wb") as fh:
+        process = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{cmd[2]} exited with {process.returncode}: {log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                conn.request("GET", ready_path)
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNIT[unit]
+
+
+def run_wrk(port: int, connections: int, seconds: float, body: str) -> dict[str, float]:
+    """One ``wrk`` run against ``POST /predict``: req/s, p50/p99 in ms, non-2xx and socket errors."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
+        )
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
+             f"http://127.0.0.1:{port}/predict"],
+            capture_output=True, text=True, check=True, timeout=seconds + 60,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script.name)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "socket_errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
+    }
+
+
+def run_http_client(port: int, requests: int, body: str) -> dict[str, float]:
+    """A plain ``http.client`` keep-alive loop, one request at a time: p50/p99 in ms."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    payload, headers = body.encode(), {"Content-Type": "application/json"}
+    latencies = []
+    for i in range(requests + 100):  # the first 100 warm the connection and both ends
+        started = time.perf_counter()
+        conn.request("POST", "/predict", payload, headers)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"http.client got {response.status}")
+        if i >= 100:
+            latencies.append(time.perf_counter() - started)
+    conn.close()
+    latencies.sort()
+    return {
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+        "rps": len(latencies) / sum(latencies),
+    }
+
+
+def measure(pid: int, point: str, port: int, seconds: float, body: str, requests: int) -> dict[str, float]:
+    """One point on one server, with its processes' CPU per request."""
+    cpu = tree_cpu_s(pid)
+    if point == "http.client":
+        result = run_http_client(port, requests, body)
+        count = requests + 100
+    else:
+        result = run_wrk(port, int(point.split("-c")[1]), seconds, body)
+        count = int(result["requests"])
+    result["cpu_us_per_request"] = (tree_cpu_s(pid) - cpu) / max(1, count) * 1e6
+    return result
+
+
+def compare(
+    artifacts_dir: Path,
+    rounds: int = 3,
+    seconds: float = 5.0,
+    requests: int = 2000,
+    points: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Every point on the service and on the floor app, interleaved; medians and ratios."""
+    have_wrk = shutil.which("wrk") is not None
+    if points is None:
+        points = [*(f"wrk-c{c}" for c in WRK_POINTS if have_wrk), "http.client"]
+    if not have_wrk:
+        print("note: wrk not found (apt-get install wrk): measuring http.client only", flush=True)
+    body = json.dumps({"text": HEADLINE})
+    scratch = Path(tempfile.mkdtemp(prefix="floor-"))
+    ports = {"service": _free_port(), "floor": _free_port()}
+    service_args = ["--artifacts-dir", str(artifacts_dir), "--port", str(ports["service"])]
+    commands = {
+        "service": [sys.executable, "-m", "service", *service_args],
+        "floor": [sys.executable, "-m", "bench.floor_app", "--port", str(ports["floor"])],
+    }
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {name: {p: [] for p in points} for name in commands}
+    with (
+        server(commands["service"], ports["service"], scratch / "service.log", "/health/ready") as service,
+        server(commands["floor"], ports["floor"], scratch / "floor.log", "/predict") as floor,
+    ):
+        pids = {"service": service.pid, "floor": floor.pid}
+        for name in commands:  # warm both ends
+            run_http_client(ports[name], 500, body)
+        for r in range(rounds):
+            for point in points:
+                for name in ("service", "floor") if r % 2 == 0 else ("floor", "service"):
+                    runs[name][point].append(measure(pids[name], point, ports[name], seconds, body, requests))
+                    print(f"round {r + 1} {point:12s} {name:8s} {_line(runs[name][point][-1])}", flush=True)
+    medians = {name: {p: _median(v) for p, v in by_point.items()} for name, by_point in runs.items()}
+    ratios = {
+        p: {
+            "rps": medians["service"][p]["rps"] / medians["floor"][p]["rps"],
+            "p50_minus_floor_ms": medians["service"][p]["p50_ms"] - medians["floor"][p]["p50_ms"],
+        }
+        for p in points
+    }
+    return {"points": list(points), "medians": medians, "ratios": ratios, "runs": runs, "load_avg": os.getloadavg()}
+
+
+def _median(values: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(v[key] for v in values) for key in values[0]}
+
+
+def _line(m: dict[str, float]) -> str:
+    extra = f" non-2xx {m['non_2xx']:.0f} errors {m['socket_errors']:.0f}" if "non_2xx" in m else ""
+    return (
+        f"{m['rps']:9.0f} req/s  p50 {m['p50_ms']:6.3f} ms  p99 {m['p99_ms']:6.2f} ms  "
+        f"CPU {m['cpu_us_per_request']:6.1f} us/req{extra}"
+    )
+
+
+def report(result: dict[str, Any]) -> str:
+    """The table: each point on the service and the floor, and the ratio."""
+    lines = [
+        "",
+        "| point | server | req/s | p50 ms | p99 ms | CPU µs/request | service ÷ floor req/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for point in result["points"]:
+        for name in ("service", "floor"):
+            m = result["medians"][name][point]
+            ratio = f"{result['ratios'][point]['rps']:.2f}×" if name == "service" else ""
+            lines.append(
+                f"| {point} | {name} | {m['rps']:,.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.2f} | "
+                f"{m['cpu_us_per_request']:.0f} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor_compare", description=__doc__.split("\n")[0])
+    parser.add_argument("--artifacts-dir", type=Path, default=ROOT / "artifacts")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per http.client run")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "floor_compare.json")
+    args = parser.parse_args(argv)
+    result = compare(args.artifacts_dir, args.rounds, args.seconds, args.requests)
+    print(report(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
