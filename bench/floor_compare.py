@@ -94,7 +94,7 @@ def run_wrk(port: int, connections: int, seconds: float, body: str) -> dict[str,
         )
     try:
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name,
+            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script.name,
              f"http://127.0.0.1:{port}/predict"],
             capture_output=True, text=True, check=True, timeout=seconds + 60,
         ).stdout  # fmt: skip
