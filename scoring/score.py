@@ -29,15 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TextIO
 
-import numpy as np
-import torch
+from contract.artifact import ArtifactError, resolve_version
 
-from contract.artifact import ArtifactError
-from service.inference.predictor import Predictor
-from service.inference.threads import available_cpus
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # this process never imports torch: the model runs in scoring.model_process
     from _csv import Writer as CsvWriter
+
+    import numpy as np
+
+    from service.inference.predictor import Predictor
 
 EXIT_BAD_INPUT = 2
 EXIT_BAD_MODEL = 1
@@ -261,6 +260,8 @@ class _Chunk:
         cls, pool: ThreadPoolExecutor, predictor: Predictor, records: list[list[str]], text_index: int, batch_size: int
     ) -> _Chunk:
         """Encode once, sort by length, queue same-length batches on ``pool``."""
+        import numpy as np
+
         encode = predictor.encoder.encode
         encoded = [encode(record[text_index]) for record in records]
         sequences = [ids for ids, _ in encoded]
@@ -374,33 +375,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         from scoring.ray_engine import run_cli
 
         return run_cli(args)
+    from scoring.local_engine import ModelUnusable, score_local
+    from service.inference.threads import available_cpus
+
     try:
         check_paths(args.input, args.output)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    workers = args.threads or available_cpus()
-    torch.set_num_threads(1)
     try:
-        predictor = Predictor.load(args.artifacts_dir, args.version, args.device)
-    except ArtifactError as exc:
-        print(f"error: cannot load model from {args.artifacts_dir}: {exc}", file=sys.stderr)
-        return EXIT_BAD_MODEL
-    predictor.max_group = max(predictor.max_group, args.batch_size)
-    try:
-        summary = score_file(
-            predictor,
+        folder = resolve_version(args.artifacts_dir, args.version)
+        summary, version = score_local(
+            folder,
             args.input,
             args.output,
             text_column=args.text_column,
             batch_size=args.batch_size,
             chunk_rows=args.chunk_rows,
-            workers=workers,
+            workers=args.threads or available_cpus(),
+            device=args.device,
         )
+    except (ArtifactError, ModelUnusable) as exc:
+        print(f"error: cannot load model from {args.artifacts_dir}: {exc}", file=sys.stderr)
+        return EXIT_BAD_MODEL
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print_summary(summary, predictor.version)
+    print_summary(summary, version)
     return 0
 
 

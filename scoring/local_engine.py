@@ -1,0 +1,244 @@
+"""Local scoring in two processes: this one reads, tokenises and writes; a model process computes.
+
+This process never imports torch. It starts the model process first (which spends its first
+second or two importing torch and loading the artifact), reads the artifact's text settings
+itself, and meanwhile reads and tokenises the first chunks; they go to the model process once
+it is ready, and the answers come back chunk by chunk, in order, to be written while later
+chunks compute. At most ``IN_FLIGHT_CHUNKS`` chunks are held at once, so memory stays flat.
+
+The output is the in-process engine's (``scoring.score.score_file``), byte for byte: the same
+chunks, the same same-length batches and the same forward pass (a test compares the files).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import os
+import sys
+import time
+from array import array
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TextIO
+
+from contract.artifact import LABELS, PREPROCESSING, ArtifactError, verify_artifact
+from contract.text import LabelEncoder, Normalizer, PreprocessSettings
+from scoring import model_process
+from scoring.score import (
+    BadInput,
+    Summary,
+    _atomic_output,
+    _chunks,
+    _Lines,
+    _Progress,
+    _Records,
+    check_paths,
+    output_columns,
+    read_header,
+)
+from scoring.tokens import TokenTable
+
+if TYPE_CHECKING:
+    from _csv import Writer as CsvWriter
+
+# Chunks read but not yet written. The reader runs this far ahead while the model process
+# starts, and no further: each chunk's rows wait here for their answers.
+IN_FLIGHT_CHUNKS = 4
+
+
+class ModelUnusable(Exception):
+    """The model process could not load the artifact; the message says why."""
+
+
+@dataclass(frozen=True)
+class TextSide:
+    """What the reader needs from an artifact: its normaliser settings and class names."""
+
+    preprocessing: PreprocessSettings
+    classes: list[str]
+
+
+def read_text_side(folder: Path) -> TextSide:
+    """Verify the version folder and read its preprocessing and labels (no torch); raises ArtifactError."""
+    verify_artifact(folder)
+    try:
+        preprocessing = PreprocessSettings.from_dict(json.loads((folder / PREPROCESSING).read_text(encoding="utf-8")))
+        labels = LabelEncoder.from_dict(json.loads((folder / LABELS).read_text(encoding="utf-8")))
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{folder}: invalid artifact contents ({exc})") from exc
+    return TextSide(preprocessing, labels.classes)
+
+
+@dataclass
+class _Pending:
+    records: list[list[str]]
+    empty: list[bool]
+
+
+class _ModelProcess:
+    """The model process and the reader's side of its pipe: chunks out, answers back in order."""
+
+    def __init__(self, folder: Path, device: str, workers: int, batch_size: int) -> None:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited, no fork hazards
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=model_process.serve,
+            args=(child, str(folder), device, workers, batch_size),
+            name="score-model",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+        self.version: str | None = None
+        self.unsent: deque[tuple[Any, ...]] = deque()
+
+    def send(self, message: tuple[Any, ...] | None) -> None:
+        """Send now when the model is ready, else keep it until it is."""
+        self.unsent.append(message)  # type: ignore[arg-type]
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.version is not None and self.unsent:
+            self.conn.send(self.unsent.popleft())
+
+    def wait_ready(self) -> str:
+        """Block until the model has loaded (or failed to: ModelUnusable); returns its version."""
+        while self.version is None:
+            self._receive()
+        return self.version
+
+    def poll(self) -> None:
+        """Take the ready message if it has come (never blocks)."""
+        if self.version is None and self.conn.poll():
+            self._receive()
+
+    def answer(self) -> tuple[list[str], array[int], array[float]]:
+        """The next chunk's answer: (classes, label per row, probabilities row-major); blocks."""
+        while True:
+            message = self._receive()
+            if message[0] == model_process.RESULT:
+                labels: array[int] = array("i")
+                labels.frombytes(message[2])
+                probabilities: array[float] = array("f")
+                probabilities.frombytes(message[3])
+                return self.classes, labels, probabilities
+
+    def _receive(self) -> tuple[Any, ...]:
+        try:
+            message: tuple[Any, ...] = self.conn.recv()
+        except EOFError:
+            self.process.join(5)
+            raise RuntimeError(f"the model process exited unexpectedly (exit code {self.process.exitcode})") from None
+        kind = message[0]
+        if kind == model_process.ERROR:
+            raise ModelUnusable(message[1])
+        if kind == model_process.FAILED:
+            raise RuntimeError(f"the model process failed:\n{message[1]}")
+        if kind == model_process.READY:
+            self.version, self.classes = message[1], list(message[2])
+            self._flush()
+        return message
+
+    def close(self, finished: bool) -> None:
+        """Wait for a ``finished`` model process to exit; stop one that is still working (an error here)."""
+        if not finished:
+            self.process.terminate()
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def score_local(
+    folder: Path,
+    input_path: Path,
+    output_path: Path,
+    *,
+    text_column: str = "title",
+    batch_size: int = 512,
+    chunk_rows: int = 16384,
+    workers: int = 1,
+    device: str = "auto",
+    progress: TextIO | None = None,
+) -> tuple[Summary, str]:
+    """Score ``input_path`` into ``output_path`` (atomically) with the model in ``folder``.
+
+    Returns the summary and the model's version; raises :class:`BadInput` (the input) or
+    :class:`ModelUnusable` (the model process could not load the artifact).
+    """
+    started = time.perf_counter()
+    name = str(input_path)
+    check_paths(input_path, output_path)
+    text_side = read_text_side(folder)
+    model = _ModelProcess(folder, device, workers, batch_size)
+    finished = False
+    try:
+        try:
+            handle = open(input_path, "rb")  # noqa: SIM115 - closed below, after the rename
+        except OSError as exc:
+            raise BadInput(f"{name}: cannot open input ({exc.strerror or exc})") from None
+        with handle:
+            rows = _score_stream(model, handle, name, output_path, text_side, text_column, chunk_rows, progress)
+        finished = True
+    finally:
+        model.close(finished)
+    return Summary(rows, time.perf_counter() - started, output_path), model.wait_ready()
+
+
+def _score_stream(
+    model: _ModelProcess,
+    handle: IO[bytes],
+    name: str,
+    output_path: Path,
+    text_side: TextSide,
+    text_column: str,
+    chunk_rows: int,
+    progress: TextIO | None,
+) -> int:
+    total = os.fstat(handle.fileno()).st_size
+    lines = _Lines(handle, name)
+    records = iter(_Records(lines))
+    header = read_header(records, name, text_column, text_side.classes)
+    text_index = header.index(text_column)
+    table = TokenTable(Normalizer(text_side.preprocessing))
+    tracker = _Progress(progress or sys.stderr, Path(name).name, total)
+    pending: deque[_Pending] = deque()
+    rows = 0
+    with _atomic_output(output_path) as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(output_columns(header, text_side.classes))
+        seq = 0
+        for chunk in _chunks(records, len(header), chunk_rows, name):
+            encoded = table.encode([record[text_index] for record in chunk])
+            model.send((seq, encoded.reset, encoded.new_tokens, encoded.flat.tobytes(), encoded.lengths.tobytes()))
+            seq += 1
+            pending.append(_Pending(chunk, encoded.empty))
+            model.poll()
+            while len(pending) >= IN_FLIGHT_CHUNKS:
+                rows += _write(writer, pending.popleft(), *model.answer())
+                tracker.update(rows, lines.bytes)
+        model.send(None)
+        model.wait_ready()  # a file of no rows still needs a usable model
+        while pending:
+            rows += _write(writer, pending.popleft(), *model.answer())
+            tracker.update(rows, lines.bytes)
+        tracker.update(rows, lines.bytes, final=True)
+    return rows
+
+
+def _write(
+    writer: CsvWriter, chunk: _Pending, classes: list[str], labels: array[int], probabilities: array[float]
+) -> int:
+    """A chunk's rows in input order, each followed by label, empty flag and probabilities."""
+    width = len(classes)
+    flat = iter(probabilities.tolist())  # float32 -> float, exactly as numpy's tolist() gives them
+    per_row = zip(*[flat] * width, strict=True)
+    writer.writerows(
+        [*record, classes[label], "true" if empty else "false", *probs]
+        for record, label, empty, probs in zip(chunk.records, labels, chunk.empty, per_row, strict=True)
+    )
+    return len(chunk.records)
