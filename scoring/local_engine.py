@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
+import socket
+import subprocess
 import sys
 import time
 from array import array
 from collections import deque
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 
 # Chunks read but not yet written. The reader runs this far ahead while the model process
 # starts, and no further: each chunk's rows wait here for their answers.
-IN_FLIGHT_CHUNKS = 4
+IN_FLIGHT_CHUNKS = 8
 
 
 class ModelUnusable(Exception):
@@ -82,16 +84,17 @@ class _ModelProcess:
     """The model process and the reader's side of its pipe: chunks out, answers back in order."""
 
     def __init__(self, folder: Path, device: str, workers: int, batch_size: int) -> None:
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited, no fork hazards
-        self.conn, child = context.Pipe()
-        self.process = context.Process(
-            target=model_process.serve,
-            args=(child, str(folder), device, workers, batch_size),
-            name="score-model",
-            daemon=True,
+        # A fresh interpreter (not multiprocessing): nothing inherited, no fork hazards, and the
+        # caller's main module is not imported again, so any script may call score_local.
+        ours, theirs = socket.socketpair()
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        command = [sys.executable, "-m", "scoring.model_process", str(theirs.fileno()), str(folder), device]
+        self.process = subprocess.Popen(
+            [*command, str(workers), str(batch_size)], pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL
         )
-        self.process.start()
-        child.close()
+        theirs.close()
+        self.conn = Connection(ours.detach())
         self.version: str | None = None
         self.unsent: deque[tuple[Any, ...]] = deque()
 
@@ -130,8 +133,8 @@ class _ModelProcess:
         try:
             message: tuple[Any, ...] = self.conn.recv()
         except EOFError:
-            self.process.join(5)
-            raise RuntimeError(f"the model process exited unexpectedly (exit code {self.process.exitcode})") from None
+            code = self.process.wait(10)
+            raise RuntimeError(f"the model process exited unexpectedly (exit code {code})") from None
         kind = message[0]
         if kind == model_process.ERROR:
             raise ModelUnusable(message[1])
@@ -146,10 +149,11 @@ class _ModelProcess:
         """Wait for a ``finished`` model process to exit; stop one that is still working (an error here)."""
         if not finished:
             self.process.terminate()
-        self.process.join(10)
-        if self.process.is_alive():
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join()
+            self.process.wait()
         self.conn.close()
 
 

@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 READY, ERROR, RESULT, FAILED = "ready", "error", "result", "failed"
 
 
+def main(argv: Sequence[str]) -> None:
+    """``python -m scoring.model_process FD FOLDER DEVICE WORKERS BATCH_SIZE``, started by the reader."""
+    fd, folder, device, workers, batch_size = argv
+    with Connection(int(fd)) as conn:
+        serve(conn, folder, device, int(workers), int(batch_size))
+
+
 def serve(conn: Connection, folder: str, device: str, workers: int, batch_size: int) -> None:
     """Process target: load the model, then score chunks until the reader sends None."""
     try:
@@ -192,3 +199,9 @@ def _send_answers(conn: Connection, answers: queue.Queue[Any]) -> None:
         except BaseException:
             conn.send((FAILED, traceback.format_exc()))
             return
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
