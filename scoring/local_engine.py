@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
 
 from contract.artifact import LABELS, PREPROCESSING, ArtifactError, verify_artifact
 from contract.text import LabelEncoder, Normalizer, PreprocessSettings
@@ -89,7 +89,8 @@ class _ModelProcess:
         ours, theirs = socket.socketpair()
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        command = [sys.executable, "-m", "scoring.model_process", str(theirs.fileno()), str(folder), device]
+        start = "import sys; from scoring.model_process import main; main(sys.argv[1:])"
+        command = [sys.executable, "-c", start, str(theirs.fileno()), str(folder), device]
         self.process = subprocess.Popen(
             [*command, str(workers), str(batch_size)], pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL
         )
@@ -105,7 +106,10 @@ class _ModelProcess:
 
     def _flush(self) -> None:
         while self.version is not None and self.unsent:
-            self.conn.send(self.unsent.popleft())
+            try:
+                self.conn.send(self.unsent.popleft())
+            except OSError:  # a broken pipe: the model process is gone
+                self._gone()
 
     def wait_ready(self) -> str:
         """Block until the model has loaded (or failed to: ModelUnusable); returns its version."""
@@ -132,9 +136,8 @@ class _ModelProcess:
     def _receive(self) -> tuple[Any, ...]:
         try:
             message: tuple[Any, ...] = self.conn.recv()
-        except EOFError:
-            code = self.process.wait(10)
-            raise RuntimeError(f"the model process exited unexpectedly (exit code {code})") from None
+        except (EOFError, OSError):
+            self._gone()
         kind = message[0]
         if kind == model_process.ERROR:
             raise ModelUnusable(message[1])
@@ -144,6 +147,10 @@ class _ModelProcess:
             self.version, self.classes = message[1], list(message[2])
             self._flush()
         return message
+
+    def _gone(self) -> NoReturn:
+        code = self.process.wait(10)
+        raise RuntimeError(f"the model process exited unexpectedly (exit code {code})") from None
 
     def close(self, finished: bool) -> None:
         """Wait for a ``finished`` model process to exit; stop one that is still working (an error here)."""

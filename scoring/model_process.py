@@ -33,7 +33,7 @@ READY, ERROR, RESULT, FAILED = "ready", "error", "result", "failed"
 
 
 def main(argv: Sequence[str]) -> None:
-    """``python -m scoring.model_process FD FOLDER DEVICE WORKERS BATCH_SIZE``, started by the reader."""
+    """Arguments ``FD FOLDER DEVICE WORKERS BATCH_SIZE``: the reader starts this process with them."""
     fd, folder, device, workers, batch_size = argv
     with Connection(int(fd)) as conn:
         serve(conn, folder, device, int(workers), int(batch_size))
@@ -140,22 +140,26 @@ class ChunkScorer:
         np.cumsum(lengths[:-1], out=offsets[1:])
         order = np.argsort(lengths, kind="stable").tolist()  # the in-process engine's sorted(), same ties
         probabilities = np.empty((len(lengths), len(self.predictor.classes)), dtype=np.float32)
-        vectors = self.vectors
+        # This chunk's table: a later chunk may start a new one while these batches still run
+        # (rows are only ever appended to a table, so the rows a batch reads never change).
+        features, vectors = self.features, self.vectors
         futures = []
         for rows in same_length_batches(order, lengths.tolist(), self.batch_size):
             picked = np.asarray(rows, dtype=np.int64)
             ids = flat[offsets[picked][:, None] + np.arange(int(lengths[rows[0]]))].astype(np.int64)
-            futures.append(pool.submit(self._forward, probabilities, picked, ids, vectors))
+            futures.append(pool.submit(self._forward, probabilities, picked, ids, features, vectors))
         return probabilities, futures
 
-    def _forward(self, out: np.ndarray, rows: np.ndarray, ids: np.ndarray, vectors: torch.Tensor | None) -> None:
+    def _forward(
+        self, out: np.ndarray, rows: np.ndarray, ids: np.ndarray, features: list[Any], vectors: torch.Tensor | None
+    ) -> None:
         import torch
 
         from contract.model import TextClassifier, probabilities
 
         predictor = self.predictor
         if vectors is None:
-            sequences = [[self.features[i] for i in row] for row in ids.tolist()]
+            sequences = [[features[i] for i in row] for row in ids.tolist()]
             out[rows] = predictor.predict_encoded(sequences, [False] * len(rows), observe=False).probabilities
             return
         tokens = torch.from_numpy(ids).to(predictor.device).unsqueeze(-1)
@@ -199,9 +203,3 @@ def _send_answers(conn: Connection, answers: queue.Queue[Any]) -> None:
         except BaseException:
             conn.send((FAILED, traceback.format_exc()))
             return
-
-
-if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])

@@ -47,9 +47,9 @@ class _Index(dict[str, int]):
 class TokenTable:
     """The reader's half of the token table: which rows the model process already holds."""
 
-    def __init__(self, normalizer: Normalizer, capacity: int = TABLE_CAPACITY) -> None:
+    def __init__(self, normalizer: Normalizer, capacity: int | None = None) -> None:
         self.tokens = normalizer.tokens
-        self.capacity = capacity
+        self.capacity = TABLE_CAPACITY if capacity is None else capacity
         self.index = _Index()
 
     def encode(self, texts: Sequence[str]) -> EncodedChunk:
