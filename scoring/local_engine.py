@@ -97,6 +97,7 @@ class _ModelProcess:
         theirs.close()
         self.conn = Connection(ours.detach())
         self.version: str | None = None
+        self.ready_at = 0.0  # the model process's time.time() when it could compute
         self.unsent: deque[tuple[Any, ...]] = deque()
 
     def send(self, message: tuple[Any, ...] | None) -> None:
@@ -144,7 +145,7 @@ class _ModelProcess:
         if kind == model_process.FAILED:
             raise RuntimeError(f"the model process failed:\n{message[1]}")
         if kind == model_process.READY:
-            self.version, self.classes = message[1], list(message[2])
+            self.version, self.classes, self.ready_at = message[1], list(message[2]), float(message[3])
             self._flush()
         return message
 
@@ -181,7 +182,7 @@ def score_local(
     Returns the summary and the model's version; raises :class:`BadInput` (the input) or
     :class:`ModelUnusable` (the model process could not load the artifact).
     """
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     name = str(input_path)
     check_paths(input_path, output_path)
     text_side = read_text_side(folder)
@@ -197,7 +198,8 @@ def score_local(
         finished = True
     finally:
         model.close(finished)
-    return Summary(rows, time.perf_counter() - started, output_path), model.wait_ready()
+    version = model.wait_ready()
+    return Summary(rows, time.perf_counter() - started, output_path, model.ready_at - started_at), version
 
 
 def _score_stream(

@@ -6,14 +6,17 @@ engine (``scoring.score.score_file``), runs them on ``workers`` threads of one t
 and sends back each chunk's labels and probabilities, in chunk order. Messages are tuples:
 
     reader -> model:  (seq, reset, new_tokens, flat, lengths)   ... then None: no more chunks
-    model -> reader:  (READY, version, classes) or (ERROR, reason), once, after loading
+    model -> reader:  (READY, version, classes, time.time()) or (ERROR, reason), once, after loading
                       (RESULT, seq, labels, probabilities) per chunk, or (FAILED, traceback)
 """
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +40,11 @@ def main(argv: Sequence[str]) -> None:
     fd, folder, device, workers, batch_size = argv
     with Connection(int(fd)) as conn:
         serve(conn, folder, device, int(workers), int(batch_size))
+    # Everything is answered and this process writes no file: skip the interpreter's teardown,
+    # which with torch loaded costs a large part of a second the reader would wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def serve(conn: Connection, folder: str, device: str, workers: int, batch_size: int) -> None:
@@ -56,7 +64,7 @@ def serve(conn: Connection, folder: str, device: str, workers: int, batch_size: 
             return
         predictor.max_group = max(predictor.max_group, batch_size)
         scorer = ChunkScorer(predictor, batch_size)
-        conn.send((READY, predictor.version, predictor.classes))
+        conn.send((READY, predictor.version, predictor.classes, time.time()))
         scorer.run(conn, workers)
     except (EOFError, BrokenPipeError):  # the reader is gone (bad input, Ctrl-C): nothing to answer
         return

@@ -55,6 +55,7 @@ class Summary:
     rows: int
     seconds: float
     output: Path
+    model_ready_s: float | None = None  # local engine: from the start until the model process could compute
 
 
 class _Lines:
@@ -408,8 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def print_summary(summary: Summary, version: str, where: str = "") -> None:
     """The closing stderr line of a run: rows, time, rate, model (and ``where``: the engine's cluster)."""
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
+    ready = "" if summary.model_ready_s is None else f"; model ready after {summary.model_ready_s:.2f} s"
     print(
-        f"scored {summary.rows:,} rows in {summary.seconds:.2f} s ({rate:,.0f} rows/s){where} with model "
+        f"scored {summary.rows:,} rows in {summary.seconds:.2f} s ({rate:,.0f} rows/s{ready}){where} with model "
         f"{version} -> {summary.output}",
         file=sys.stderr,
     )
