@@ -92,6 +92,27 @@ def run_scorer(artifacts_dir: Path, src: Path, dst: Path, threads: int, batch_si
     }
 
 
+# Parts of the fixed start cost, each timed as a process of its own (best of three).
+START_PARTS = {
+    "interpreter start": "pass",
+    "interpreter + the reading process's imports": "import scoring.score, scoring.local_engine",
+    "interpreter + import torch (the model process)": "import torch",
+}
+
+
+def best_wall(code: str, threads: int, runs: int = 3) -> float:
+    """Best wall seconds of ``python -c code`` over ``runs``, pinned like the scorer."""
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
+    walls = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, check=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus)
+        )
+        walls.append(time.perf_counter() - started)
+    return round(min(walls), 3)
+
+
 def served_texts_figure(artifacts_dir: Path, titles: list[str], scratch: Path, seconds: float) -> dict[str, Any]:
     """The server's ``{"texts": [...]}`` headlines/s, measured in this run for the side-by-side table.
 
@@ -140,6 +161,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| Fixed start cost: the same command on a one-row file, process start to exit "
             f"| {start['wall_s']:.2f} s | – |"
         )
+    for name, wall in results.get("start_parts", {}).items():
+        lines.append(f"| … alone: {name} | {wall:.2f} s | – |")
     if served is not None:
         lines.append(f'| Server, `{{"texts": [...]}}` x256 over HTTP, 4 clients: headlines/s | {served:,.0f} | – |')
     sizes = sorted(best, key=int)
@@ -214,7 +237,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             key=lambda r: r["wall_s"],
         )
         results["start_up"] = start
+        results["start_parts"] = {name: best_wall(code, args.threads) for name, code in START_PARTS.items()}
         print(f"  one-row file: {start['wall_s']:.2f} s from process start to exit", flush=True)
+        for name, wall in results["start_parts"].items():
+            print(f"  {name}: {wall:.2f} s", flush=True)
         for size in args.sizes:
             src = write_input(args.data, size, scratch / f"in-{size}.csv")
             runs = []
