@@ -30,7 +30,7 @@ from contract.artifact import LABELS, PREPROCESSING, ArtifactError, verify_artif
 from contract.text import LabelEncoder, Normalizer, PreprocessSettings
 from scoring import model_process
 from scoring.score import (
-    BadInput,
+    ScoringSettings,
     Summary,
     _atomic_output,
     _chunks,
@@ -38,6 +38,7 @@ from scoring.score import (
     _Progress,
     _Records,
     check_paths,
+    open_input,
     output_columns,
     read_header,
 )
@@ -169,11 +170,8 @@ def score_local(
     folder: Path,
     input_path: Path,
     output_path: Path,
+    settings: ScoringSettings = ScoringSettings(),  # noqa: B008 - frozen, shared safely
     *,
-    text_column: str = "title",
-    batch_size: int = 512,
-    chunk_rows: int = 16384,
-    workers: int = 1,
     device: str = "auto",
     progress: TextIO | None = None,
 ) -> tuple[Summary, str]:
@@ -183,18 +181,14 @@ def score_local(
     :class:`ModelUnusable` (the model process could not load the artifact).
     """
     started, started_at = time.perf_counter(), time.time()
-    name = str(input_path)
     check_paths(input_path, output_path)
-    text_side = read_text_side(folder)
-    model = _ModelProcess(folder, device, workers, batch_size)
+    # First: the model process's torch import is the long pole of the start.
+    model = _ModelProcess(folder, device, settings.workers, settings.batch_size)
     finished = False
     try:
-        try:
-            handle = open(input_path, "rb")  # noqa: SIM115 - closed below, after the rename
-        except OSError as exc:
-            raise BadInput(f"{name}: cannot open input ({exc.strerror or exc})") from None
-        with handle:
-            rows = _score_stream(model, handle, name, output_path, text_side, text_column, chunk_rows, progress)
+        text_side = read_text_side(folder)
+        with open_input(input_path) as handle:
+            rows = _score_stream(model, handle, str(input_path), output_path, text_side, settings, progress)
         finished = True
     finally:
         model.close(finished)
@@ -208,15 +202,14 @@ def _score_stream(
     name: str,
     output_path: Path,
     text_side: TextSide,
-    text_column: str,
-    chunk_rows: int,
+    settings: ScoringSettings,
     progress: TextIO | None,
 ) -> int:
     total = os.fstat(handle.fileno()).st_size
     lines = _Lines(handle, name)
     records = iter(_Records(lines))
-    header = read_header(records, name, text_column, text_side.classes)
-    text_index = header.index(text_column)
+    header = read_header(records, name, settings.text_column, text_side.classes)
+    text_index = header.index(settings.text_column)
     table = TokenTable(Normalizer(text_side.preprocessing))
     tracker = _Progress(progress or sys.stderr, Path(name).name, total)
     pending: deque[_Pending] = deque()
@@ -225,7 +218,7 @@ def _score_stream(
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(output_columns(header, text_side.classes))
         seq = 0
-        for chunk in _chunks(records, len(header), chunk_rows, name):
+        for chunk in _chunks(records, len(header), settings.chunk_rows, name):
             encoded = table.encode([record[text_index] for record in chunk])
             model.send((seq, encoded.reset, encoded.new_tokens, encoded.flat.tobytes(), encoded.lengths.tobytes()))
             seq += 1

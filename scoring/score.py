@@ -58,6 +58,24 @@ class Summary:
     model_ready_s: float | None = None  # local engine: from the start until the model process could compute
 
 
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How a file is cut and computed; every engine gives the same bytes for the same settings."""
+
+    text_column: str = "title"
+    batch_size: int = 512
+    chunk_rows: int = 16384
+    workers: int = 1
+
+
+def open_input(input_path: Path) -> IO[bytes]:
+    """The input, opened for :class:`_Lines`; an unreadable file is :class:`BadInput`."""
+    try:
+        return open(input_path, "rb")  # noqa: SIM115 - the caller closes it, after the rename
+    except OSError as exc:
+        raise BadInput(f"{input_path}: cannot open input ({exc.strerror or exc})") from None
+
+
 class _Lines:
     """Decoded physical lines of a binary file, counting line numbers and bytes as they go.
 
@@ -181,11 +199,7 @@ def score_file(
     started = time.perf_counter()
     name = str(input_path)
     check_paths(input_path, output_path)
-    try:
-        handle = open(input_path, "rb")  # noqa: SIM115 - closed below, after the rename
-    except OSError as exc:
-        raise BadInput(f"{name}: cannot open input ({exc.strerror or exc})") from None
-    with handle:
+    with open_input(input_path) as handle:
         total = os.fstat(handle.fileno()).st_size
         lines = _Lines(handle, name)
         records = iter(_Records(lines))
@@ -386,16 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         folder = resolve_version(args.artifacts_dir, args.version)
-        summary, version = score_local(
-            folder,
-            args.input,
-            args.output,
-            text_column=args.text_column,
-            batch_size=args.batch_size,
-            chunk_rows=args.chunk_rows,
-            workers=args.threads or available_cpus(),
-            device=args.device,
-        )
+        settings = ScoringSettings(args.text_column, args.batch_size, args.chunk_rows, args.threads or available_cpus())
+        summary, version = score_local(folder, args.input, args.output, settings, device=args.device)
     except (ArtifactError, ModelUnusable) as exc:
         print(f"error: cannot load model from {args.artifacts_dir}: {exc}", file=sys.stderr)
         return EXIT_BAD_MODEL

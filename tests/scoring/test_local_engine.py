@@ -62,7 +62,8 @@ def test_output_is_the_in_process_engines_byte_for_byte(
         score.score_file(predictor, src, tmp_path / "in-process.csv", batch_size=16, chunk_rows=100, workers=2)
     finally:
         torch.set_num_threads(threads)
-    local_engine.score_local(folder, src, tmp_path / "local.csv", batch_size=16, chunk_rows=100, workers=2)
+    settings = score.ScoringSettings(batch_size=16, chunk_rows=100, workers=2)
+    local_engine.score_local(folder, src, tmp_path / "local.csv", settings)
     expected = (tmp_path / "in-process.csv").read_bytes()
     assert expected.count(b"\n") > 600
     assert (tmp_path / "local.csv").read_bytes() == expected
@@ -72,7 +73,7 @@ def test_texts_with_no_tokens_alone_in_their_batch_are_scored(tmp_path: Path) ->
     """A chunk of texts that are all empty after preprocessing (so every batch is empty texts only)."""
     folder = make_artifact(tmp_path / "artifacts", subword_buckets=97)
     src = write_rows(tmp_path / "in.csv", [[str(i), text, ""] for i, text in enumerate(["", "!!!", "the of"] * 5)])
-    summary, _ = local_engine.score_local(folder, src, tmp_path / "out.csv", batch_size=4)
+    summary, _ = local_engine.score_local(folder, src, tmp_path / "out.csv", score.ScoringSettings(batch_size=4))
     with (tmp_path / "out.csv").open(newline="") as fh:
         out = list(csv.DictReader(fh))
     assert summary.rows == len(out) == 15 and {row["empty"] for row in out} == {"true"}
