@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -38,6 +39,8 @@ READY, ERROR, RESULT, FAILED = "ready", "error", "result", "failed"
 def main(argv: Sequence[str]) -> None:
     """Arguments ``FD FOLDER DEVICE WORKERS BATCH_SIZE``: the reader starts this process with them."""
     fd, folder, device, workers, batch_size = argv
+    # Ctrl-C reaches the whole process group: the reader handles it and stops this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with Connection(int(fd)) as conn:
         serve(conn, folder, device, int(workers), int(batch_size))
     # Everything is answered and this process writes no file: skip the interpreter's teardown,
