@@ -98,6 +98,7 @@ class _ModelProcess:
         theirs.close()
         self.conn = Connection(ours.detach())
         self.version: str | None = None
+        self.classes: list[str] = []
         self.ready_at = 0.0  # the model process's time.time() when it could compute
         self.unsent: deque[tuple[Any, ...]] = deque()
 
