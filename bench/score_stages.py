@@ -46,7 +46,7 @@ def stages(
     import numpy as np
 
     from contract.text import Normalizer
-    from scoring.model_process import ChunkScorer
+    from scoring.model_process import ChunkScorer, one_torch_thread
     from scoring.score import same_length_batches
     from scoring.tokens import TokenTable
 
@@ -54,7 +54,7 @@ def stages(
     after: dict[str, float] = {}
     table = TokenTable(Normalizer(predictor.artifact.preprocessing))
     scorer = ChunkScorer(other, batch_size)
-    pool = ThreadPoolExecutor(max_workers=1)
+    pool = ThreadPoolExecutor(max_workers=1, initializer=one_torch_thread)
     for start in range(0, len(rows), chunk_rows):
         texts = [row[0] for row in rows[start : start + chunk_rows]]
         # The in-process engine: the encoder on every row, then pad + embed + recurrence per batch.

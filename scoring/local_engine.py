@@ -21,6 +21,7 @@ import sys
 import time
 from array import array
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -45,7 +46,7 @@ from scoring.score import (
 from scoring.tokens import TokenTable
 
 if TYPE_CHECKING:
-    from _csv import Writer as CsvWriter
+    pass
 
 # Chunks read but not yet written. The reader runs this far ahead while the model process
 # starts, and no further: each chunk's rows wait here for their answers.
@@ -77,8 +78,31 @@ def read_text_side(folder: Path) -> TextSide:
 
 @dataclass
 class _Pending:
-    records: list[list[str]]
+    """A chunk waiting for its answers: each row's input fields already in CSV, and its empty flags."""
+
+    prefixes: list[str]
     empty: list[bool]
+
+
+def csv_lines(rows: Iterable[Sequence[str]]) -> list[str]:
+    """Each row exactly as the output's ``csv.writer`` writes it (with its line end)."""
+    lines: list[str] = []
+
+    class Sink:
+        write = lines.append
+
+    csv.writer(Sink, lineterminator="\n").writerows(rows)
+    return lines
+
+
+def row_prefixes(records: list[list[str]]) -> list[str]:
+    """The input fields of each row in CSV, formatted while the model still computes.
+
+    Written with one more (empty) field and cut before it: a field is quoted or not by its own
+    content, so this is the row's start as the writer writes the whole row (a lone empty field,
+    which the writer would quote when alone, is no exception here).
+    """
+    return [line[:-2] for line in csv_lines([*record, ""] for record in records)]
 
 
 class _ModelProcess:
@@ -98,7 +122,6 @@ class _ModelProcess:
         theirs.close()
         self.conn = Connection(ours.detach())
         self.version: str | None = None
-        self.classes: list[str] = []
         self.ready_at = 0.0  # the model process's time.time() when it could compute
         self.unsent: deque[tuple[Any, ...]] = deque()
 
@@ -125,8 +148,8 @@ class _ModelProcess:
         if self.version is None and self.conn.poll():
             self._receive()
 
-    def answer(self) -> tuple[list[str], array[int], array[float]]:
-        """The next chunk's answer: (classes, label per row, probabilities row-major); blocks."""
+    def answer(self) -> tuple[array[int], array[float]]:
+        """The next chunk's answer: (label per row, probabilities row-major); blocks."""
         while True:
             message = self._receive()
             if message[0] == model_process.RESULT:
@@ -134,7 +157,7 @@ class _ModelProcess:
                 labels.frombytes(message[2])
                 probabilities: array[float] = array("f")
                 probabilities.frombytes(message[3])
-                return self.classes, labels, probabilities
+                return labels, probabilities
 
     def _receive(self) -> tuple[Any, ...]:
         try:
@@ -147,7 +170,7 @@ class _ModelProcess:
         if kind == model_process.FAILED:
             raise RuntimeError(f"the model process failed:\n{message[1]}")
         if kind == model_process.READY:
-            self.version, self.classes, self.ready_at = message[1], list(message[2]), float(message[3])
+            self.version, self.ready_at = message[1], float(message[2])
             self._flush()
         return message
 
@@ -215,37 +238,46 @@ def _score_stream(
     tracker = _Progress(progress or sys.stderr, Path(name).name, total)
     pending: deque[_Pending] = deque()
     rows = 0
+    # Each class name as a CSV field, as the writer would write it after another field.
+    labels = [line[1:-1] for line in csv_lines(["", c] for c in text_side.classes)]
     with _atomic_output(output_path) as out:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(output_columns(header, text_side.classes))
+        csv.writer(out, lineterminator="\n").writerow(output_columns(header, text_side.classes))
         seq = 0
         for chunk in _chunks(records, len(header), settings.chunk_rows, name):
             encoded = table.encode([record[text_index] for record in chunk])
             model.send((seq, encoded.reset, encoded.new_tokens, encoded.flat.tobytes(), encoded.lengths.tobytes()))
             seq += 1
-            pending.append(_Pending(chunk, encoded.empty))
+            pending.append(_Pending(row_prefixes(chunk), encoded.empty))
             model.poll()
             while len(pending) >= IN_FLIGHT_CHUNKS:
-                rows += _write(writer, pending.popleft(), *model.answer())
+                rows += _write(out, pending.popleft(), labels, model.answer())
                 tracker.update(rows, lines.bytes)
         model.send(None)
         model.wait_ready()  # a file of no rows still needs a usable model
         while pending:
-            rows += _write(writer, pending.popleft(), *model.answer())
+            rows += _write(out, pending.popleft(), labels, model.answer())
             tracker.update(rows, lines.bytes)
         tracker.update(rows, lines.bytes, final=True)
     return rows
 
 
-def _write(
-    writer: CsvWriter, chunk: _Pending, classes: list[str], labels: array[int], probabilities: array[float]
-) -> int:
-    """A chunk's rows in input order, each followed by label, empty flag and probabilities."""
-    width = len(classes)
-    flat = iter(probabilities.tolist())  # float32 -> float, exactly as numpy's tolist() gives them
-    per_row = zip(*[flat] * width, strict=True)
-    writer.writerows(
-        [*record, classes[label], "true" if empty else "false", *probs]
-        for record, label, empty, probs in zip(chunk.records, labels, chunk.empty, per_row, strict=True)
+def _write(out: TextIO, chunk: _Pending, labels: list[str], answer: tuple[array[int], array[float]]) -> int:
+    """A chunk's rows in input order, each followed by label, empty flag and probabilities.
+
+    The bytes ``csv.writer`` gives for the whole row: a float field is ``str(float)`` and never
+    needs quotes, and ``true``/``false`` neither.
+    """
+    label_of, probabilities = answer
+    width = len(labels)
+    # float32 -> float -> text, exactly as numpy's tolist() and the csv module give them.
+    texts = iter(map(repr, probabilities.tolist()))
+    per_row = zip(*[texts] * width, strict=True)
+    out.write(
+        "".join(
+            [
+                f"{prefix},{labels[label]},{'true' if empty else 'false'},{','.join(probs)}\n"
+                for prefix, label, empty, probs in zip(chunk.prefixes, label_of, chunk.empty, per_row, strict=True)
+            ]
+        )
     )
-    return len(chunk.records)
+    return len(chunk.prefixes)

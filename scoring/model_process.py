@@ -6,7 +6,7 @@ engine (``scoring.score.score_file``), runs them on ``workers`` threads of one t
 and sends back each chunk's labels and probabilities, in chunk order. Messages are tuples:
 
     reader -> model:  (seq, reset, new_tokens, flat, lengths)   ... then None: no more chunks
-    model -> reader:  (READY, version, classes, time.time()) or (ERROR, reason), once, after loading
+    model -> reader:  (READY, version, time.time()) or (ERROR, reason), once, after loading
                       (RESULT, seq, labels, probabilities) per chunk, or (FAILED, traceback)
 """
 
@@ -67,12 +67,21 @@ def serve(conn: Connection, folder: str, device: str, workers: int, batch_size: 
             return
         predictor.max_group = max(predictor.max_group, batch_size)
         scorer = ChunkScorer(predictor, batch_size)
-        conn.send((READY, predictor.version, predictor.classes, time.time()))
+        conn.send((READY, predictor.version, time.time()))
         scorer.run(conn, workers)
     except (EOFError, BrokenPipeError):  # the reader is gone (bad input, Ctrl-C): nothing to answer
         return
     except BaseException:
         conn.send((FAILED, traceback.format_exc()))
+
+
+def one_torch_thread() -> None:
+    """Thread initializer for the workers: torch's thread settings are per thread, and a thread
+    whose first op is a matrix product (no embedding ran in it first) would otherwise run it with
+    the library's default thread count: other bits, and more threads than CPUs."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 class _TableLookup:
@@ -187,7 +196,7 @@ class ChunkScorer:
         answers: queue.Queue[tuple[int, np.ndarray, list[Future[None]]] | None] = queue.Queue()
         sender = threading.Thread(target=_send_answers, args=(conn, answers), name="score-answers", daemon=True)
         sender.start()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="score-model") as pool:
+        with ThreadPoolExecutor(workers, "score-model", initializer=one_torch_thread) as pool:
             try:
                 while (message := conn.recv()) is not None:
                     seq, reset, tokens, flat, lengths = message

@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from scoring import local_engine, score, tokens
-from service.inference.predictor import Predictor
 from tests.service.conftest import TITLES, TOKEN_TEXTS, make_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +34,29 @@ def write_rows(path: Path, rows: list[list[str]]) -> Path:
     return path
 
 
+_IN_PROCESS = textwrap.dedent(
+    """
+    import sys, torch
+    from pathlib import Path
+    from scoring.score import score_file
+    from service.inference.predictor import Predictor
+    artifacts, src, dst, batch_size, chunk_rows, workers = sys.argv[1:]
+    torch.set_num_threads(1)
+    predictor = Predictor.load(artifacts, device="cpu")
+    predictor.max_group = max(predictor.max_group, int(batch_size))
+    sizes = {"batch_size": int(batch_size), "chunk_rows": int(chunk_rows), "workers": int(workers)}
+    score_file(predictor, Path(src), Path(dst), **sizes)
+    """
+)
+
+
+def in_process(artifacts: Path, src: Path, dst: Path, settings: score.ScoringSettings) -> None:
+    """The in-process engine as its command ran it: a fresh process, one torch thread, forward passes
+    on ``workers`` threads (a test process's own torch state could change the last bits)."""
+    args = [str(artifacts), str(src), str(dst), *map(str, (settings.batch_size, settings.chunk_rows, settings.workers))]
+    subprocess.run([sys.executable, "-c", _IN_PROCESS, *args], cwd=ROOT, check=True, timeout=120)
+
+
 MODELS: dict[str, dict[str, Any]] = {
     "words only": {},
     "character n-grams": {"subword_buckets": 97},
@@ -54,18 +75,25 @@ def test_output_is_the_in_process_engines_byte_for_byte(
     monkeypatch.setattr(tokens, "TABLE_CAPACITY", 40)
     folder = make_artifact(tmp_path / "artifacts", seed=3, **MODELS[model])
     src = write_rows(tmp_path / "in.csv", edge_rows())
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)  # as the model process runs (and the in-process engine's CLI ran)
-        predictor = Predictor.load(tmp_path / "artifacts", device="cpu")
-        predictor.max_group = 16
-        score.score_file(predictor, src, tmp_path / "in-process.csv", batch_size=16, chunk_rows=100, workers=2)
-    finally:
-        torch.set_num_threads(threads)
+    settings = score.ScoringSettings(batch_size=16, chunk_rows=100, workers=2)
+    in_process(tmp_path / "artifacts", src, tmp_path / "in-process.csv", settings)
     settings = score.ScoringSettings(batch_size=16, chunk_rows=100, workers=2)
     local_engine.score_local(folder, src, tmp_path / "local.csv", settings)
     expected = (tmp_path / "in-process.csv").read_bytes()
     assert expected.count(b"\n") > 600
+    assert (tmp_path / "local.csv").read_bytes() == expected
+
+
+def test_a_lone_column_of_empty_and_quoted_texts_gives_the_in_process_bytes(tmp_path: Path) -> None:
+    """A row that is one empty field, and fields that need quotes, are written as csv.writer writes them."""
+    folder = make_artifact(tmp_path / "artifacts", seed=4, subword_buckets=97)
+    src = tmp_path / "in.csv"
+    with src.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["title"], *([t] for t in ["", 'a "b", c', "x\ny", " lead", *TITLES, ""] * 3)])
+    in_process(tmp_path / "artifacts", src, tmp_path / "in-process.csv", score.ScoringSettings())
+    local_engine.score_local(folder, src, tmp_path / "local.csv")
+    expected = (tmp_path / "in-process.csv").read_bytes()
+    assert expected.startswith(b"title,label,") and b"\n," in expected
     assert (tmp_path / "local.csv").read_bytes() == expected
 
 
