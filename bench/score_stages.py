@@ -16,6 +16,7 @@ import argparse
 import csv
 import io
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ def stages(
     import numpy as np
 
     from contract.text import Normalizer
+    from scoring import local_engine
     from scoring.model_process import ChunkScorer, one_torch_thread
     from scoring.score import same_length_batches
     from scoring.tokens import TokenTable
@@ -55,6 +57,7 @@ def stages(
     table = TokenTable(Normalizer(predictor.artifact.preprocessing))
     scorer = ChunkScorer(other, batch_size)
     pool = ThreadPoolExecutor(max_workers=1, initializer=one_torch_thread)
+    labels = [line[1:-1] for line in local_engine.csv_lines(["", c] for c in predictor.classes)]
     for start in range(0, len(rows), chunk_rows):
         texts = [row[0] for row in rows[start : start + chunk_rows]]
         # The in-process engine: the encoder on every row, then pad + embed + recurrence per batch.
@@ -81,7 +84,12 @@ def stages(
             for future in futures:
                 future.result()
         with stage(after, "reader: format the output rows"):
-            write_rows(predictor.classes, texts, chunk.empty, probabilities)
+            pending = local_engine._Pending(local_engine.row_prefixes([[t] for t in texts]), chunk.empty)
+            answer = (
+                array("i", probabilities.argmax(axis=1).astype(np.int32).tobytes()),
+                array("f", probabilities.tobytes()),
+            )
+            local_engine._write(io.StringIO(), pending, labels, answer)
     pool.shutdown()
     return {"in-process engine": before, "local engine": after}
 
