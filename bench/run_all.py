@@ -220,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             score,
             score_cmd,
             "Generated CSV files (the 10K sample repeated) in a temporary folder; one `python -m "
-            "scoring.score` process per size, pinned to 2 CPUs; the best of the runs per size.",
+            "scoring` process per size, pinned to 2 CPUs, timed from process start to exit; the best "
+            "of the runs per size.",
         ),
         (
             "Drift counters",

@@ -18,13 +18,14 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from contract.model import ModelConfig, TextClassifier
 from contract.text import LabelEncoder, PreprocessSettings, TextEncoder, Vocabulary
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written, not by resolving a version
+    import torch
+
+    from contract.model import ModelConfig, TextClassifier
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.pt"
@@ -41,7 +42,7 @@ TMP_PREFIX = ".tmp-"
 VERSION_RE = re.compile(r"\d{8}T\d{6}Z-[0-9A-Za-z_-]{1,64}")
 
 log = logging.getLogger("contract.artifact")
-WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 class ArtifactError(Exception):
@@ -92,6 +93,8 @@ def round_weights_(model: torch.nn.Module, weights_dtype: str) -> None:
     Called before the final evaluation so the metrics describe exactly the weights that
     :func:`write_artifact` stores, and a reloaded model matches the in-memory one bit for bit.
     """
+    import torch
+
     dtype = _weights_dtype(weights_dtype)
     with torch.no_grad():
         for tensor in model.state_dict().values():
@@ -100,10 +103,12 @@ def round_weights_(model: torch.nn.Module, weights_dtype: str) -> None:
 
 
 def _weights_dtype(name: str) -> torch.dtype:
-    try:
-        return WEIGHT_DTYPES[name]
-    except KeyError:
-        raise ArtifactError(f"weights dtype must be one of {sorted(WEIGHT_DTYPES)}, got {name!r}") from None
+    import torch
+
+    if name not in WEIGHT_DTYPES:
+        raise ArtifactError(f"weights dtype must be one of {sorted(WEIGHT_DTYPES)}, got {name!r}")
+    dtype: torch.dtype = getattr(torch, name)
+    return dtype
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -130,6 +135,9 @@ def write_artifact(
     complete, so a crash at any point leaves no half-written version behind. Floating
     weights are stored as ``weights_dtype`` (float16 halves the file; see round_weights_).
     """
+    import numpy as np
+    import torch
+
     store_dtype = _weights_dtype(weights_dtype)
     root = Path(artifacts_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -232,6 +240,10 @@ def verify_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_artifact(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Artifact:
     """Verify checksums, then rebuild model, vocabulary, labels and preprocessing from the folder."""
+    import torch
+
+    from contract.model import ModelConfig, TextClassifier
+
     folder = Path(path)
     manifest = verify_artifact(folder)
     try:

@@ -29,15 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, TextIO
 
-import numpy as np
-import torch
+from contract.artifact import ArtifactError, resolve_version
 
-from contract.artifact import ArtifactError
-from service.inference.predictor import Predictor
-from service.inference.threads import available_cpus
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # this process never imports torch: the model runs in scoring.model_process
     from _csv import Writer as CsvWriter
+
+    import numpy as np
+
+    from service.inference.predictor import Predictor
 
 EXIT_BAD_INPUT = 2
 EXIT_BAD_MODEL = 1
@@ -56,6 +55,25 @@ class Summary:
     rows: int
     seconds: float
     output: Path
+    model_ready_s: float | None = None  # local engine: from the start until the model process could compute
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How a file is cut and computed; every engine gives the same bytes for the same settings."""
+
+    text_column: str = "title"
+    batch_size: int = 512
+    chunk_rows: int = 16384
+    workers: int = 1
+
+
+def open_input(input_path: Path) -> IO[bytes]:
+    """The input, opened for :class:`_Lines`; an unreadable file is :class:`BadInput`."""
+    try:
+        return open(input_path, "rb")  # noqa: SIM115 - the caller closes it, after the rename
+    except OSError as exc:
+        raise BadInput(f"{input_path}: cannot open input ({exc.strerror or exc})") from None
 
 
 class _Lines:
@@ -181,11 +199,7 @@ def score_file(
     started = time.perf_counter()
     name = str(input_path)
     check_paths(input_path, output_path)
-    try:
-        handle = open(input_path, "rb")  # noqa: SIM115 - closed below, after the rename
-    except OSError as exc:
-        raise BadInput(f"{name}: cannot open input ({exc.strerror or exc})") from None
-    with handle:
+    with open_input(input_path) as handle:
         total = os.fstat(handle.fileno()).st_size
         lines = _Lines(handle, name)
         records = iter(_Records(lines))
@@ -261,6 +275,8 @@ class _Chunk:
         cls, pool: ThreadPoolExecutor, predictor: Predictor, records: list[list[str]], text_index: int, batch_size: int
     ) -> _Chunk:
         """Encode once, sort by length, queue same-length batches on ``pool``."""
+        import numpy as np
+
         encode = predictor.encoder.encode
         encoded = [encode(record[text_index]) for record in records]
         sequences = [ids for ids, _ in encoded]
@@ -374,41 +390,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         from scoring.ray_engine import run_cli
 
         return run_cli(args)
+    from scoring.local_engine import ModelUnusable, score_local
+    from service.inference.threads import available_cpus
+
     try:
         check_paths(args.input, args.output)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    workers = args.threads or available_cpus()
-    torch.set_num_threads(1)
     try:
-        predictor = Predictor.load(args.artifacts_dir, args.version, args.device)
-    except ArtifactError as exc:
+        folder = resolve_version(args.artifacts_dir, args.version)
+        settings = ScoringSettings(args.text_column, args.batch_size, args.chunk_rows, args.threads or available_cpus())
+        summary, version = score_local(folder, args.input, args.output, settings, device=args.device)
+    except (ArtifactError, ModelUnusable) as exc:
         print(f"error: cannot load model from {args.artifacts_dir}: {exc}", file=sys.stderr)
         return EXIT_BAD_MODEL
-    predictor.max_group = max(predictor.max_group, args.batch_size)
-    try:
-        summary = score_file(
-            predictor,
-            args.input,
-            args.output,
-            text_column=args.text_column,
-            batch_size=args.batch_size,
-            chunk_rows=args.chunk_rows,
-            workers=workers,
-        )
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print_summary(summary, predictor.version)
+    print_summary(summary, version)
     return 0
 
 
 def print_summary(summary: Summary, version: str, where: str = "") -> None:
     """The closing stderr line of a run: rows, time, rate, model (and ``where``: the engine's cluster)."""
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
+    ready = "" if summary.model_ready_s is None else f"; model ready after {summary.model_ready_s:.2f} s"
     print(
-        f"scored {summary.rows:,} rows in {summary.seconds:.2f} s ({rate:,.0f} rows/s){where} with model "
+        f"scored {summary.rows:,} rows in {summary.seconds:.2f} s ({rate:,.0f} rows/s{ready}){where} with model "
         f"{version} -> {summary.output}",
         file=sys.stderr,
     )

