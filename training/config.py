@@ -23,7 +23,7 @@ class FitConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-2
     label_smoothing: float = 0.1
-    word_dropout: float = 0.2
+    word_dropout: float = 0.35
     grad_clip: float = 1.0
     patience: int = 4
     lr_patience: int = 1
