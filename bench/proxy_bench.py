@@ -7,7 +7,7 @@ seven is unseen. The word TF-IDF baseline and the word + character n-gram linear
 on the same rows in the same run. Prints one line per (variant, seed) and the means, and
 writes the rows as JSON.
 
-    python -m bench.proxy_bench --variants words subword20k_parens --seeds 1 2 3
+    python -m bench.proxy_bench --variants words subword20k_parens_wd35 --seeds 1 2 3
 """
 
 from __future__ import annotations
@@ -30,14 +30,21 @@ DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" 
 
 # Every variant names the settings it compares in full, so its meaning does not move when
 # TrainConfig's defaults do.
-_WORDS = {"keep_parenthesised": False, "subword_buckets": 0}
-_HEAD = {"keep_parenthesised": False, "subword_buckets": 20000, "subword_embeddings": False, "subword_head": True}
+_WORDS = {"keep_parenthesised": False, "subword_buckets": 0, "word_dropout": 0.2}
+_HEAD = {**_WORDS, "subword_buckets": 20000, "subword_embeddings": False, "subword_head": True}
+_WD35 = {**_WORDS, "subword_buckets": 20000, "keep_parenthesised": True, "word_dropout": 0.35}
 VARIANTS: dict[str, dict[str, Any]] = {
     "words": _WORDS,
     "words_parens": {**_WORDS, "keep_parenthesised": True},
     "subword20k": {**_WORDS, "subword_buckets": 20000},
     "subword20k_parens": {**_WORDS, "subword_buckets": 20000, "keep_parenthesised": True},
     "subword20k_wd35": {**_WORDS, "subword_buckets": 20000, "word_dropout": 0.35},
+    "subword20k_parens_wd35": _WD35,
+    "subword20k_parens_wd50": {**_WD35, "word_dropout": 0.5},
+    "subword20k_parens_wd65": {**_WD35, "word_dropout": 0.65},
+    "subword20k_parens_wd35_n2": {**_WD35, "subword_min_n": 2},
+    "subword20k_parens_wd35_edrop50": {**_WD35, "embedding_dropout": 0.5},
+    "subword20k_parens_wd35_rare60": {**_WD35, "rare_word_dropout": 0.6},
     "head20k": _HEAD,
     "head20k_lr10": {**_HEAD, "head_lr_scale": 10.0},
     "head20k_lr30": {**_HEAD, "head_lr_scale": 30.0},
@@ -65,7 +72,7 @@ def measure(config: TrainConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--variants", nargs="+", default=["words", "subword20k_parens"], choices=sorted(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["words", "subword20k_parens_wd35"], choices=sorted(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--split", default="unseen", choices=("unseen", "random", "time"))
     parser.add_argument("--threads", type=int, default=1)

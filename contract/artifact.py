@@ -65,7 +65,9 @@ class Artifact:
     manifest: dict[str, Any] = field(repr=False)
 
     def text_encoder(self) -> TextEncoder:
-        return TextEncoder(self.preprocessing, self.vocab, self.config.subword_hasher())
+        """Raw text → the model's input; known words skip their n-grams when the model has them folded in."""
+        known_word_grams = self.model.folded is None
+        return TextEncoder(self.preprocessing, self.vocab, self.config.subword_hasher(), known_word_grams)
 
     @property
     def temperature(self) -> float:
@@ -263,6 +265,7 @@ def load_artifact(path: str | os.PathLike[str], device: str | torch.device = "cp
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         model = TextClassifier(config)
         model.load_state_dict(state, strict=True)
+        model.fold_word_ngrams(vocab)
     except Exception as exc:  # noqa: BLE001 - any failure here means unusable weights
         raise ArtifactError(f"{folder / WEIGHTS}: cannot load weights ({exc})") from exc
     model.to(device).eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from contract.text import PAD_INDEX, SubwordHasher
+from contract.text import PAD_INDEX, UNK_INDEX, SubwordHasher, Vocabulary
 
 RNN_TYPES = ("rnn", "gru", "bigru")
 POOLINGS = ("last", "max", "last_max")
@@ -124,6 +125,33 @@ class TextClassifier(nn.Module):
         self.fc1 = nn.Linear(features, config.fc_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.fc2 = nn.Linear(config.fc_dim, config.num_classes)
+        # Set by fold_word_ngrams for serving; not part of the saved weights.
+        self.folded: torch.Tensor | None
+        self.register_buffer("folded", None, persistent=False)
+
+    @torch.no_grad()
+    def fold_word_ngrams(self, vocab: Vocabulary) -> None:
+        """Precompute each vocabulary word's input vector (its word vector plus the mean of its
+        n-gram vectors) so that serving looks a known word up once instead of averaging its
+        n-grams on every request; only tokens outside the vocabulary still need their n-grams.
+
+        For inference only: a model in training mode ignores the table, and it is not updated
+        when the weights change, so fold again after loading other weights. Models without
+        n-gram embeddings, or with the wide head (which reads every token's n-grams), are left
+        as they are.
+        """
+        hasher = self.config.subword_hasher()
+        if hasher is None or self.subword_embedding is None or self.head_words is not None:
+            return
+        if len(vocab) != self.config.vocab_size:
+            raise ValueError(f"vocabulary has {len(vocab)} words, the model {self.config.vocab_size}")
+        # <PAD> and <UNK> have no n-grams (an empty bag averages to zeros).
+        grams = [() if i < 2 else hasher(word) for i, word in enumerate(vocab.itos)]
+        device = self.embedding.weight.device
+        flat = torch.tensor([g for word in grams for g in word], dtype=torch.long, device=device)
+        offsets = torch.tensor(np.cumsum([0, *map(len, grams[:-1])]), dtype=torch.long, device=device)
+        pieces = F.embedding_bag(flat, self.subword_embedding.weight, offsets, mode="mean")
+        self.folded = self.embedding.weight + pieces
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token vectors ``[B, T, E]``: the word's vector plus the mean of its n-gram vectors.
@@ -138,12 +166,37 @@ class TextClassifier(nn.Module):
         if ids.dim() != 3:
             raise ValueError("this model has subword embeddings: ids must be [B, T, 1 + K] (see TextEncoder)")
         words, grams = ids[..., 0], ids[..., 1:]
+        if self.folded is not None and not self.training:
+            return self._embed_folded(words, grams)
+        # Every word has at least one n-gram ("<a>" for "a"), so a known word without any was
+        # encoded for a folded vocabulary: refuse it rather than answer from half the input.
+        known = words > UNK_INDEX
+        if bool((known if grams.shape[-1] == 0 else known & (grams[..., 0] == 0)).any()):
+            raise ValueError(
+                "known words came without their n-grams (TextEncoder(known_word_grams=False)); this model "
+                "has no folded vocabulary (TextClassifier.fold_word_ngrams)"
+            )
         # One fused gather-and-average per token: materialising every n-gram vector first
         # ([B, T, K, E]) and summing it took most of the forward pass. Padding ids (0) are left
         # out of the mean; a token with no n-grams gets zeros.
         flat = grams.reshape(-1, grams.shape[-1])
         pieces = F.embedding_bag(flat, self.subword_embedding.weight, mode="mean", padding_idx=0)
         return self.embedding(words) + pieces.view(*grams.shape[:2], -1)
+
+    def _embed_folded(self, words: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
+        """:meth:`embed` with the folded vocabulary: known words are one lookup (any n-gram ids
+        they carry are already in it); only ``<UNK>`` tokens add the mean of their n-grams."""
+        assert self.folded is not None and self.subword_embedding is not None
+        x = F.embedding(words, self.folded)
+        if grams.shape[-1] == 0:
+            return x
+        flat_words = words.reshape(-1)
+        flat_grams = grams.reshape(flat_words.shape[0], -1)
+        unseen = ((flat_words == UNK_INDEX) & (flat_grams[:, 0] != 0)).nonzero().squeeze(1)
+        if unseen.numel() == 0:
+            return x
+        pieces = F.embedding_bag(flat_grams[unseen], self.subword_embedding.weight, mode="mean", padding_idx=0)
+        return x.reshape(-1, x.shape[-1]).index_add(0, unseen, pieces).view_as(x)
 
     def wide_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """The wide head's logits ``[B, C]`` for ``[B, T, 1 + K]`` features.
@@ -209,15 +262,23 @@ def pad_batch(
     if len(sequences) == 0 or lengths.min() < 1:
         raise ValueError("every sequence needs at least one token")
     if isinstance(sequences[0][0], tuple):
-        tokens = [token for s in sequences for token in s]
+        tokens = list(chain.from_iterable(sequences))
         widths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
         ids = np.zeros((len(sequences), int(lengths.max()), int(widths.max())), dtype=np.int64)
         rows = np.repeat(np.arange(len(sequences)), lengths)
         cols = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        total = int(widths.sum())
-        flat = np.fromiter(chain.from_iterable(tokens), dtype=np.int64, count=total)
-        depth = np.arange(total) - np.repeat(np.cumsum(widths) - widths, widths)
-        ids[np.repeat(rows, widths), np.repeat(cols, widths), depth] = flat
+        ids[rows, cols, 0] = np.fromiter(map(itemgetter(0), tokens), dtype=np.int64, count=len(tokens))
+        # Only tokens with n-gram ids are walked item by item (with a folded vocabulary, the
+        # few unknown words; see TextEncoder's known_word_grams).
+        with_grams = np.flatnonzero(widths > 1)
+        if with_grams.size:
+            counts = widths[with_grams] - 1
+            total = int(counts.sum())
+            flat = np.fromiter(
+                chain.from_iterable(tokens[i][1:] for i in with_grams.tolist()), dtype=np.int64, count=total
+            )
+            depth = 1 + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+            ids[np.repeat(rows[with_grams], counts), np.repeat(cols[with_grams], counts), depth] = flat
         return torch.from_numpy(ids).to(device), torch.from_numpy(lengths)
     ids = np.full((len(sequences), int(lengths.max())), PAD_INDEX, dtype=np.int64)
     mask = np.arange(ids.shape[1])[None, :] < lengths[:, None]

@@ -263,12 +263,22 @@ class TextEncoder:
     Without subwords a text becomes a list of word indices. With a :class:`SubwordHasher`
     every token becomes a tuple ``(word index, n-gram bucket ids...)``; ``len()`` of the list
     is still the number of tokens, and :func:`contract.model.pad_batch` pads either form.
+    With ``known_word_grams=False`` a word in the vocabulary is just ``(word index,)``: for a
+    model whose vocabulary vectors already hold their n-grams
+    (:meth:`contract.model.TextClassifier.fold_word_ngrams`), only unknown words need theirs.
     """
 
-    def __init__(self, settings: PreprocessSettings, vocab: Vocabulary, subwords: SubwordHasher | None = None) -> None:
+    def __init__(
+        self,
+        settings: PreprocessSettings,
+        vocab: Vocabulary,
+        subwords: SubwordHasher | None = None,
+        known_word_grams: bool = True,
+    ) -> None:
         self.normalizer = Normalizer(settings)
         self.vocab = vocab
         self.subwords = subwords
+        self.known_word_grams = known_word_grams
 
     def encode(self, text: str) -> tuple[list[Any], bool]:
         """Token features and whether the text had no tokens left after preprocessing."""
@@ -279,7 +289,11 @@ class TextEncoder:
         if not tokens:
             return [(ids[0],)], True
         hasher = self.subwords
-        return [(i, *hasher(t)) for i, t in zip(ids, tokens, strict=True)], False
+        if self.known_word_grams:
+            return [(i, *hasher(t)) for i, t in zip(ids, tokens, strict=True)], False
+        if UNK_INDEX not in ids:  # the common case: every word known, one C-level pass
+            return list(zip(ids)), False
+        return [(i,) if i != UNK_INDEX else (i, *hasher(t)) for i, t in zip(ids, tokens, strict=True)], False
 
     def encode_many(self, texts: Iterable[str]) -> list[list[Any]]:
         return [self.encode(t)[0] for t in texts]

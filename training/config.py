@@ -23,7 +23,7 @@ class FitConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-2
     label_smoothing: float = 0.1
-    word_dropout: float = 0.2
+    word_dropout: float = 0.35
     grad_clip: float = 1.0
     patience: int = 4
     lr_patience: int = 1
@@ -86,6 +86,8 @@ class TrainConfig:
     weight_decay: float = FitConfig.weight_decay
     label_smoothing: float = FitConfig.label_smoothing
     word_dropout: float = FitConfig.word_dropout
+    rare_word_dropout: float | None = None
+    rare_word_titles: int = 2
     grad_clip: float = FitConfig.grad_clip
     ema_decay: float | None = FitConfig.ema_decay
     head_lr_scale: float = FitConfig.head_lr_scale
@@ -187,6 +189,10 @@ class TrainConfig:
             raise ConfigError("val and test fractions must be in (0, 1) and sum to less than 1")
         if not 0 <= self.word_dropout < 1:
             raise ConfigError("word_dropout must be in [0, 1)")
+        if self.rare_word_dropout is not None and not 0 <= self.rare_word_dropout < 1:
+            raise ConfigError("rare_word_dropout must be in [0, 1) or none")
+        if self.rare_word_titles < 1:
+            raise ConfigError("rare_word_titles must be at least 1")
 
 
 def _optional_int(text: str) -> int | None:
@@ -294,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="cross-entropy label smoothing")
     g.add_argument("--word-dropout", type=float, default=d.word_dropout, help="share of training tokens set to <UNK>")
+    g.add_argument(
+        "--rare-word-dropout",
+        type=_optional_float,
+        default=d.rare_word_dropout,
+        help="share of the rare words' tokens (see --rare-word-titles) set to <UNK> (None: --word-dropout)",
+    )
+    g.add_argument(
+        "--rare-word-titles",
+        type=int,
+        default=d.rare_word_titles,
+        help="a word in at most this many training titles is rare (for --rare-word-dropout)",
+    )
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
     g.add_argument(
         "--ema-decay",

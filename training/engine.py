@@ -25,16 +25,19 @@ from training.distributed import DistContext
 log = logging.getLogger("training")
 
 
-def apply_word_dropout(ids: torch.Tensor, p: float) -> torch.Tensor:
+def apply_word_dropout(ids: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
     """Replace a share ``p`` of real tokens with ``<UNK>`` so its embedding learns "unknown word".
 
-    With subword features (``[B, T, 1 + K]``) only the word index is dropped: the token keeps
-    its n-grams, exactly what a word unseen in training looks like at serving time.
+    ``p`` is one share for every word, or a share per word index (see
+    ``training.fitting.word_dropout_rates``). With subword features (``[B, T, 1 + K]``) only the
+    word index is dropped: the token keeps its n-grams, exactly what a word unseen in training
+    looks like at serving time.
     """
-    if p <= 0:
+    if not isinstance(p, torch.Tensor) and p <= 0:
         return ids
     words = ids[..., 0] if ids.dim() == 3 else ids
-    drop = (torch.rand(words.shape, device=ids.device) < p) & (words != PAD_INDEX)
+    rate = p[words] if isinstance(p, torch.Tensor) else p
+    drop = (torch.rand(words.shape, device=ids.device) < rate) & (words != PAD_INDEX)
     if ids.dim() == 3:
         out = ids.clone()
         out[..., 0] = words.masked_fill(drop, UNK_INDEX)
@@ -54,7 +57,7 @@ def train_step(
     ids: torch.Tensor,
     lengths: torch.Tensor,
     targets: torch.Tensor,
-    word_dropout: float = 0.0,
+    word_dropout: float | torch.Tensor = 0.0,
     grad_clip: float = 0.0,
 ) -> float:
     """One optimisation step on one batch; returns the batch's mean loss."""
@@ -174,6 +177,7 @@ def fit(
     dist: DistContext | None = None,
     class_weights: torch.Tensor | None = None,
     token_table: torch.Tensor | None = None,
+    word_dropout_rates: torch.Tensor | None = None,
     lr_schedule: list[float] | None = None,
     progress: bool = False,
     log_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -184,6 +188,8 @@ def fit(
     validation metrics are averaged over ranks so every rank stops and decays together.
     With ``config.ema_decay`` the weights that are validated, kept and returned are an
     exponential moving average of the trained ones (smoother than any single step's weights).
+
+    ``word_dropout_rates`` (one per word index) replaces ``config.word_dropout`` when given.
 
     ``lr_schedule`` replays a learning rate per epoch (a refit on train + val of the epochs an
     earlier run chose): the plateau scheduler and early stopping are off, and the model ends
@@ -217,6 +223,7 @@ def fit(
     ids_t = torch.from_numpy(train.ids)
     len_t = torch.from_numpy(train.lengths)
     y_t = torch.from_numpy(train.targets)
+    word_dropout = config.word_dropout if word_dropout_rates is None else word_dropout_rates.to(device)
     ema = None
     if config.ema_decay:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -240,7 +247,7 @@ def fit(
             b_len = len_t[rows_t]
             b_ids = features(ids_t[rows_t, : int(b_len.max())], token_table).to(device, non_blocking=True)
             b_y = y_t[rows_t].to(device, non_blocking=True)
-            loss = train_step(net, optimizer, loss_fn, b_ids, b_len, b_y, config.word_dropout, config.grad_clip)
+            loss = train_step(net, optimizer, loss_fn, b_ids, b_len, b_y, word_dropout, config.grad_clip)
             if ema is not None:
                 ema.update_parameters(model)
             loss_sum += loss * len(rows)

@@ -70,6 +70,41 @@ def test_subword_model_handles_padding_and_unseen_words():
     assert cos(sub_only[0], known_sub, dim=0) > cos(sub_only[1], known_sub, dim=0) + 0.3
 
 
+def test_folded_vocabulary_answers_what_averaging_every_words_ngrams_answers():
+    """Serving looks a known word's vector (word + mean of its n-grams) up once; only unknown
+    words carry n-grams. Same logits as the training-time input, for known, unseen and empty."""
+    vocab = Vocabulary(["<PAD>", "<UNK>", *WORDS])
+    model = _model(subword_buckets=97)
+    with torch.no_grad():
+        model.embedding.weight[1:].normal_()  # <UNK> and the words apart from their n-grams
+    full = TextEncoder(PreprocessSettings(), vocab, model.config.subword_hasher())
+    short = TextEncoder(PreprocessSettings(), vocab, model.config.subword_hasher(), known_word_grams=False)
+    texts = ["Oil prices fall", "Microsofts shares rally today", "zzzz", "", "team wins"]
+    with torch.inference_mode():
+        expected = model(*pad_batch(full.encode_many(texts)))
+        model.fold_word_ngrams(vocab)
+        assert model.folded is not None and model.folded.shape == (len(vocab), 8)
+        encoded = short.encode_many(texts)
+        assert encoded[0] == [(vocab.stoi[w],) for w in ("oil", "prices", "fall")]
+        assert encoded[1][0][0] == UNK_INDEX and len(encoded[1][0]) > 1  # "microsofts" keeps its n-grams
+        assert torch.allclose(model(*pad_batch(encoded)), expected, atol=1e-5)
+        # Known words' n-grams are already folded in: a full encoding gives the same answer.
+        assert torch.allclose(model(*pad_batch(full.encode_many(texts))), expected, atol=1e-5)
+    # In training mode the table is not used (it does not follow the weights).
+    model.train()
+    with pytest.raises(ValueError, match="without their n-grams"):
+        model(*pad_batch(encoded[:1]))
+
+
+def test_an_unfolded_model_refuses_known_words_without_ngrams():
+    vocab = Vocabulary(["<PAD>", "<UNK>", *WORDS])
+    model = _model(subword_buckets=97)
+    short = TextEncoder(PreprocessSettings(), vocab, model.config.subword_hasher(), known_word_grams=False)
+    for texts in (["oil prices"], ["oil zzzz"]):  # no n-gram column at all, or one for the unknown word only
+        with pytest.raises(ValueError, match="fold_word_ngrams"):
+            model(*pad_batch(short.encode_many(texts)))
+
+
 def test_subword_model_refuses_word_ids_alone():
     model = _model(subword_buckets=97)
     with pytest.raises(ValueError, match="character n-grams"):

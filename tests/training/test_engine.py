@@ -27,6 +27,25 @@ def test_word_dropout_only_replaces_real_tokens_with_unk():
     assert apply_word_dropout(ids, 0.0) is ids
 
 
+def test_rare_words_are_dropped_at_their_own_rate():
+    """Per-word rates: the words found in at most ``rare_titles`` training titles get the rare
+    rate, the others the common one; n-grams are kept, padding never changes."""
+    from training.fitting import word_dropout_rates
+
+    vocab = Vocabulary(["<PAD>", "<UNK>", "oil", "prices", "zloty", "wins"])
+    titles = [["oil", "prices"], ["oil", "zloty"], ["oil", "prices", "wins"], ["prices"]]
+    rates = word_dropout_rates(vocab, titles, 0.0, 0.9, rare_titles=1)
+    assert rates is not None and rates.tolist() == pytest.approx([0, 0, 0, 0, 0.9, 0.9])
+    assert word_dropout_rates(vocab, titles, 0.2, None, 1) is None  # one rate for every word
+    torch.manual_seed(0)
+    words = torch.tensor([[2, 3, 4, 5, PAD_INDEX]] * 400)
+    ids = torch.stack([words, torch.full_like(words, 7) * (words != PAD_INDEX)], dim=2)  # one n-gram each
+    out = apply_word_dropout(ids, rates)
+    assert torch.equal(out[..., 1], ids[..., 1]) and torch.equal(out[:, :2], ids[:, :2]) and (out[:, 4] == 0).all()
+    dropped = (out[:, 2:4, 0] == UNK_INDEX).float().mean().item()
+    assert 0.85 < dropped < 0.95
+
+
 def test_early_stopping_keeps_a_private_copy_of_the_best_weights():
     model = nn.Linear(3, 2)
     stopper = EarlyStopping(patience=2, mode="min")
