@@ -176,6 +176,8 @@ class TextClassifier(nn.Module):
                 "known words came without their n-grams (TextEncoder(known_word_grams=False)); this model "
                 "has no folded vocabulary (TextClassifier.fold_word_ngrams)"
             )
+        if grams.shape[-1] == 0:  # no token has an n-gram (texts that preprocessed to nothing)
+            return self.embedding(words)
         # One fused gather-and-average per token: materialising every n-gram vector first
         # ([B, T, K, E]) and summing it took most of the forward pass. Padding ids (0) are left
         # out of the mean; a token with no n-grams gets zeros.

@@ -190,3 +190,17 @@ def test_backward_state_has_read_the_whole_title() -> None:
     assert not torch.allclose(backward[0], backward[1])
     alone = features(model, [[5, 6, 7, 8]])
     torch.testing.assert_close(rows[0], alone[0], atol=1e-6, rtol=0)  # padding never enters the recurrence
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_a_batch_of_texts_that_preprocess_to_nothing_gets_an_answer(folded: bool) -> None:
+    """Only padding and ``<UNK>`` tokens without n-grams: the ids have no n-gram columns at all."""
+    vocab = Vocabulary(["<PAD>", "<UNK>", *WORDS])
+    model = _model(subword_buckets=97)
+    if folded:
+        model.fold_word_ngrams(vocab)
+    encoder = TextEncoder(PreprocessSettings(), vocab, model.config.subword_hasher(), known_word_grams=not folded)
+    encoded = encoder.encode_many(["!!!", ""])
+    probs = predict_proba(model, *pad_batch(encoded))
+    assert probs.shape == (2, 3) and torch.isfinite(probs).all()
+    assert torch.allclose(probs[0], probs[1])

@@ -109,3 +109,14 @@ def test_shape_check_catches_a_stale_example() -> None:
     stale = {"error": {"type": "x", "message": "m", "details": [{"loc": ["body"], "msg": "m"}]}}
     with pytest.raises(AssertionError, match="example keys"):
         assert_same_shape(stale, real)
+
+
+@pytest.mark.parametrize("texts", [["!!!"], ["?", "..."], ["!!!", "Oil prices fall"]])
+def test_the_default_model_answers_texts_that_preprocess_to_nothing(
+    served: tuple[TestClient, dict[str, Any]], texts: list[str]
+) -> None:
+    """A lone text or a whole batch with no words left (the character n-gram model included): 200, flagged empty."""
+    client, _ = served
+    r = client.post("/predict", json={"texts": texts})
+    assert r.status_code == 200, r.text
+    assert [p["empty"] for p in r.json()["predictions"]] == [t != "Oil prices fall" for t in texts]
