@@ -20,7 +20,6 @@ Without ``wrk`` on the PATH only the ``http.client`` points are measured.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
@@ -31,51 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.proc_stats import tree_cpu_s
+from bench.serve_bench import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" / "news_10k.csv"))
 WRK_POINTS = (64, 256, 1)
 HEADLINE = "Stocks rally as oil prices fall on hopes of a deal"
-
-
-def _free_port() -> int:
-    from tests.service.live_server import free_port
-
-    return free_port()
-
-
-@contextlib.contextmanager
-def server(cmd: list[str], port: int, log: Path, ready_path: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``cmd`` and wait until ``ready_path`` answers 200; stop it on exit."""
-    with log.open("wb") as fh:
-        process = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{cmd[2]} exited with {process.returncode}: {log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                conn.request("GET", ready_path)
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not ready: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -163,24 +128,20 @@ def compare(
         print("note: wrk not found (apt-get install wrk): measuring http.client only", flush=True)
     body = json.dumps({"text": HEADLINE})
     scratch = Path(tempfile.mkdtemp(prefix="floor-"))
-    ports = {"service": _free_port(), "floor": _free_port()}
-    service_args = ["--artifacts-dir", str(artifacts_dir), "--port", str(ports["service"])]
-    commands = {
-        "service": [sys.executable, "-m", "service", *service_args],
-        "floor": [sys.executable, "-m", "bench.floor_app", "--port", str(ports["floor"])],
-    }
-    runs: dict[str, dict[str, list[dict[str, float]]]] = {name: {p: [] for p in points} for name in commands}
+    names = ("service", "floor")
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {name: {p: [] for p in points} for name in names}
     with (
-        server(commands["service"], ports["service"], scratch / "service.log", "/health/ready") as service,
-        server(commands["floor"], ports["floor"], scratch / "floor.log", "/predict") as floor,
+        launch(artifacts_dir, [], scratch, "service") as service,  # its defaults: access log on
+        launch(artifacts_dir, None, scratch, "floor", module="bench.floor_app") as floor,
     ):
-        pids = {"service": service.pid, "floor": floor.pid}
-        for name in commands:  # warm both ends
-            run_http_client(ports[name], 500, body)
+        handles = {"service": service, "floor": floor}
+        for name in names:  # warm both ends
+            run_http_client(handles[name].port, 500, body)
         for r in range(rounds):
             for point in points:
-                for name in ("service", "floor") if r % 2 == 0 else ("floor", "service"):
-                    runs[name][point].append(measure(pids[name], point, ports[name], seconds, body, requests))
+                for name in names if r % 2 == 0 else names[::-1]:
+                    handle = handles[name]
+                    runs[name][point].append(measure(handle.process.pid, point, handle.port, seconds, body, requests))
                     print(f"round {r + 1} {point:12s} {name:8s} {_line(runs[name][point][-1])}", flush=True)
     medians = {name: {p: _median(v) for p, v in by_point.items()} for name, by_point in runs.items()}
     ratios = {

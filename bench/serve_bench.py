@@ -150,17 +150,24 @@ class Handle:
 
 @contextlib.contextmanager
 def launch(
-    artifacts_dir: Path, flags: list[str] | None, scratch: Path, name: str, cwd: Path = ROOT
+    artifacts_dir: Path,
+    flags: list[str] | None,
+    scratch: Path,
+    name: str,
+    cwd: Path = ROOT,
+    module: str | None = None,
 ) -> Iterator[Handle]:
     """``python -m service`` (of the checkout at ``cwd``) with ``flags``, or (``flags is None``) the
-    reference batcher; waits for ready."""
+    reference batcher, or (``module``) ``python -m module --port PORT``; waits for ready."""
     import httpx
 
     from tests.service.live_server import free_port
 
     port = free_port()
     log = scratch / f"{name}-{port}.log"
-    if flags is None:
+    if module is not None:
+        cmd = [sys.executable, "-m", module, "--port", str(port)]
+    elif flags is None:
         cmd = [sys.executable, "-m", "bench.reference_batcher", str(artifacts_dir), str(port)]
     else:
         cmd = [sys.executable, "-m", "service", "--artifacts-dir", str(artifacts_dir), f"--port={port}", *flags]
