@@ -187,30 +187,31 @@ class _LoopMetric(Generic[S]):
         return iter(())
 
 
-class LoopCounter(_LoopMetric[_Value]):
+class _LoopValue(_LoopMetric[_Value]):
+    """A counter or gauge: one number per series, exposed as ``family``."""
+
+    family: type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry) -> None:
+        super().__init__(name, documentation, labels, registry, _Value)
+
+    def collect(self) -> Iterator[Metric]:
+        family = self.family(self.name, self.documentation, labels=self.label_names)
+        for key, series in list(self.series.items()):
+            family.add_metric(key, series.value)
+        yield family
+
+
+class LoopCounter(_LoopValue):
     """A counter (exposed as ``<name>_total``)."""
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry) -> None:
-        super().__init__(name, documentation, labels, registry, _Value)
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
-        for key, series in list(self.series.items()):
-            family.add_metric(key, series.value)
-        yield family
+    family = CounterMetricFamily
 
 
-class LoopGauge(_LoopMetric[_Value]):
+class LoopGauge(_LoopValue):
     """A gauge."""
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[str], registry: CollectorRegistry) -> None:
-        super().__init__(name, documentation, labels, registry, _Value)
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.label_names)
-        for key, series in list(self.series.items()):
-            family.add_metric(key, series.value)
-        yield family
+    family = GaugeMetricFamily
 
 
 class LoopHistogram(_LoopMetric[_Buckets]):
