@@ -5,7 +5,7 @@ deploy/haproxy/haproxy.cfg unchanged, under steady open-loop load. Each replica 
 SIGTERM, must exit 0, and is started again on its port; the next one goes only when HAProxy
 reports the new one UP (two passing /health/ready checks). Every request of the run, at least
 5,000, must be answered 200, and the p99 latency during the roll may be at most 3x the p99
-before it.
+before it (or 40 ms, whichever is larger: see P99_FLOOR_MS).
 
 On a cluster a new pod starts on CPU of its own; here every process shares two cores, and a
 starting replica (interpreter, torch import, model process) stalls the serving ones for tens
@@ -43,6 +43,10 @@ RATE = 300.0  # requests/s: steady, well below what 3 replicas serve on 2 CPUs, 
 BEFORE_S = 10.0
 AFTER_S = 5.0
 MIN_REQUESTS = 5000
+# Before the roll the p99 is a few milliseconds on two idle CPUs, so a single stall of a few tens
+# of milliseconds anywhere on the shared machine fails a pure ratio: the bound is 3x the p99
+# before, or this, whichever is larger.
+P99_FLOOR_MS = 40.0
 _CPUS = sorted(os.sched_getaffinity(0))
 SERVING_CPUS = set(_CPUS[:1]) if len(_CPUS) > 1 else set(_CPUS)
 STARTING_CPUS = set(_CPUS[1:]) if len(_CPUS) > 1 else set(_CPUS)
@@ -202,4 +206,4 @@ def test_rolling_restart_behind_haproxy_fails_no_request(
     assert exit_codes == [0] * REPLICAS, exit_codes
     assert not failed, f"{summary}; first failures: {failed[:5]}"
     assert len(results) >= MIN_REQUESTS, summary
-    assert p99_during <= 3 * p99_before, summary
+    assert p99_during <= max(3 * p99_before, P99_FLOOR_MS), summary
