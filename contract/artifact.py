@@ -266,6 +266,7 @@ def load_artifact(path: str | os.PathLike[str], device: str | torch.device = "cp
         model = TextClassifier(config)
         model.load_state_dict(state, strict=True)
         model.fold_word_ngrams(vocab)
+        model.fuse_recurrence()
     except Exception as exc:  # noqa: BLE001 - any failure here means unusable weights
         raise ArtifactError(f"{folder / WEIGHTS}: cannot load weights ({exc})") from exc
     model.to(device).eval()

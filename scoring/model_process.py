@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from scoring.score import same_length_batches
 
@@ -102,8 +102,22 @@ class _TableLookup:
         return self._vectors[ids[..., 0]]
 
 
+class _Table(NamedTuple):
+    """One chunk's view of the token table (see :class:`ChunkScorer`)."""
+
+    features: list[Any]
+    vectors: torch.Tensor | None
+    words: torch.Tensor | None
+    unseen: torch.Tensor | None
+
+
 class ChunkScorer:
-    """The token table (features and vectors per row) and the forward passes over it."""
+    """The token table (features and vectors per row) and the forward passes over it.
+
+    With the fused serving recurrence (``TextClassifier.fuse_recurrence``), a batch reads each
+    token's vocabulary word (whose gates the model's own table holds) and, for unknown words
+    with n-grams, the vector kept here: the in-process engine's computation, bit for bit.
+    """
 
     def __init__(self, predictor: Predictor, batch_size: int) -> None:
         self.predictor = predictor
@@ -111,14 +125,33 @@ class ChunkScorer:
         # The wide head reads the features themselves, not vectors: such a model takes the
         # in-process engine's path, with features rebuilt from the table.
         self.by_vectors = predictor.model.head_words is None
+        self.by_words = predictor.model.fused is not None and predictor.device.type == "cpu"
         self.features: list[Any] = []
         self.vectors: torch.Tensor | None = None
+        self.words: torch.Tensor | None = None  # each token's vocabulary index (fused models)
+        self.unseen: torch.Tensor | None = None  # True for an unknown word with n-grams
         self._start_table()
 
     def _start_table(self) -> None:
         features, _ = self.predictor.encoder.encode("")  # EMPTY_ROW: a text with no tokens
-        self.features = list(features)
-        self.vectors = self._embed(self.features) if self.by_vectors else None
+        self.features = []
+        self.vectors = self.words = self.unseen = None
+        self._append(list(features))
+
+    def _append(self, features: list[Any]) -> None:
+        import torch
+
+        self.features.extend(features)
+        if self.by_vectors:
+            vectors = self._embed(features)
+            self.vectors = vectors if self.vectors is None else torch.cat([self.vectors, vectors])
+        if self.by_words:
+            from contract.text import UNK_INDEX
+
+            words = torch.tensor([f[0] if isinstance(f, tuple) else f for f in features], dtype=torch.int64)
+            unseen = torch.tensor([isinstance(f, tuple) and len(f) > 1 for f in features]) & (words == UNK_INDEX)
+            self.words = words if self.words is None else torch.cat([self.words, words])
+            self.unseen = unseen if self.unseen is None else torch.cat([self.unseen, unseen])
 
     def _embed(self, features: Sequence[Any]) -> torch.Tensor:
         import torch
@@ -135,8 +168,6 @@ class ChunkScorer:
 
     def add_tokens(self, tokens: list[str], reset: bool) -> None:
         """Append the rows of ``tokens`` (in the order the reader numbered them); ``reset``: start over first."""
-        import torch
-
         if reset:
             self._start_table()
         if not tokens:
@@ -146,9 +177,7 @@ class ChunkScorer:
         features, empty = self.predictor.encoder.encode(" ".join(tokens))
         if empty or len(features) != len(tokens):
             raise RuntimeError(f"the artifact's encoder gave {len(features)} features for {len(tokens)} of its tokens")
-        self.features.extend(features)
-        if self.vectors is not None:
-            self.vectors = torch.cat([self.vectors, self._embed(features)])
+        self._append(list(features))
 
     def submit(
         self, pool: ThreadPoolExecutor, flat: np.ndarray, lengths: np.ndarray
@@ -162,31 +191,36 @@ class ChunkScorer:
         probabilities = np.empty((len(lengths), len(self.predictor.classes)), dtype=np.float32)
         # This chunk's table: a later chunk may start a new one while these batches still run
         # (rows are only ever appended to a table, so the rows a batch reads never change).
-        features, vectors = self.features, self.vectors
+        table = _Table(self.features, self.vectors, self.words, self.unseen)
         futures = []
         for rows in same_length_batches(order, lengths.tolist(), self.batch_size):
             picked = np.asarray(rows, dtype=np.int64)
             ids = flat[offsets[picked][:, None] + np.arange(int(lengths[rows[0]]))].astype(np.int64)
-            futures.append(pool.submit(self._forward, probabilities, picked, ids, features, vectors))
+            futures.append(pool.submit(self._forward, probabilities, picked, ids, table))
         return probabilities, futures
 
-    def _forward(
-        self, out: np.ndarray, rows: np.ndarray, ids: np.ndarray, features: list[Any], vectors: torch.Tensor | None
-    ) -> None:
+    def _forward(self, out: np.ndarray, rows: np.ndarray, ids: np.ndarray, table: _Table) -> None:
         import torch
 
         from contract.model import TextClassifier, probabilities
 
         predictor = self.predictor
-        if vectors is None:
-            sequences = [[features[i] for i in row] for row in ids.tolist()]
+        if table.vectors is None:
+            sequences = [[table.features[i] for i in row] for row in ids.tolist()]
             out[rows] = predictor.predict_encoded(sequences, [False] * len(rows), observe=False).probabilities
             return
-        tokens = torch.from_numpy(ids).to(predictor.device).unsqueeze(-1)
+        tokens = torch.from_numpy(ids).to(predictor.device)
         lengths = torch.full((len(rows),), ids.shape[1], dtype=torch.int64)
         with torch.inference_mode():
-            # Rows of one length, no padding: the plain recurrence, as the in-process engine runs them.
-            logits = TextClassifier.forward(_TableLookup(predictor.model, vectors), tokens, lengths, pack=False)  # type: ignore[arg-type]
+            if table.words is not None and table.unseen is not None:
+                flat = tokens.reshape(-1)
+                positions = table.unseen[flat].nonzero().squeeze(1)
+                unseen = (positions, table.vectors[flat[positions]]) if positions.numel() else None
+                logits = predictor.model.forward_words(table.words[tokens], lengths, unseen)
+            else:
+                # Rows of one length, no padding: the plain recurrence, as the in-process engine runs them.
+                lookup = _TableLookup(predictor.model, table.vectors)
+                logits = TextClassifier.forward(lookup, tokens.unsqueeze(-1), lengths, pack=False)  # type: ignore[arg-type]
             out[rows] = probabilities(logits, predictor.artifact.temperature).cpu().numpy()
 
     def run(self, conn: Connection, workers: int) -> None:

@@ -47,7 +47,11 @@ def test_float16_weights_halve_the_file_and_reload_exactly_after_rounding(tmp_pa
     loaded = load_artifact(half)
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
     ids, lengths = pad_batch([[2, 3, 4], [5], [6, 7]])
-    assert torch.equal(predict_proba(loaded.model, ids, lengths), predict_proba(model, ids, lengths))
+    saved, reloaded = model.state_dict(), loaded.model.state_dict()
+    assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)
+    # The loaded model serves through the fused recurrence (contract/recurrence.py): float rounding apart.
+    served, kept = predict_proba(loaded.model, ids, lengths), predict_proba(model, ids, lengths)
+    torch.testing.assert_close(served, kept, atol=1e-6, rtol=0)
     assert json.loads((half / "manifest.json").read_text())["weights_dtype"] == "float16"
 
 
