@@ -9,8 +9,9 @@ per-kernel overhead are most of the forward pass. Here
   direction (a known word's input vector never changes), so a token's gates are one lookup;
 * both directions step together, four kernels a step, each writing into a buffer made before
   the loop (at one row a kernel takes about a microsecond, as long as slicing a tensor does).
-  The backward direction reads each row reversed within its own length, so padding never
-  enters either direction, as with packed sequences;
+  The backward direction reads each row reversed within its own length, and rows of a padded
+  batch are sorted longest first so that each step computes only the rows still reading, so
+  padding never enters either direction nor costs a step, as with packed sequences;
 * the state is carried as ``g = (h + 1) / 2``. The candidate ``n = tanh(a)`` then enters only as
   ``(n + 1) / 2 = sigmoid(2a)``, and the update ``h' = n + z * (h - n)`` becomes
   ``g' = s + z * (g - s)``, one ``lerp``; the weights absorb the change of variable at load.
@@ -94,10 +95,23 @@ class InferenceGRU(nn.Module):
         rows, steps = words.shape
         lengths = lengths.to(device=words.device, dtype=torch.long)
         padded = bool((lengths != steps).any())
+        active: list[int] | None = None
+        if padded:
+            # Longest rows first, so that the rows still reading at step t are the first
+            # active[t]: each step computes those only, as packed sequences do, and the outputs
+            # of the others stay -inf (out of the max) at positions past their end.
+            lengths, order = lengths.sort(descending=True, stable=True)
+            words = words[order]
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(rows, device=words.device)
+            active = (lengths.unsqueeze(0) > torch.arange(steps, device=words.device).unsqueeze(1)).sum(1).tolist()
+            if unseen is not None:
+                flat, vectors = unseen
+                unseen = (rank[flat // steps] * steps + flat % steps, vectors)
         if self.directions == 2:
             if padded:
                 # Each row from its own last token back to its first; positions past a row's
-                # end keep their place (their outputs are never used).
+                # end keep their place (they are never computed).
                 t = torch.arange(steps, device=words.device).unsqueeze(0)
                 reverse = torch.where(t < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - t, t)
                 backward = words.gather(1, reverse)
@@ -109,17 +123,16 @@ class InferenceGRU(nn.Module):
         by_step = nn.functional.embedding(ids, self.table if table is None else table)  # [T, D, B, 3H]
         if unseen is not None:
             self._place_unseen(by_step, lengths, *unseen)
-        outputs = self._steps(by_step)  # g = (h + 1) / 2, [T, D, B, H]
-        parts = []
+        outputs = self._steps(by_step) if active is None else self._active_steps(by_step, active)
+        parts = []  # g = (h + 1) / 2, [T, D, B, H]
         if pooling != "max":
             parts.append(outputs[lengths - 1, :, torch.arange(rows, device=words.device)].reshape(rows, -1))
         if pooling != "last":
-            if padded:
-                beyond = torch.arange(steps, device=words.device).unsqueeze(1) >= lengths.unsqueeze(0)  # [T, B]
-                outputs.masked_fill_(beyond[:, None, :, None], float("-inf"))
             # h = 2g - 1 rises with g, so the maximum carries over.
             parts.append(outputs.amax(dim=0).permute(1, 0, 2).reshape(rows, -1))
         g = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if active is not None:
+            g = g[rank]  # back to the callers' row order
         return torch.add(self.minus_one, g, alpha=2.0)
 
     def word_gates(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -161,4 +174,30 @@ class InferenceGRU(nn.Module):
             torch.add(x_rz, recurrent_rz, out=rz).sigmoid_()
             torch.addcmul(x_n, r, recurrent_n, out=s).sigmoid_()
             state = torch.lerp(s, state, z, out=out)
+        return outputs
+
+    def _active_steps(self, by_step: torch.Tensor, active: list[int]) -> torch.Tensor:
+        """:meth:`_steps` for rows sorted longest first: step t computes the first ``active[t]``
+        rows only; every other output is -inf."""
+        steps, d, rows, _ = by_step.shape
+        h = self.hidden
+        outputs = by_step.new_full((steps, d, rows, h), float("-inf"))
+        state = by_step.new_full((d, rows, h), 0.5)  # h = 0
+        buffers = (by_step.new_empty(d, rows, 3 * h), by_step.new_empty(d, rows, 2 * h), by_step.new_empty(d, rows, h))
+        w_hh, b_hh = self.w_hh, self.b_hh
+        xs_rz = by_step.narrow(3, 0, 2 * h).unbind(0)
+        xs_n = by_step.narrow(3, 2 * h, h).unbind(0)
+        count = -1
+        for x_rz, x_n, out, k in zip(xs_rz, xs_n, outputs.unbind(0), active, strict=True):
+            if k != count:  # views of the first k rows, made again only when k changes
+                count = k
+                recurrent, rz, s = (b.narrow(1, 0, k) for b in buffers)
+                recurrent_rz, recurrent_n = recurrent.narrow(2, 0, 2 * h), recurrent.narrow(2, 2 * h, h)
+                r, z = rz.narrow(2, 0, h), rz.narrow(2, h, h)
+            if state.shape[1] != k:
+                state = state.narrow(1, 0, k)
+            torch.baddbmm(b_hh, state, w_hh, out=recurrent)
+            torch.add(x_rz.narrow(1, 0, k), recurrent_rz, out=rz).sigmoid_()
+            torch.addcmul(x_n.narrow(1, 0, k), r, recurrent_n, out=s).sigmoid_()
+            state = torch.lerp(s, state, z, out=out.narrow(1, 0, k))
         return outputs

@@ -292,9 +292,17 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def warm_up(self, predictor: Predictor) -> None:
-        """Warm ``predictor`` on the model thread one pass at a time, so live batches run in between."""
-        for texts in predictor.warmup_batches():  # not live traffic: kept out of the drift counters
+        """Warm ``predictor`` on the model thread one pass at a time, so live batches run in between;
+        then its single texts on the event loop too, where a lone text is computed (the first
+        forward pass on a thread pays torch's set-up for it, which a live request should not)."""
+        batches = predictor.warmup_batches()
+        for texts in batches:  # not live traffic: kept out of the drift counters
             await self.run_on_model_thread(functools.partial(predictor.predict, texts, observe=False))
+        if predictor.computes_lone_text_here:
+            for texts in batches:
+                if len(texts) == 1:
+                    predictor.predict(texts, observe=False)
+                    await asyncio.sleep(0)  # live requests in between
 
     # -- producers -----------------------------------------------------------------------
     def announce(self) -> None:
