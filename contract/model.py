@@ -258,23 +258,11 @@ class TextClassifier(nn.Module):
             if unseen is not None:
                 assert self.folded is not None
                 unseen = (unseen[0], self.folded[UNK_INDEX] + unseen[1])
-            logits = self.forward_words(words, lengths, unseen)
+            features = self.fused(words, lengths, unseen, self.config.pooling)
         else:
             features = self._recur(self.embedding_dropout(self.embed(ids)), ids, lengths, pack)
-            logits = self.fc2(self.dropout(torch.relu(self.fc1(features))))
+        logits = self.fc2(self.dropout(torch.relu(self.fc1(features))))
         return logits if wide is None else logits + wide
-
-    def forward_words(
-        self, words: torch.Tensor, lengths: torch.Tensor, unseen: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """Logits from the fused serving recurrence (:meth:`fuse_recurrence`, eval mode, CPU) for
-        word ids ``[B, T]``; ``unseen``: flat positions (``b * T + t``) of unknown words that
-        carry n-grams and their input vectors (the folded ``<UNK>`` plus their n-gram mean).
-        What :meth:`forward` runs when the model is fused; offline scoring calls it with the
-        vectors it keeps per distinct token."""
-        assert self.fused is not None
-        features = self.fused(words, lengths, unseen, self.config.pooling)
-        return self.fc2(self.dropout(torch.relu(self.fc1(features))))
 
     def _recur(self, x: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, pack: bool | None) -> torch.Tensor:
         """``nn.GRU``/``nn.RNN`` over the token vectors ``x`` (what training runs): the features the

@@ -1,7 +1,7 @@
 """The model half of local scoring: its own process, so torch loads while the reader tokenises.
 
-The reader (``scoring.local_engine``) sends chunks as token-table rows; this process keeps one
-vector per distinct token, cuts each chunk into the same same-length batches as the in-process
+The reader (``scoring.local_engine``) sends chunks as token-table rows; this process keeps the
+model input ids of each distinct token, cuts each chunk into the same same-length batches as the in-process
 engine (``scoring.score.score_file``), runs them on ``workers`` threads of one torch thread each
 and sends back each chunk's labels and probabilities, in chunk order. Messages are tuples:
 
@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from scoring.score import same_length_batches
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from contract.model import TextClassifier
     from service.inference.predictor import Predictor
 
 READY, ERROR, RESULT, FAILED = "ready", "error", "result", "failed"
@@ -84,87 +83,42 @@ def one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-class _TableLookup:
-    """The model, with ``embed`` answered from the token table; every other part is the model's own.
-
-    ``TextClassifier.forward`` runs on this object, so the recurrence, pooling, head and any later
-    change to them are the model's code: only the per-token embedding step is looked up.
-    """
-
-    def __init__(self, model: TextClassifier, vectors: torch.Tensor) -> None:
-        self._model = model
-        self._vectors = vectors
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._vectors[ids[..., 0]]
-
-
-class _Table(NamedTuple):
-    """One chunk's view of the token table (see :class:`ChunkScorer`)."""
-
-    features: list[Any]
-    vectors: torch.Tensor | None
-    words: torch.Tensor | None
-    unseen: torch.Tensor | None
-
-
 class ChunkScorer:
-    """The token table (features and vectors per row) and the forward passes over it.
+    """The token table (each distinct token's features, as model input ids) and the forward
+    passes over it.
 
-    With the fused serving recurrence (``TextClassifier.fuse_recurrence``), a batch reads each
-    token's vocabulary word (whose gates the model's own table holds) and, for unknown words
-    with n-grams, the vector kept here: the in-process engine's computation, bit for bit.
+    A batch's input is one lookup of its tokens' rows, ``[B, T, 1 + K]`` (or ``[B, T]`` for a
+    model without n-grams), then the model's own forward pass: the same input the in-process
+    engine builds with ``pad_batch``, so the same computation, bit for bit, whatever the model
+    reads (the fused recurrence looks known words up in its own table; unknown words bring
+    their n-grams; a wide or linear head reads the features themselves).
     """
 
     def __init__(self, predictor: Predictor, batch_size: int) -> None:
         self.predictor = predictor
         self.batch_size = batch_size
-        # The wide head reads the features themselves, not vectors: such a model takes the
-        # in-process engine's path, with features rebuilt from the table.
-        self.by_vectors = predictor.model.head_words is None
-        self.by_words = predictor.model.fused is not None and predictor.device.type == "cpu"
-        self.features: list[Any] = []
-        self.vectors: torch.Tensor | None = None
-        self.words: torch.Tensor | None = None  # each token's vocabulary index (fused models)
-        self.unseen: torch.Tensor | None = None  # True for an unknown word with n-grams
+        self.features: torch.Tensor | None = None  # row i: token i's ids
         self._start_table()
 
     def _start_table(self) -> None:
         features, _ = self.predictor.encoder.encode("")  # EMPTY_ROW: a text with no tokens
-        self.features = []
-        self.vectors = self.words = self.unseen = None
+        self.features = None
         self._append(list(features))
 
     def _append(self, features: list[Any]) -> None:
         import torch
 
-        self.features.extend(features)
-        if self.by_vectors:
-            vectors = self._embed(features)
-            self.vectors = vectors if self.vectors is None else torch.cat([self.vectors, vectors])
-        if self.by_words:
-            from contract.text import UNK_INDEX
-
-            words = torch.tensor([f[0] if isinstance(f, tuple) else f for f in features], dtype=torch.int64)
-            unseen = torch.tensor([isinstance(f, tuple) and len(f) > 1 for f in features]) & (words == UNK_INDEX)
-            self.words = words if self.words is None else torch.cat([self.words, words])
-            self.unseen = unseen if self.unseen is None else torch.cat([self.unseen, unseen])
-
-    def _embed(self, features: Sequence[Any]) -> torch.Tensor:
-        import torch
-
         from contract.model import pad_batch
 
-        ids, _ = pad_batch([features], self.predictor.device)
-        if ids.dim() == 3 and ids.shape[-1] == 1:
-            # Words without a single n-gram (the empty text's lone <UNK>): one padding column,
-            # which adds nothing, as inside a batch whose other rows have n-grams.
-            ids = torch.nn.functional.pad(ids, (0, 1))
-        with torch.inference_mode():
-            return self.predictor.model.embed(ids)[0]
+        rows, _ = pad_batch([features])
+        rows = rows[0]  # [n] or [n, 1 + k]
+        table = self.features
+        if table is not None and rows.dim() == 2 and rows.shape[1] != table.shape[1]:
+            # n-gram columns padded with 0 (none) to the wider of the two.
+            width = max(rows.shape[1], table.shape[1])
+            rows = torch.nn.functional.pad(rows, (0, width - rows.shape[1]))
+            table = torch.nn.functional.pad(table, (0, width - table.shape[1]))
+        self.features = rows if table is None else torch.cat([table, rows])
 
     def add_tokens(self, tokens: list[str], reset: bool) -> None:
         """Append the rows of ``tokens`` (in the order the reader numbered them); ``reset``: start over first."""
@@ -189,9 +143,9 @@ class ChunkScorer:
         np.cumsum(lengths[:-1], out=offsets[1:])
         order = np.argsort(lengths, kind="stable").tolist()  # the in-process engine's sorted(), same ties
         probabilities = np.empty((len(lengths), len(self.predictor.classes)), dtype=np.float32)
-        # This chunk's table: a later chunk may start a new one while these batches still run
-        # (rows are only ever appended to a table, so the rows a batch reads never change).
-        table = _Table(self.features, self.vectors, self.words, self.unseen)
+        # This chunk's table: a later chunk may start a new one while these batches still run.
+        table = self.features
+        assert table is not None
         futures = []
         for rows in same_length_batches(order, lengths.tolist(), self.batch_size):
             picked = np.asarray(rows, dtype=np.int64)
@@ -199,28 +153,20 @@ class ChunkScorer:
             futures.append(pool.submit(self._forward, probabilities, picked, ids, table))
         return probabilities, futures
 
-    def _forward(self, out: np.ndarray, rows: np.ndarray, ids: np.ndarray, table: _Table) -> None:
+    def _forward(self, out: np.ndarray, rows: np.ndarray, ids: np.ndarray, table: torch.Tensor) -> None:
         import torch
 
-        from contract.model import TextClassifier, probabilities
+        from contract.model import probabilities
 
         predictor = self.predictor
-        if table.vectors is None:
-            sequences = [[table.features[i] for i in row] for row in ids.tolist()]
-            out[rows] = predictor.predict_encoded(sequences, [False] * len(rows), observe=False).probabilities
-            return
-        tokens = torch.from_numpy(ids).to(predictor.device)
+        features = table[torch.from_numpy(ids)]
+        if features.dim() == 3 and features.shape[-1] > 1:
+            # Only as many n-gram columns as this batch's tokens use, as pad_batch would give.
+            features = features[..., : 1 + int((features[..., 1:] != 0).sum(-1).max())]
         lengths = torch.full((len(rows),), ids.shape[1], dtype=torch.int64)
         with torch.inference_mode():
-            if table.words is not None and table.unseen is not None:
-                flat = tokens.reshape(-1)
-                positions = table.unseen[flat].nonzero().squeeze(1)
-                unseen = (positions, table.vectors[flat[positions]]) if positions.numel() else None
-                logits = predictor.model.forward_words(table.words[tokens], lengths, unseen)
-            else:
-                # Rows of one length, no padding: the plain recurrence, as the in-process engine runs them.
-                lookup = _TableLookup(predictor.model, table.vectors)
-                logits = TextClassifier.forward(lookup, tokens.unsqueeze(-1), lengths, pack=False)  # type: ignore[arg-type]
+            # Rows of one length, no padding: the plain recurrence, as the in-process engine runs them.
+            logits = predictor.model(features.to(predictor.device), lengths, pack=False)
             out[rows] = probabilities(logits, predictor.artifact.temperature).cpu().numpy()
 
     def run(self, conn: Connection, workers: int) -> None:
