@@ -2,7 +2,7 @@
 
 The in-process engine (``scoring.score.score_file``: the artifact's encoder on every row, then
 padding, embedding and the recurrence per batch) and the local engine's two halves (the reader's
-token table; the model process's per-token vectors, table lookups and the recurrence) over the
+token table; the model process's per-token input ids, table lookups and the model) over the
 same rows, chunked and batched alike. Reading the CSV is the same for both and left out; the
 fixed start cost is timed by ``bench.score_bench``.
 
@@ -73,10 +73,10 @@ def stages(
                 answers[batch] = predictor.predict_encoded(picked, [False] * len(batch), observe=False).probabilities
         with stage(before, "format the output rows"):
             write_rows(predictor.classes, texts, [e for _, e in encoded], answers)
-        # The local engine: the reader's table rows, then the model process's vectors and batches.
+        # The local engine: the reader's table rows, then the model process's token ids and batches.
         with stage(after, "reader: tokenise into table rows"):
             chunk = table.encode(texts)
-        with stage(after, "model: features and vectors of new tokens"):
+        with stage(after, "model: input ids of new tokens"):
             scorer.add_tokens(chunk.new_tokens, chunk.reset)
         with stage(after, "model: look up and run each batch"):
             flat = np.frombuffer(chunk.flat.tobytes(), dtype=np.int32)
