@@ -28,10 +28,6 @@ from torch import nn
 
 # Gate order in torch's GRU weights: reset, update, candidate ("new").
 _GATES = 3
-# Below about a dozen rows the CPU's matrix product takes other kernels, whose rounding
-# depends on the number of rows: a word's gates would then differ in the last bit with the
-# batch around it, and from its row in the table. Products are padded to at least this many.
-_MIN_ROWS = 16
 
 
 class InferenceGRU(nn.Module):
@@ -137,12 +133,8 @@ class InferenceGRU(nn.Module):
 
     def word_gates(self, vectors: torch.Tensor) -> torch.Tensor:
         """The table rows ``[N * D, 3H]`` of words with input vectors ``[N, E]`` (word n's
-        direction d is row n * D + d), for :meth:`forward`'s ``table``; each row's bits are the
-        same however many rows come with it."""
-        count = vectors.shape[0]
-        if count < _MIN_ROWS:
-            vectors = torch.cat([vectors, vectors.new_zeros(_MIN_ROWS - count, vectors.shape[1])])
-        return torch.addmm(self.b_ih, vectors, self.w_ih)[:count].view(-1, _GATES * self.hidden)
+        direction d is row n * D + d), for :meth:`forward`'s ``table``."""
+        return torch.addmm(self.b_ih, vectors, self.w_ih).view(-1, _GATES * self.hidden)
 
     def _place_unseen(self, by_step: torch.Tensor, lengths: torch.Tensor, flat: torch.Tensor, x: torch.Tensor) -> None:
         """Overwrite the table rows of unseen tokens with their own projected gates, in place."""
