@@ -108,9 +108,9 @@ class ChunkScorer:
     def __init__(self, predictor: Predictor, batch_size: int) -> None:
         self.predictor = predictor
         self.batch_size = batch_size
-        # The wide head reads the features themselves, not vectors: such a model takes the
-        # in-process engine's path, with features rebuilt from the table.
-        self.by_vectors = predictor.model.head_words is None
+        # A wide or linear head reads the features themselves, not vectors: such a model takes
+        # the in-process engine's path, with features rebuilt from the table.
+        self.by_vectors = not predictor.model.reads_features
         self.features: list[Any] = []
         self.vectors: torch.Tensor | None = None
         self._start_table()
