@@ -223,10 +223,14 @@ class TextClassifier(nn.Module):
         if grams.shape[-1] == 0:  # no token has an n-gram (texts that preprocessed to nothing)
             return self.embedding(words)
         # One fused gather-and-average per token: materialising every n-gram vector first
-        # ([B, T, K, E]) and summing it took most of the forward pass. Padding ids (0) are left
-        # out of the mean; a token with no n-grams gets zeros.
+        # ([B, T, K, E]) and summing it took most of the forward pass. Only the real ids go in,
+        # one bag per token: most of the K columns are padding, which the kernel would still walk
+        # and sort in the backward pass. A token with no n-grams gets zeros.
         flat = grams.reshape(-1, grams.shape[-1])
-        pieces = F.embedding_bag(flat, self.subword_embedding.weight, mode="mean", padding_idx=0)
+        real = flat != 0
+        counts = real.sum(dim=1)
+        offsets = torch.cumsum(counts, dim=0) - counts
+        pieces = F.embedding_bag(flat[real], self.subword_embedding.weight, offsets, mode="mean")
         return self.embedding(words) + pieces.view(*grams.shape[:2], -1)
 
     def _embed_folded(self, words: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
