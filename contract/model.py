@@ -172,10 +172,12 @@ class TextClassifier(nn.Module):
         n-gram vectors) so that serving looks a known word up once instead of averaging its
         n-grams on every request; only tokens outside the vocabulary still need their n-grams.
 
-        For inference only: a model in training mode ignores the table, and it is not updated
+        The linear head's rows are folded the same way (``folded_linear``: each word's own row,
+        then the sum of its n-grams' rows).
+
+        For inference only: a model in training mode ignores the tables, and they are not updated
         when the weights change, so fold again after loading other weights. Models without
-        n-gram embeddings, or with the wide head (which reads every token's n-grams), are left
-        as they are.
+        n-grams, or with the wide head (which reads every token's n-grams), are left as they are.
         """
         hasher = self.config.subword_hasher()
         if hasher is None or self.head_words is not None:
