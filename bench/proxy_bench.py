@@ -7,7 +7,7 @@ seven is unseen. The word TF-IDF baseline and the word + character n-gram linear
 on the same rows in the same run. Prints one line per (variant, seed) and the means, and
 writes the rows as JSON.
 
-    python -m bench.proxy_bench --variants words subword20k_parens_wd35 --seeds 1 2 3
+    python -m bench.proxy_bench --variants words subword20k_parens_wd35 linear_bg64k --seeds 1 2 3
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" 
 
 # Every variant names the settings it compares in full, so its meaning does not move when
 # TrainConfig's defaults do.
-_WORDS = {"keep_parenthesised": False, "subword_buckets": 0, "word_dropout": 0.2}
+_WORDS = {"keep_parenthesised": False, "subword_buckets": 0, "word_dropout": 0.2, "linear_head": False}
 _HEAD = {**_WORDS, "subword_buckets": 20000, "subword_embeddings": False, "subword_head": True}
 _WD35 = {**_WORDS, "subword_buckets": 20000, "keep_parenthesised": True, "word_dropout": 0.35}
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -49,6 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "head20k_lr10": {**_HEAD, "head_lr_scale": 10.0},
     "head20k_lr30": {**_HEAD, "head_lr_scale": 30.0},
     "head50k_n2_lr30": {**_HEAD, "subword_buckets": 50000, "subword_min_n": 2, "head_lr_scale": 30.0},
+    "linear_bg64k": {**_WD35, "linear_head": True, "linear_bigram_buckets": 65536},
 }
 
 
@@ -66,13 +67,16 @@ def measure(config: TrainConfig) -> dict[str, Any]:
         "word_tfidf_f1": summary["baseline_test_f1"],
         "char_linear_f1": summary["anchor_test_f1"],
         "s_per_epoch": metrics["timing"]["seconds_per_epoch"],
+        "linear_f1": metrics["linear_head"]["test_f1"] if "linear_head" in metrics else None,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--variants", nargs="+", default=["words", "subword20k_parens_wd35"], choices=sorted(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=["words", "subword20k_parens_wd35", "linear_bg64k"], choices=sorted(VARIANTS)
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--split", default="unseen", choices=("unseen", "random", "time"))
     parser.add_argument("--threads", type=int, default=1)

@@ -54,6 +54,14 @@ class ModelConfig:
     subword_max_per_token: int = 32
     subword_embeddings: bool = True
     subword_head: bool = False
+    # A linear model over the title's words, hashed word bigrams and its tokens' n-grams (the
+    # embeddings' buckets), fitted on its own before the recurrent layer trains, then added to
+    # its logits: ``rnn_scale * recurrent + linear_scale * linear``, the two scales fitted on
+    # validation rows. 0 bigram buckets: no bigrams.
+    linear_head: bool = False
+    linear_bigram_buckets: int = 0
+    rnn_scale: float = 1.0
+    linear_scale: float = 1.0
     # Logits are divided by this before the softmax; fitted on the validation split after
     # training (temperature scaling), 1.0 for an uncalibrated model.
     temperature: float = 1.0
@@ -69,6 +77,10 @@ class ModelConfig:
             raise ValueError("subword_buckets must be >= 0")
         if self.subword_head and not self.subword_buckets:
             raise ValueError("subword_head needs subword_buckets > 0")
+        if self.linear_head and (not self.subword_buckets or self.subword_head):
+            raise ValueError("linear_head needs subword_buckets > 0 and no subword_head")
+        if self.linear_bigram_buckets < 0:
+            raise ValueError("linear_bigram_buckets must be >= 0")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
@@ -116,6 +128,23 @@ class TextClassifier(nn.Module):
             self.head_grams = nn.Embedding(config.subword_buckets + 1, config.num_classes, padding_idx=0)
             nn.init.zeros_(self.head_words.weight)
             nn.init.zeros_(self.head_grams.weight)
+        # The linear head: per word, bigram bucket and n-gram bucket one weight per class (the
+        # linear model's weight times the feature's idf) and, in the last column, the idf squared,
+        # so one sum gives both a bag's scores and its squared L2 norm. Set by training.
+        self.linear_words: nn.Embedding | None = None
+        self.linear_grams: nn.Embedding | None = None
+        self.linear_bigrams: nn.Embedding | None = None
+        self.linear_bias: nn.Parameter | None = None
+        if config.linear_head:
+            width = config.num_classes + 1
+            self.linear_words = nn.Embedding(config.vocab_size, width, padding_idx=PAD_INDEX)
+            self.linear_grams = nn.Embedding(config.subword_buckets + 1, width, padding_idx=0)
+            if config.linear_bigram_buckets:
+                self.linear_bigrams = nn.Embedding(config.linear_bigram_buckets + 1, width, padding_idx=0)
+            self.linear_bias = nn.Parameter(torch.zeros(config.num_classes))
+            for table in (self.linear_words, self.linear_grams, self.linear_bigrams):
+                if table is not None:
+                    nn.init.zeros_(table.weight)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         rnn_cls = nn.RNN if config.rnn_type == "rnn" else nn.GRU
         self.rnn = rnn_cls(
@@ -129,6 +158,8 @@ class TextClassifier(nn.Module):
         # Set by fold_word_ngrams and fuse_recurrence for serving; not part of the saved weights.
         self.folded: torch.Tensor | None
         self.register_buffer("folded", None, persistent=False)
+        self.folded_linear: torch.Tensor | None
+        self.register_buffer("folded_linear", None, persistent=False)
         self.fused: InferenceGRU | None = None
 
     @torch.no_grad()
@@ -137,13 +168,17 @@ class TextClassifier(nn.Module):
         n-gram vectors) so that serving looks a known word up once instead of averaging its
         n-grams on every request; only tokens outside the vocabulary still need their n-grams.
 
-        For inference only: a model in training mode ignores the table, and it is not updated
+        The linear head's rows are folded the same way (``folded_linear``: each word's own row,
+        then the sum of its n-grams' rows).
+
+        For inference only: a model in training mode ignores the tables, and they are not updated
         when the weights change, so fold again after loading other weights. Models without
-        n-gram embeddings, or with the wide head (which reads every token's n-grams), are left
-        as they are.
+        n-grams, or with the wide head (which reads every token's n-grams), are left as they are.
         """
         hasher = self.config.subword_hasher()
-        if hasher is None or self.subword_embedding is None or self.head_words is not None:
+        if hasher is None or self.head_words is not None:
+            return
+        if self.subword_embedding is None and self.linear_grams is None:
             return
         if len(vocab) != self.config.vocab_size:
             raise ValueError(f"vocabulary has {len(vocab)} words, the model {self.config.vocab_size}")
@@ -152,8 +187,13 @@ class TextClassifier(nn.Module):
         device = self.embedding.weight.device
         flat = torch.tensor([g for word in grams for g in word], dtype=torch.long, device=device)
         offsets = torch.tensor(np.cumsum([0, *map(len, grams[:-1])]), dtype=torch.long, device=device)
-        pieces = F.embedding_bag(flat, self.subword_embedding.weight, offsets, mode="mean")
-        self.folded = self.embedding.weight + pieces
+        if self.subword_embedding is not None:
+            pieces = F.embedding_bag(flat, self.subword_embedding.weight, offsets, mode="mean")
+            self.folded = self.embedding.weight + pieces
+        if self.linear_words is not None and self.linear_grams is not None:
+            # Per word: its own row, then the sum of its n-grams' rows (the bag's character part).
+            char_part = F.embedding_bag(flat, self.linear_grams.weight, offsets, mode="sum")
+            self.folded_linear = torch.cat([self.linear_words.weight, char_part], dim=1)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token vectors ``[B, T, E]``: the word's vector plus the mean of its n-gram vectors.
@@ -181,10 +221,14 @@ class TextClassifier(nn.Module):
         if grams.shape[-1] == 0:  # no token has an n-gram (texts that preprocessed to nothing)
             return self.embedding(words)
         # One fused gather-and-average per token: materialising every n-gram vector first
-        # ([B, T, K, E]) and summing it took most of the forward pass. Padding ids (0) are left
-        # out of the mean; a token with no n-grams gets zeros.
+        # ([B, T, K, E]) and summing it took most of the forward pass. Only the real ids go in,
+        # one bag per token: most of the K columns are padding, which the kernel would still walk
+        # and sort in the backward pass. A token with no n-grams gets zeros.
         flat = grams.reshape(-1, grams.shape[-1])
-        pieces = F.embedding_bag(flat, self.subword_embedding.weight, mode="mean", padding_idx=0)
+        real = flat != 0
+        counts = real.sum(dim=1)
+        offsets = torch.cumsum(counts, dim=0) - counts
+        pieces = F.embedding_bag(flat[real], self.subword_embedding.weight, offsets, mode="mean")
         return self.embedding(words) + pieces.view(*grams.shape[:2], -1)
 
     def _embed_folded(self, words: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
@@ -240,6 +284,36 @@ class TextClassifier(nn.Module):
         count = (words != PAD_INDEX).sum(dim=1) + (grams != 0).sum(dim=(1, 2))
         return total / count.clamp_min(1).unsqueeze(1).to(total.dtype).sqrt()
 
+    def linear_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """The linear head's logits ``[B, C]`` for ``[B, T, 1 + K]`` features.
+
+        Two TF-IDF bags, each divided by its own L2 norm as a linear model on TF-IDF features
+        is: the words and hashed word bigrams (both words known), and the tokens' character
+        n-grams. Every occurrence counts once towards a bag's squared norm. With the folded
+        table (serving), a known word's row already holds its n-grams; only ``<UNK>`` tokens
+        read theirs from the input.
+        """
+        assert self.linear_words is not None and self.linear_grams is not None and self.linear_bias is not None
+        words, grams = ids[..., 0], ids[..., 1:]
+        width = self.config.num_classes + 1
+        if self.folded_linear is not None and not self.training:
+            both = F.embedding(words, self.folded_linear).sum(dim=1)
+            word_bag, char_bag = both[:, :width], both[:, width:]
+            if grams.shape[-1]:
+                flat_words = words.reshape(-1)
+                flat_grams = grams.reshape(flat_words.shape[0], -1)
+                unseen = ((flat_words == UNK_INDEX) & (flat_grams[:, 0] != 0)).nonzero().squeeze(1)
+                if unseen.numel():
+                    pieces = F.embedding_bag(flat_grams[unseen], self.linear_grams.weight, mode="sum", padding_idx=0)
+                    char_bag = char_bag.index_add(0, torch.div(unseen, words.shape[1], rounding_mode="floor"), pieces)
+        else:
+            word_bag = self.linear_words(words).sum(dim=1)
+            char_bag = self.linear_grams(grams).sum(dim=(1, 2))
+        if self.linear_bigrams is not None and words.shape[1] > 1:
+            word_bag = word_bag + self.linear_bigrams(bigram_buckets(words, self.config.linear_bigram_buckets)).sum(1)
+        scores = [bag[:, :-1] / bag[:, -1:].clamp_min(1e-12).sqrt() for bag in (word_bag, char_bag)]
+        return scores[0] + scores[1] + self.linear_bias
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, pack: bool | None = None) -> torch.Tensor:
         """``ids``: [B, T] token indices (or [B, T, 1 + K] with n-grams, see :meth:`embed`),
         ``lengths``: [B] true lengths (≥ 1, on any device).
@@ -252,6 +326,7 @@ class TextClassifier(nn.Module):
         if self.config.subword_buckets and ids.dim() != 3:
             raise ValueError("this model reads character n-grams: ids must be [B, T, 1 + K] (see TextEncoder)")
         wide = self.wide_logits(ids) if self.head_words is not None else None
+        linear = self.linear_logits(ids) if self.linear_words is not None else None
         if self.fused is not None and not self.training and ids.device.type == "cpu":
             words = ids[..., 0] if ids.dim() == 3 else ids
             unseen = None if self.subword_embedding is None else self._unseen_pieces(words, ids[..., 1:])
@@ -262,6 +337,8 @@ class TextClassifier(nn.Module):
         else:
             features = self._recur(self.embedding_dropout(self.embed(ids)), ids, lengths, pack)
         logits = self.fc2(self.dropout(torch.relu(self.fc1(features))))
+        if linear is not None:
+            logits = self.config.rnn_scale * logits + self.config.linear_scale * linear
         return logits if wide is None else logits + wide
 
     def _recur(self, x: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, pack: bool | None) -> torch.Tensor:
@@ -291,6 +368,15 @@ class TextClassifier(nn.Module):
             )
         pooled = out.amax(dim=1)
         return pooled if self.config.pooling == "max" else torch.cat([last, pooled], dim=1)
+
+
+def bigram_buckets(words: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Bucket ids ``1..buckets`` of every pair of neighbouring word indices ``[B, T - 1]``; 0 (none)
+    where either word is padding or ``<UNK>``. The linear head's bigram features, in training and
+    serving alike."""
+    first, second = words[:, :-1], words[:, 1:]
+    ids = (first * 1_000_003 + second) % buckets + 1
+    return ids.masked_fill((first <= UNK_INDEX) | (second <= UNK_INDEX), 0)
 
 
 def pad_batch(

@@ -44,6 +44,27 @@ def fit_temperature(logits: torch.Tensor, targets: np.ndarray, low: float = 0.05
     return round(math.exp((a + b) / 2), 6)
 
 
+def fit_scales(rnn: torch.Tensor, linear: torch.Tensor, targets: np.ndarray) -> tuple[float, float]:
+    """The two positive weights of ``rnn_scale * rnn + linear_scale * linear`` that minimise the NLL
+    of ``targets`` (a temperature for each part; the NLL is convex in the pair)."""
+    from scipy.optimize import minimize
+
+    parts = torch.stack([rnn.double(), linear.double()])
+    y = torch.from_numpy(targets)
+
+    def loss(log_scales: np.ndarray) -> tuple[float, np.ndarray]:
+        w = torch.tensor(log_scales, dtype=torch.float64, requires_grad=True)
+        logits = (w.exp()[:, None, None] * parts).sum(0)
+        value = torch.nn.functional.cross_entropy(logits, y)
+        value.backward()
+        assert w.grad is not None
+        return float(value.detach()), w.grad.numpy()
+
+    found = minimize(loss, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-5.0, 5.0)] * 2)
+    rnn_scale, linear_scale = np.exp(found.x)
+    return round(float(rnn_scale), 6), round(float(linear_scale), 6)
+
+
 def reliability(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> dict[str, list[float]]:
     """Per equal-width confidence bin: count, mean confidence and accuracy of the top class."""
     confidence = probs.max(axis=1)

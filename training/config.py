@@ -79,6 +79,10 @@ class TrainConfig:
     subword_lsa_init: bool = True
     subword_embeddings: bool = ModelConfig.subword_embeddings
     subword_head: bool = ModelConfig.subword_head
+    # The linear head (docs/training.md, "The linear head"): on by default, so off is the format of
+    # artifacts written before it (ModelConfig.linear_head).
+    linear_head: bool = True
+    linear_bigram_buckets: int = 65536
     # Optimisation
     epochs: int = FitConfig.epochs
     batch_size: int = FitConfig.batch_size
@@ -129,6 +133,8 @@ class TrainConfig:
             subword_max_n=self.subword_max_n,
             subword_embeddings=self.subword_embeddings,
             subword_head=self.subword_head,
+            linear_head=self.linear_head,
+            linear_bigram_buckets=self.linear_bigram_buckets if self.linear_head else 0,
         )
 
     @property
@@ -184,6 +190,12 @@ class TrainConfig:
             raise ConfigError("subword buckets must be >= 0 (0: off) and 1 <= subword-min-n <= subword-max-n")
         if self.subword_head and not self.subword_buckets:
             raise ConfigError("--subword-head needs --subword-buckets > 0")
+        if self.linear_head and (not self.subword_buckets or self.subword_head):
+            raise ConfigError("--linear-head needs --subword-buckets > 0 and no --subword-head")
+        if self.linear_head and self.refit and self.temperature_fit == "crossfit":
+            raise ConfigError("--temperature-fit crossfit needs --no-linear-head (its models have no fitted scales)")
+        if self.linear_bigram_buckets < 0:
+            raise ConfigError("--linear-bigram-buckets must be >= 0 (0: no bigrams)")
         val, test = self.val_fraction, self.test_fraction
         if not 0 < val < 1 or not 0 < test < 1 or val + test >= 1:
             raise ConfigError("val and test fractions must be in (0, 1) and sum to less than 1")
@@ -292,6 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=d.subword_head,
         help="with --subword-buckets, a wide linear head over the title's words and n-grams, added to the logits",
+    )
+    g.add_argument(
+        "--linear-head",
+        action=argparse.BooleanOptionalAction,
+        default=d.linear_head,
+        help="with --subword-buckets, a linear SVM on TF-IDF bags of the title's words, word bigrams and n-grams, "
+        "fitted before the recurrent layer trains; its scores and the recurrent layer's are added with two "
+        "weights fitted on validation rows",
+    )
+    g.add_argument(
+        "--linear-bigram-buckets",
+        type=int,
+        default=d.linear_bigram_buckets,
+        help="hashed word bigram buckets of the linear head (0: no bigrams)",
     )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from training.config import TrainConfig
 from training.data import encode_matrix, stratified_halves, subword_table
 from training.embeddings import init_lsa_, init_normal_
 from training.engine import EncodedRows, FitResult, fit, format_epoch, predict_logits, progress_enabled
+from training.linear_head import LinearHead, count_bags, fit_linear_head, load_linear_head_
 
 Say = Callable[..., None]
 
@@ -45,10 +46,21 @@ class Fitted:
     table: torch.Tensor | None
     result: FitResult
     timing: dict[str, Any]
+    linear: LinearHead | None = None
 
     def logits(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
         """Logits (CPU, float32) of this model for some rows of the corpus."""
         return predict_logits(self.model, self.ids[rows], self.lengths[rows], device, token_table=self.table)
+
+    def logit_parts(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recurrent layer's and the linear head's logits, each unscaled, for some rows."""
+        config = self.model.config
+        parts = []
+        for rnn_scale, linear_scale in ((1.0, 0.0), (0.0, 1.0)):
+            self.model.config = replace(config, rnn_scale=rnn_scale, linear_scale=linear_scale)
+            parts.append(self.logits(rows, device))
+        self.model.config = config
+        return parts[0], parts[1]
 
 
 def class_weight_tensor(targets: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -80,9 +92,10 @@ def word_dropout_rates(
 def build_model(
     config: TrainConfig, vocab: Vocabulary, num_classes: int, token_lists: list[list[str]]
 ) -> tuple[TextClassifier, dict[str, Any]]:
-    """A fresh classifier with its initial embeddings (LSA vectors of ``token_lists`` by default)."""
+    """A fresh classifier with its initial embeddings (LSA vectors of ``token_lists`` by default); the
+    linear head, fitted apart, is added after training (:func:`with_linear_head`)."""
     timing: dict[str, Any] = {}
-    model = TextClassifier(config.model_config(len(vocab), num_classes))
+    model = TextClassifier(replace(config.model_config(len(vocab), num_classes), linear_head=False))
     if config.embedding_init_std is not None:
         init_normal_(model, config.embedding_init_std)
     if config.embedding_init == "lsa":
@@ -101,8 +114,14 @@ def fit_model(
     val_idx: np.ndarray,
     say: Say,
     lr_schedule: list[float] | None = None,
+    linear_c: float | None = None,
 ) -> Fitted:
-    """Vocabulary, encoding, initial embeddings and training, all from the ``fit_idx`` rows only."""
+    """Vocabulary, encoding, initial embeddings and training, all from the ``fit_idx`` rows only.
+
+    With ``config.linear_head`` the linear head is fitted on the same rows after the recurrent
+    model has trained (its C chosen on ``val_idx`` unless ``linear_c`` is given) and added with
+    both scales 1; ``training.pipeline`` fits the scales.
+    """
     tokens, targets, labels = corpus.tokens, corpus.targets, corpus.labels
     vocab = Vocabulary.fit((tokens[i] for i in fit_idx), max_size=config.max_vocab, min_freq=config.min_freq)
     hasher = config.model_config(len(vocab), len(labels)).subword_hasher()
@@ -151,8 +170,36 @@ def fit_model(
         world_size=dist.world_size,
     )
     model.eval()
+    linear = None
+    if config.linear_head:
+        assert table is not None
+        t0 = time.perf_counter()
+        model, linear = with_linear_head(config, model, ids, table, vocab, targets, fit_idx, val_idx, linear_c)
+        timing["linear_head_s"] = round(time.perf_counter() - t0, 3)
+        say(f"linear head: C {linear.c}" + ("" if linear.val_f1 is None else f", val F1 {linear.val_f1:.4f}"))
     round_weights_(model, config.weights_dtype)  # evaluate exactly what the artifact stores
-    return Fitted(model, vocab, ids, lengths, table, fit_result, timing)
+    return Fitted(model, vocab, ids, lengths, table, fit_result, timing, linear)
+
+
+def with_linear_head(
+    config: TrainConfig,
+    model: TextClassifier,
+    ids: np.ndarray,
+    table: torch.Tensor,
+    vocab: Vocabulary,
+    targets: np.ndarray,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    c: float | None,
+) -> tuple[TextClassifier, LinearHead]:
+    """The trained recurrent model plus a linear head fitted on the same rows (scales 1 and 1)."""
+    bags = count_bags(ids, table.numpy(), len(vocab), config.subword_buckets, config.linear_bigram_buckets)
+    head = fit_linear_head(bags, targets, fit_idx, val_idx if c is None else None, c)
+    combined = TextClassifier(config.model_config(len(vocab), model.config.num_classes)).to(model.fc2.weight.device)
+    missing = combined.load_state_dict(model.state_dict(), strict=False).missing_keys
+    assert all(key.startswith("linear_") for key in missing), missing
+    load_linear_head_(combined, head, bags)
+    return combined.eval(), head
 
 
 def crossfit_val_logits(

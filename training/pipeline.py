@@ -19,7 +19,7 @@ from contract.model import TextClassifier, probabilities
 from contract.text import LabelEncoder, Normalizer, PreprocessSettings, Vocabulary, load_stopwords
 from training import distributed
 from training.baseline import anchor_report, baseline_report
-from training.calibration import calibration_report
+from training.calibration import calibration_report, fit_scales
 from training.config import TrainConfig
 from training.data import Dataset, fetch_data, read_dataset, sample_rows, split_rows
 from training.evaluate import confusion, performance, plot_files
@@ -118,10 +118,13 @@ def _run(config: TrainConfig, dist: distributed.DistContext, started: float) -> 
     }
     outcomes: dict[str, SplitOutcome] = {}
     for kind, split in splits.items():
-        temperature = None
+        temperature, scales = None, None
         if shifted_temperature(config) and kind == shipped_kind != PROXY_SPLIT:
             temperature = outcomes[PROXY_SPLIT].metrics["calibration"]["temperature"]
-        outcomes[kind] = train_split(config, dist, kind, corpus, split, say, temperature)
+            if config.linear_head:
+                head = outcomes[PROXY_SPLIT].metrics["linear_head"]
+                scales = (head["rnn_scale"], head["linear_scale"])
+        outcomes[kind] = train_split(config, dist, kind, corpus, split, say, temperature, scales)
     shipped = outcomes[shipped_kind]
     metrics = shipped.metrics
     metrics["splits"] = {kind: split_summary(outcome.metrics) for kind, outcome in outcomes.items()}
@@ -228,6 +231,7 @@ def train_split(
     split: Split,
     say: Say,
     temperature: float | None = None,
+    scales: tuple[float, float] | None = None,
 ) -> SplitOutcome:
     """Fit the vocabulary and the model on one split's training rows; evaluate on its test rows.
 
@@ -239,6 +243,10 @@ def train_split(
     refit (``"crossfit"``, ``crossfit_val_logits``); ``bench/calibration_study.py`` compares them.
     A ``temperature`` fitted elsewhere (on the proxy split's validation rows) is used instead,
     and this split's own fit is reported beside it.
+
+    With the linear head, the weights of its logits and the recurrent model's are fitted on the
+    first model's validation logits (its head fitted on the training rows only), or ``scales``
+    fitted elsewhere (with the borrowed temperature) are used, and the refit keeps the head's C.
     """
     train_idx, val_idx, test_idx = split
     tokens, targets, labels = corpus.tokens, corpus.targets, corpus.labels
@@ -246,6 +254,19 @@ def train_split(
     first = fit_model(config, dist, corpus, train_idx, val_idx, say)
     fit_result, timing = first.result, first.timing
     metrics: dict[str, Any] = {"split": kind}
+    if first.linear is not None:
+        rnn_val, linear_val = first.logit_parts(val_idx, dist.device)
+        own_scales = fit_scales(rnn_val, linear_val, targets[val_idx])
+        rnn_scale, linear_scale = scales or own_scales
+        first.model.config = replace(first.model.config, rnn_scale=rnn_scale, linear_scale=linear_scale)
+        metrics["linear_head"] = {
+            "C": first.linear.c,
+            "val_f1": first.linear.val_f1,
+            "rnn_scale": rnn_scale,
+            "linear_scale": linear_scale,
+            "scales_fitted_on": f"{PROXY_SPLIT} split val" if scales else "val",
+            "own_val_scales": list(own_scales),
+        }
     val_logits = torch.empty(0)
     crossfit = config.refit and config.temperature_fit == "crossfit"
     if config.calibrate and not crossfit:
@@ -254,7 +275,12 @@ def train_split(
     if config.refit:
         schedule = [h["lr"] for h in fit_result.history[: fit_result.best_epoch]]
         say(f"refit on train + val ({len(train_idx) + len(val_idx)} rows) for {len(schedule)} epoch(s)")
-        final = fit_model(config, dist, corpus, np.sort(np.concatenate([train_idx, val_idx])), val_idx, say, schedule)
+        linear_c = first.linear.c if first.linear is not None else None
+        fit_rows = np.sort(np.concatenate([train_idx, val_idx]))
+        final = fit_model(config, dist, corpus, fit_rows, val_idx, say, schedule, linear_c=linear_c)
+        final.model.config = replace(
+            final.model.config, rnn_scale=first.model.config.rnn_scale, linear_scale=first.model.config.linear_scale
+        )
         metrics["refit"] = {"rows": len(train_idx) + len(val_idx), "epochs": len(schedule)}
         timing["refit_train_s"] = final.timing["train_s"]
         if config.calibrate and crossfit:
@@ -266,6 +292,11 @@ def train_split(
     t0 = time.perf_counter()
     test_logits = final.logits(test_idx, dist.device)
     test_true = targets[test_idx]
+    if final.linear is not None:
+        _, linear_test = final.logit_parts(test_idx, dist.device)
+        metrics["linear_head"]["test_f1"] = performance(test_true, linear_test.argmax(1).numpy(), labels.classes)[
+            "overall"
+        ]["f1"]
     if config.calibrate:
         metrics["calibration"] = calibration_report(val_logits, targets[val_idx], test_logits, test_true, temperature)
         if temperature is not None:

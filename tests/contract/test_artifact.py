@@ -98,6 +98,27 @@ def test_artifact_written_before_subwords_and_calibration_still_loads(tmp_path, 
     assert torch.equal(predict_proba(loaded.model, ids, lengths), predict_proba(model, ids, lengths))
 
 
+def test_linear_head_artifact_round_trips_with_its_scales(tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=12, num_classes=3, embedding_dim=8, hidden_dim=8, subword_buckets=64, linear_head=True,
+        linear_bigram_buckets=16, rnn_scale=0.4, linear_scale=1.6, temperature=1.2,
+    )  # fmt: skip
+    model = TextClassifier(config).eval()
+    with torch.no_grad():
+        for table in (model.linear_words, model.linear_grams, model.linear_bigrams):
+            assert table is not None
+            table.weight[1:].uniform_(0.5, 1.5)  # the last column, the idf squared, must be positive
+    folder = _write(tmp_path, model, "20260101T000000Z-aaaaaa")
+    loaded = load_artifact(folder)
+    assert loaded.config == config and loaded.model.folded_linear is not None
+    texts = ["w1 w2 unseenword w3", "w3", ""]
+    full = TextEncoder(loaded.preprocessing, loaded.vocab, config.subword_hasher())
+    expected = predict_proba(model, *pad_batch(full.encode_many(texts)))
+    ids, lengths = pad_batch(loaded.text_encoder().encode_many(texts))
+    assert torch.allclose(predict_proba(loaded.model, ids, lengths), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize(("embeddings", "head"), [(True, False), (False, True), (True, True)])
 def test_subword_artifact_rebuilds_its_tokenizer_and_temperature(tmp_path, embeddings, head):
     torch.manual_seed(0)

@@ -70,6 +70,15 @@ def test_subword_model_handles_padding_and_unseen_words():
     assert cos(sub_only[0], known_sub, dim=0) > cos(sub_only[1], known_sub, dim=0) + 0.3
 
 
+def _full_and_short_encoders(model: TextClassifier, vocab: Vocabulary) -> tuple[TextEncoder, TextEncoder]:
+    """The training-time encoding (every word's n-grams) and the folded model's (unknown words' only)."""
+    hasher = model.config.subword_hasher()
+    return (
+        TextEncoder(PreprocessSettings(), vocab, hasher),
+        TextEncoder(PreprocessSettings(), vocab, hasher, known_word_grams=False),
+    )
+
+
 def test_folded_vocabulary_answers_what_averaging_every_words_ngrams_answers():
     """Serving looks a known word's vector (word + mean of its n-grams) up once; only unknown
     words carry n-grams. Same logits as the training-time input, for known, unseen and empty."""
@@ -77,8 +86,7 @@ def test_folded_vocabulary_answers_what_averaging_every_words_ngrams_answers():
     model = _model(subword_buckets=97)
     with torch.no_grad():
         model.embedding.weight[1:].normal_()  # <UNK> and the words apart from their n-grams
-    full = TextEncoder(PreprocessSettings(), vocab, model.config.subword_hasher())
-    short = TextEncoder(PreprocessSettings(), vocab, model.config.subword_hasher(), known_word_grams=False)
+    full, short = _full_and_short_encoders(model, vocab)
     texts = ["Oil prices fall", "Microsofts shares rally today", "zzzz", "", "team wins"]
     with torch.inference_mode():
         expected = model(*pad_batch(full.encode_many(texts)))
@@ -132,6 +140,66 @@ def test_wide_head_adds_a_normalised_bag_of_the_titles_words_and_ngrams():
     assert torch.allclose(logits[1] - start[1], expected, atol=1e-5)
     for i, one in enumerate(encoded):  # padding adds nothing
         assert torch.allclose(logits[i], model(*pad_batch([one]))[0], atol=1e-5), i
+
+
+def _linear_model(bigrams: int = 31) -> TextClassifier:
+    model = _model(subword_buckets=97, linear_head=True, linear_bigram_buckets=bigrams)
+    assert model.linear_words is not None and model.linear_grams is not None and model.linear_bias is not None
+    with torch.no_grad():  # a fitted head: weights, then a positive idf squared in the last column
+        for table in (model.linear_words, model.linear_grams, model.linear_bigrams):
+            assert table is not None
+            table.weight[1:, :-1].normal_()
+            table.weight[1:, -1].uniform_(1.0, 4.0)
+        model.linear_words.weight[UNK_INDEX] = 0.0
+        model.linear_bias.normal_()
+    return model
+
+
+def test_linear_head_adds_two_normalised_tfidf_bags_scaled_beside_the_recurrent_logits():
+    """Words and bigrams over their own norm, n-grams over theirs; the scales weigh the two parts."""
+    vocab = Vocabulary(["<PAD>", "<UNK>", *WORDS])
+    model = _linear_model()
+    encoder = TextEncoder(PreprocessSettings(), vocab, model.config.subword_hasher())
+    encoded = encoder.encode_many(["Oil prices fall", "Microsofts shares rally today", "zzzz", ""])
+    ids, lengths = pad_batch(encoded)
+    assert model.linear_words is not None and model.linear_grams is not None and model.linear_bigrams is not None
+
+    def scaled(rnn_scale: float, linear_scale: float) -> torch.Tensor:
+        model.config = ModelConfig(**{**model.config.to_dict(), "rnn_scale": rnn_scale, "linear_scale": linear_scale})
+        return model(ids, lengths)
+
+    with torch.inference_mode():
+        linear = model.linear_logits(ids)
+        both = model(ids, lengths)
+        rnn = scaled(1.0, 0.0)
+        assert torch.allclose(scaled(0.0, 1.0), linear, atol=1e-6)
+    assert torch.allclose(both, rnn + linear, atol=1e-5)
+    with torch.inference_mode():
+        assert torch.allclose(scaled(0.5, 2.0), 0.5 * rnn + 2.0 * linear, atol=1e-5)
+    words = [token[0] for token in encoded[1]]
+    grams = [g for token in encoded[1] for g in token[1:]]
+    pairs = [(a * 1_000_003 + b) % 31 + 1 for a, b in zip(words, words[1:], strict=False) if min(a, b) > UNK_INDEX]
+    word_bag = model.linear_words.weight[words].sum(0) + model.linear_bigrams.weight[pairs].sum(0)
+    char_bag = model.linear_grams.weight[grams].sum(0)
+    expected = sum(bag[:-1] / bag[-1].sqrt() for bag in (word_bag, char_bag)) + model.linear_bias
+    assert torch.allclose(linear[1], expected, atol=1e-5)
+    assert torch.allclose(linear[3], model.linear_bias)  # no tokens: the bias alone
+    for i, one in enumerate(encoded):  # padding adds nothing
+        assert torch.allclose(linear[i], model.linear_logits(pad_batch([one])[0])[0], atol=1e-5), i
+
+
+def test_folded_linear_head_answers_what_the_full_encoding_answers():
+    """Serving folds each known word's n-gram weights into one row; unknown words carry theirs."""
+    vocab = Vocabulary(["<PAD>", "<UNK>", *WORDS])
+    model = _linear_model()
+    full, short = _full_and_short_encoders(model, vocab)
+    texts = ["Oil prices fall", "Microsofts shares rally today", "zzzz oil", "", "team wins wins"]
+    with torch.inference_mode():
+        expected = model(*pad_batch(full.encode_many(texts)))
+        model.fold_word_ngrams(vocab)
+        assert model.folded_linear is not None and model.folded_linear.shape == (len(vocab), 8)
+        assert torch.allclose(model(*pad_batch(short.encode_many(texts))), expected, atol=1e-5)
+        assert torch.allclose(model(*pad_batch(full.encode_many(texts))), expected, atol=1e-5)
 
 
 def test_temperature_rescales_probabilities_but_never_the_prediction():

@@ -63,6 +63,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "n-grams, gru, max pooling": {"subword_buckets": 97, "rnn_type": "gru", "pooling": "max"},
     "n-grams, rnn, last state": {"subword_buckets": 97, "rnn_type": "rnn", "pooling": "last"},
     "n-grams and the wide head": {"subword_buckets": 97, "subword_head": True},
+    "n-grams and the linear head": {"subword_buckets": 97, "linear_head": True, "linear_bigram_buckets": 31},
 }
 
 

@@ -476,7 +476,11 @@ def test_serving_defaults_are_what_training_ships() -> None:
     from contract.model import ModelConfig
     from training.config import TrainConfig
 
-    assert TrainConfig().model_config(100, 4) == ModelConfig(100, 4, subword_buckets=TrainConfig.subword_buckets)
+    trained = ModelConfig(
+        100, 4, subword_buckets=TrainConfig.subword_buckets, linear_head=TrainConfig.linear_head,
+        linear_bigram_buckets=TrainConfig.linear_bigram_buckets,
+    )  # fmt: skip
+    assert TrainConfig().model_config(100, 4) == trained
     assert (ModelConfig(100, 4).hidden_dim, ModelConfig(100, 4).pooling) == (64, "last_max")
 
 

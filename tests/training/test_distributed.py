@@ -77,7 +77,8 @@ def test_torchrun_two_processes_agree_and_write_one_artifact(news_csv, nltk_dir,
 
 TRAIN_ARGS = [
     "--limit-rows", "3000", "--epochs", "6", "--embedding-dim", "32", "--hidden-dim", "32", "--fc-dim", "32",
-    "--subword-buckets", "0", "--no-refit", "--no-calibrate", "--threads", "1", "--quiet", "--no-plots", "--seed", "1",
+    "--subword-buckets", "0", "--no-linear-head", "--no-refit", "--no-calibrate", "--threads", "1", "--quiet",
+    "--no-plots", "--seed", "1",
 ]  # fmt: skip
 
 
