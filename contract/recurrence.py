@@ -75,7 +75,6 @@ class InferenceGRU(nn.Module):
         lengths: torch.Tensor,
         unseen: tuple[torch.Tensor, torch.Tensor] | None = None,
         pooling: str = "last_max",
-        table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the recurrence over word ids ``[B, T]`` with true ``lengths`` ``[B]``; the
         classifier's features ``[B, F]``.
@@ -85,8 +84,7 @@ class InferenceGRU(nn.Module):
         ``pooling`` (see :class:`contract.model.ModelConfig`): ``last`` is each row's final
         states (forward after its last token, backward after reading the whole row), ``max``
         the maximum of every output over the row's own tokens, ``last_max`` both; directions
-        are concatenated forward first, as ``nn.GRU``'s outputs are. ``table``: gates looked up
-        instead of :attr:`table` (:meth:`word_gates` of other vectors, ``words`` indexing them).
+        are concatenated forward first, as ``nn.GRU``'s outputs are.
         """
         rows, steps = words.shape
         lengths = lengths.to(device=words.device, dtype=torch.long)
@@ -116,7 +114,7 @@ class InferenceGRU(nn.Module):
             ids = torch.stack((words * 2, backward * 2 + 1)).permute(2, 0, 1)  # [T, 2, B]
         else:
             ids = words.t().unsqueeze(1)  # [T, 1, B]
-        by_step = nn.functional.embedding(ids, self.table if table is None else table)  # [T, D, B, 3H]
+        by_step = nn.functional.embedding(ids, self.table)  # [T, D, B, 3H]
         if unseen is not None:
             self._place_unseen(by_step, lengths, *unseen)
         outputs = self._steps(by_step) if active is None else self._active_steps(by_step, active)
@@ -132,8 +130,8 @@ class InferenceGRU(nn.Module):
         return torch.add(self.minus_one, g, alpha=2.0)
 
     def word_gates(self, vectors: torch.Tensor) -> torch.Tensor:
-        """The table rows ``[N * D, 3H]`` of words with input vectors ``[N, E]`` (word n's
-        direction d is row n * D + d), for :meth:`forward`'s ``table``."""
+        """Gate rows ``[N * D, 3H]`` of words with input vectors ``[N, E]`` (word n's direction d
+        is row n * D + d): the table, and unknown words' gates at call time."""
         return torch.addmm(self.b_ih, vectors, self.w_ih).view(-1, _GATES * self.hidden)
 
     def _place_unseen(self, by_step: torch.Tensor, lengths: torch.Tensor, flat: torch.Tensor, x: torch.Tensor) -> None:
