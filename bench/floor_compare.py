@@ -9,7 +9,9 @@ median with the ratio beside it, so the machine's other work hits both alike:
   one real headline per request: req/s, p50, p99, non-2xx answers and socket errors;
 - a plain ``http.client`` keep-alive loop, one request at a time: p50 and p99 as a Python
   client sees them (its own cost included: the floor's figure shows how much that is);
-- the CPU each server's processes spent per request (the model process included).
+- the CPU each server's processes spent per request (the model process included), and wrk's
+  own: with both, the rate at which this machine's CPUs would be fully used. A server that
+  reaches it is CPU-bound, and only cheaper requests can make it faster.
 
     python -m bench.floor_compare                    # artifacts/, 3 rounds
     python -m bench.serve_bench                      # runs this first, then its own points
@@ -24,6 +26,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -57,6 +60,7 @@ def run_wrk(port: int, connections: int, seconds: float, body: str) -> dict[str,
         script.write(
             f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
         )
+    before = _children_cpu_s()
     try:
         out = subprocess.run(
             ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script.name,
@@ -65,16 +69,25 @@ def run_wrk(port: int, connections: int, seconds: float, body: str) -> dict[str,
         ).stdout  # fmt: skip
     finally:
         os.unlink(script.name)
+    client_cpu_s = _children_cpu_s() - before
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "requests": requests,
+        "client_cpu_us_per_request": client_cpu_s / max(1.0, requests) * 1e6,
         "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
         "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
         "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
         "socket_errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
     }
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished children (each wrk run, once reaped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_http_client(port: int, requests: int, body: str) -> dict[str, float]:
@@ -158,8 +171,22 @@ def _median(values: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(v[key] for v in values) for key in values[0]}
 
 
+def cpu_ceiling(m: dict[str, float]) -> float | None:
+    """Requests/s this machine's CPUs could carry at the measured CPU per request, server and wrk
+    together: a point close to it is CPU-bound (None without a wrk figure)."""
+    client = m.get("client_cpu_us_per_request")
+    if client is None:
+        return None
+    return (os.cpu_count() or 1) * 1e6 / (m["cpu_us_per_request"] + client)
+
+
 def _line(m: dict[str, float]) -> str:
-    extra = f" non-2xx {m['non_2xx']:.0f} errors {m['socket_errors']:.0f}" if "non_2xx" in m else ""
+    extra = ""
+    if "non_2xx" in m:
+        extra = (
+            f" wrk CPU {m['client_cpu_us_per_request']:5.1f} us/req (CPU-bound at {cpu_ceiling(m):,.0f} req/s)"
+            f" non-2xx {m['non_2xx']:.0f} errors {m['socket_errors']:.0f}"
+        )
     return (
         f"{m['rps']:9.0f} req/s  p50 {m['p50_ms']:6.3f} ms  p99 {m['p99_ms']:6.2f} ms  "
         f"CPU {m['cpu_us_per_request']:6.1f} us/req{extra}"
@@ -170,16 +197,19 @@ def report(result: dict[str, Any]) -> str:
     """The table: each point on the service and the floor, and the ratio."""
     lines = [
         "",
-        "| point | server | req/s | p50 ms | p99 ms | CPU µs/request | service ÷ floor req/s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| point | server | req/s | p50 ms | p99 ms | CPU µs/request | wrk CPU µs/request "
+        "| CPU-bound at req/s | service ÷ floor req/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for point in result["points"]:
         for name in ("service", "floor"):
             m = result["medians"][name][point]
             ratio = f"{result['ratios'][point]['rps']:.2f}×" if name == "service" else ""
+            ceiling = cpu_ceiling(m)
+            client = "" if ceiling is None else f"{m['client_cpu_us_per_request']:.0f}"
             lines.append(
                 f"| {point} | {name} | {m['rps']:,.0f} | {m['p50_ms']:.3f} | {m['p99_ms']:.2f} | "
-                f"{m['cpu_us_per_request']:.0f} | {ratio} |"
+                f"{m['cpu_us_per_request']:.0f} | {client} | {'' if ceiling is None else f'{ceiling:,.0f}'} | {ratio} |"
             )
     return "\n".join(lines)
 
