@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from service.inference.predictor import Prediction, Predictor
+from service.inference.threads import name_os_thread
 
 log = logging.getLogger("service.inference.batching")
 
@@ -66,7 +67,7 @@ class ModelThread(ThreadPoolExecutor):
     """
 
     def __init__(self) -> None:
-        super().__init__(max_workers=1, thread_name_prefix="model")
+        super().__init__(max_workers=1, thread_name_prefix="model", initializer=name_os_thread, initargs=("hc-model",))
         self._submitted = 0
         self._finished = 0
 

@@ -1,4 +1,5 @@
-"""How many CPUs this process may use, and torch's intra-op thread pool sized from it.
+"""How many CPUs this process may use, torch's intra-op thread pool sized from it, and the
+names the OS shows for the service's own threads.
 
 Containers limit CPU by cgroup quota, not by the CPUs the kernel shows: a pod with a limit of
 2 on a 64-core node sees 64 in ``os.cpu_count()``, and 64 torch threads there thrash.
@@ -6,9 +7,13 @@ Containers limit CPU by cgroup quota, not by the CPUs the kernel shows: a pod wi
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -51,3 +56,18 @@ def configure_torch_threads(requested: int) -> int:
     threads = requested or max(1, available_cpus() - 1)
     torch.set_num_threads(threads)
     return threads
+
+
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` (at most 15 bytes) where the OS shows threads (``top -H``,
+    ``/proc/*/task/*/comm``, profilers): Python's thread names stay inside the interpreter.
+    Linux only; elsewhere it does nothing."""
+    try:
+        _libc().prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass

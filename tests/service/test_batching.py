@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.inference.batching import Batcher, DeadlineExceeded, Overloaded, RequestTooLarge
+from service.inference.batching import Batcher, DeadlineExceeded, ModelThread, Overloaded, RequestTooLarge
 from service.inference.predictor import (
     _GROUP_PAD_FACTOR,
     _GROUP_PAD_SLACK,
@@ -795,3 +795,14 @@ def test_a_deadline_that_passes_while_the_loop_computes_is_still_a_timeout(predi
 
     asyncio.run(main())
     assert len(model.threads) == 1 and model.threads[0][1] != "model_0"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from /proc (Linux)")
+def test_model_thread_is_named_for_the_os() -> None:
+    """``top -H``, py-spy and bench.thread_split tell the model thread apart from the event loop by this name."""
+    executor = ModelThread()
+    try:
+        comm = executor.submit(lambda: Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text()).result()
+    finally:
+        executor.shutdown()
+    assert comm.strip() == "hc-model"
