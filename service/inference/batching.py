@@ -218,6 +218,7 @@ class Batcher:
         self._announced = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._owns_executor = True
         self._model_thread: ModelThread | None = None  # set when the executor can tell it is idle
@@ -238,7 +239,9 @@ class Batcher:
         self._owns_executor = executor is None
         self._executor = executor or ModelThread()
         self._model_thread = self._executor if isinstance(self._executor, ModelThread) else None
-        self._task = asyncio.get_running_loop().create_task(self._consume(), name="batcher")
+        # Kept: asyncio.get_running_loop() costs a getpid() system call, once per request in submit.
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._consume(), name="batcher")
 
     async def stop(self, timeout: float | None = None) -> None:
         """Refuse new work, answer everything queued or running, then stop the consumer."""
@@ -332,11 +335,11 @@ class Batcher:
         """
         if len(texts) > self.max_queue_size:
             raise RequestTooLarge(f"{len(texts)} texts can never be queued (queue limit {self.max_queue_size})")
-        if self._closing or self._task is None:
+        loop = self._loop
+        if self._closing or self._task is None or loop is None:
             raise Overloaded("server is shutting down")
         if self._queued_texts + len(texts) > self.max_queue_size:
             raise Overloaded(f"queue full ({self._queued_texts} texts waiting, limit {self.max_queue_size})")
-        loop = asyncio.get_running_loop()
         request = _Request(texts, loop.create_future(), self._clock(), timeout, gone=gone, trace=trace)
         timer = None
         if timeout is not None:
@@ -475,9 +478,9 @@ class Batcher:
         return outcome
 
     def _hand_over(self, batch: list[_Request], sent: Callable[[], Prediction] | None = None) -> _Job:
-        if self._executor is None:  # never the loop's default executor: one model thread only
+        if self._executor is None or self._loop is None:  # never the loop's default executor: one model thread only
             raise Overloaded("server is shutting down")
-        return _Job(batch, asyncio.get_running_loop().run_in_executor(self._executor, self._run, batch, sent))
+        return _Job(batch, self._loop.run_in_executor(self._executor, self._run, batch, sent))
 
     def _hand_over_full_batch(self) -> None:
         """While a batch runs, hand the next one over too if it is already as large as it can get."""
