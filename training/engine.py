@@ -112,14 +112,13 @@ class LazyAdamW(torch.optim.Optimizer):
 
 
 class Optimizers:
-    """AdamW for the dense weights and, with sparse embedding tables, ``SparseAdam`` for those.
+    """AdamW for the dense weights and, with sparse embedding tables, :class:`LazyAdamW` for those.
 
     A dense gradient of a table and an AdamW step over it cost the whole table on every batch,
-    however few of its rows the batch reads; ``SparseAdam`` (a lazy Adam) updates only the rows
-    a batch read, with their moments, so that cost follows the batch. Each optimizer keeps its
-    own plateau scheduler, stepped on the same validation loss, so both learning rates move
-    together. ``SparseAdam`` has no weight decay: AdamW's decoupled decay (``lr * weight_decay``
-    = 2e-5 of each weight per step by default) would shrink the tables by under 2% over a run.
+    however few of its rows the batch reads; the lazy step updates only the rows a batch read.
+    Each optimizer keeps its own plateau scheduler, stepped on the same validation loss, so both
+    learning rates move together. Weight decay is AdamW's decoupled ``lr * weight_decay`` for both,
+    applied to a table row only in the steps that read it.
     """
 
     def __init__(self, model: nn.Module, config: FitConfig, sparse: bool, fused: bool) -> None:
