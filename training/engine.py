@@ -171,33 +171,39 @@ class Optimizers:
         return float(self.all[0].param_groups[0]["lr"])
 
 
-def clip_gradients_(params: list[torch.Tensor], max_norm: float) -> float:
+def clip_gradients_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Scale every gradient by one factor so that their joint L2 norm is at most ``max_norm``, as
     ``clip_grad_norm_`` does, sparse gradients included (torch's own refuses them).
 
     A sparse gradient is coalesced first (an n-gram read twice in a batch has two entries until
-    then), and stays coalesced for the optimizer. Returns the norm before clipping.
+    then), and stays coalesced for the optimizer. Returns the norm before clipping, as a tensor on
+    the gradients' device, so that a GPU step does not wait for it.
     """
     dense: list[torch.Tensor] = []
-    squares = torch.zeros((), dtype=torch.float32)
+    sparse: list[torch.Tensor] = []
     for p in params:
         if p.grad is None:
             continue
         if p.grad.is_sparse:
             p.grad = p.grad.coalesce()
-            squares = squares + p.grad._values().float().pow(2).sum().cpu()
+            sparse.append(p.grad)
         else:
             dense.append(p.grad)
+    norms = [g._values().float().norm() for g in sparse]
     if dense:
-        squares = squares + nn.utils.get_total_norm(dense, foreach=True).float().cpu() ** 2
-    total = squares.sqrt()
+        norms.append(nn.utils.get_total_norm(dense, foreach=True))
+    if not norms:
+        return torch.zeros(())
+    # Dense gradients alone: exactly clip_grad_norm_'s arithmetic.
+    total = (
+        norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+    )
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     if dense:
         torch._foreach_mul_(dense, coef.to(dense[0].device))
-    for p in params:
-        if p.grad is not None and p.grad.is_sparse:
-            p.grad._values().mul_(coef.to(p.grad.device))
-    return float(total)
+    for g in sparse:
+        g._values().mul_(coef.to(g.device))
+    return total
 
 
 def train_step(

@@ -117,3 +117,17 @@ def test_optimizers_step_the_tables_lazily_and_move_both_learning_rates_together
     assert [o.param_groups[0]["lr"] for o in optimizers.all] == [0.2, 0.2]
     dense = Optimizers(_model(), config, sparse=False, fused=False)
     assert len(dense.all) == 1 and not any(t.sparse for t in sparse_tables(_model()))
+
+
+def test_clipping_dense_gradients_alone_is_clip_grad_norm_bit_for_bit():
+    """The default (dense) path trains exactly as it did with torch's own clipping."""
+    torch.manual_seed(0)
+    for _ in range(20):
+        ours = [nn.Parameter(torch.randn(*shape)) for shape in ((50, 7), (13,), (3, 4, 5))]
+        theirs = [nn.Parameter(p.detach().clone()) for p in ours]
+        for p, q in zip(ours, theirs, strict=True):
+            p.grad = torch.randn(p.shape) * float(torch.rand(())) * 5
+            q.grad = p.grad.clone()
+        nn.utils.clip_grad_norm_(theirs, 1.0, foreach=True)
+        clip_gradients_(ours, 1.0)
+        assert all(torch.equal(p.grad, q.grad) for p, q in zip(ours, theirs, strict=True))
