@@ -7,7 +7,7 @@ seven is unseen. The word TF-IDF baseline and the word + character n-gram linear
 on the same rows in the same run. Prints one line per (variant, seed) and the means, and
 writes the rows as JSON.
 
-    python -m bench.proxy_bench --variants words subword20k_parens_wd35 linear_bg64k --seeds 1 2 3
+    python -m bench.proxy_bench --variants words linear_bg64k linear_bg64k_b256_lr3 --seeds 1 2 3
 """
 
 from __future__ import annotations
@@ -30,9 +30,13 @@ DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" 
 
 # Every variant names the settings it compares in full, so its meaning does not move when
 # TrainConfig's defaults do.
-_WORDS = {"keep_parenthesised": False, "subword_buckets": 0, "word_dropout": 0.2, "linear_head": False}
+_WORDS = {
+    "keep_parenthesised": False, "subword_buckets": 0, "word_dropout": 0.2, "linear_head": False,
+    "batch_size": 128, "lr": 2e-3,
+}  # fmt: skip
 _HEAD = {**_WORDS, "subword_buckets": 20000, "subword_embeddings": False, "subword_head": True}
 _WD35 = {**_WORDS, "subword_buckets": 20000, "keep_parenthesised": True, "word_dropout": 0.35}
+_BG64K = {**_WD35, "linear_head": True, "linear_bigram_buckets": 65536}
 VARIANTS: dict[str, dict[str, Any]] = {
     "words": _WORDS,
     "words_parens": {**_WORDS, "keep_parenthesised": True},
@@ -49,7 +53,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "head20k_lr10": {**_HEAD, "head_lr_scale": 10.0},
     "head20k_lr30": {**_HEAD, "head_lr_scale": 30.0},
     "head50k_n2_lr30": {**_HEAD, "subword_buckets": 50000, "subword_min_n": 2, "head_lr_scale": 30.0},
-    "linear_bg64k": {**_WD35, "linear_head": True, "linear_bigram_buckets": 65536},
+    "linear_bg64k": _BG64K,
+    "linear_bg64k_sparse": {**_BG64K, "sparse_embeddings": True},
+    "linear_bg64k_b256": {**_BG64K, "batch_size": 256},
+    "linear_bg64k_b256_n2": {**_BG64K, "batch_size": 256, "subword_min_n": 2},
+    "linear_bg64k_b256_lr3": {**_BG64K, "batch_size": 256, "lr": 3e-3},
+    "linear_bg64k_b256_lr3_n2": {**_BG64K, "batch_size": 256, "lr": 3e-3, "subword_min_n": 2},
 }
 
 
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument(
-        "--variants", nargs="+", default=["words", "subword20k_parens_wd35", "linear_bg64k"], choices=sorted(VARIANTS)
+        "--variants", nargs="+", default=["words", "linear_bg64k", "linear_bg64k_b256_lr3"], choices=sorted(VARIANTS)
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--split", default="unseen", choices=("unseen", "random", "time"))

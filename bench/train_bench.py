@@ -17,6 +17,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,11 @@ def run_ours(
     workdir: Path,
     split: str = "random",
     timing_only: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Our pipeline with the default config; ``timing_only`` trains one model on the split (no refit, no
-    temperature, so no second split): what an epoch costs does not depend on them."""
+    """Our pipeline with the default config (or with ``overrides`` of it); ``timing_only`` trains one
+    model on the split (no refit, no temperature, so no second split): what an epoch costs does not
+    depend on them."""
     config = TrainConfig(
         data=str(data),
         artifacts_dir=str(workdir / "artifacts"),
@@ -82,6 +85,7 @@ def run_ours(
         plots=False,
         split=split,
     )
+    config = replace(config, **(overrides or {}))
     if timing_only:
         config.refit = False
         config.calibrate = False
@@ -173,6 +177,12 @@ def table(results: dict[str, Any]) -> str:
             f"| ours (default config) | {_f(ours['seconds_per_epoch'], 2)} | {ours['epochs_run']} | "
             f"{_f(ours['test_f1']) if scale == '10k' else 'timing only'} | {_f(ours['total_seconds'], 1)} |",
         ]
+        for name, arm in results[scale].get("also", {}).items():
+            ratio = arm["seconds_per_epoch"] / lesson["seconds_per_epoch"]
+            lines.append(
+                f"| ours, {name} ({ratio:.2f}x) | {_f(arm['seconds_per_epoch'], 2)} | {arm['epochs_run']} | "
+                f"timing only | {_f(arm['total_seconds'], 1)} |"
+            )
         if scale == "10k":
             base_f1, base_s = _f(ours["baseline_f1"]), _f(ours["baseline_seconds"], 1)
             lines.append(f"| TF-IDF + logistic regression | - | - | {base_f1} | {base_s} |")
@@ -211,6 +221,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scale-times", type=int, default=12, help="repeat count for the scale file (default 12)")
     parser.add_argument("--scale-lesson-epochs", type=int, default=1, help="lesson epochs at scale (default 1)")
     parser.add_argument("--scale-epochs", type=int, default=None, help="our max epochs at scale (default: config's)")
+    parser.add_argument(
+        "--also",
+        nargs="+",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="at scale, one more arm of ours per setting, the default config with that one TrainConfig field "
+        "changed (a JSON value: --also batch_size=128 sparse_embeddings=true), timed in the same run",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "train_bench.json")
     args = parser.parse_args(argv)
 
@@ -231,10 +249,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ours_big = run_ours(big, args.threads, args.seed, args.scale_epochs, work / "ours120k", timing_only=True)
             print(f"[120k] lesson ({args.scale_lesson_epochs} epoch) ...", flush=True)
             lesson_big = run_lesson_arm(big, args.threads, args.seed, args.scale_lesson_epochs, args.nltk_data)
+            also = {}
+            for setting in args.also:
+                name, value = setting.split("=", 1)
+                print(f"[120k] ours with {setting} ...", flush=True)
+                also[setting] = run_ours(
+                    big, args.threads, args.seed, args.scale_epochs, work / f"ours120k-{name}", timing_only=True,
+                    overrides={name: json.loads(value)},
+                )  # fmt: skip
             results["120k"] = {
                 "label": f"{ours_big['rows']} rows (10K sample x {args.scale_times}, timing only)",
                 "ours": ours_big,
                 "lesson": lesson_big,
+                "also": also,
             }
     report = table(results)
     results["markdown"] = report

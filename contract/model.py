@@ -219,7 +219,7 @@ class TextClassifier(nn.Module):
                 "has no folded vocabulary (TextClassifier.fold_word_ngrams)"
             )
         if grams.shape[-1] == 0:  # no token has an n-gram (texts that preprocessed to nothing)
-            return self.embedding(words)
+            return self._embed_words(words)
         # One fused gather-and-average per token: materialising every n-gram vector first
         # ([B, T, K, E]) and summing it took most of the forward pass. Only the real ids go in,
         # one bag per token: most of the K columns are padding, which the kernel would still walk
@@ -228,8 +228,23 @@ class TextClassifier(nn.Module):
         real = flat != 0
         counts = real.sum(dim=1)
         offsets = torch.cumsum(counts, dim=0) - counts
-        pieces = F.embedding_bag(flat[real], self.subword_embedding.weight, offsets, mode="mean")
-        return self.embedding(words) + pieces.view(*grams.shape[:2], -1)
+        table = self.subword_embedding.weight
+        grams_read = flat[real]
+        if self.subword_embedding.sparse:
+            # Training with sparse table gradients: the bags read a gathered copy of the rows the
+            # batch uses, so backward yields one gradient row per distinct n-gram (see SparseRows).
+            rows, grams_read = torch.unique(grams_read, return_inverse=True)
+            table = SparseRows.apply(table, rows)
+        pieces = F.embedding_bag(grams_read, table, offsets, mode="mean")
+        return self._embed_words(words) + pieces.view(*grams.shape[:2], -1)
+
+    def _embed_words(self, words: torch.Tensor) -> torch.Tensor:
+        """The word vectors of ``words``; with a sparse word table (training), a gathered copy of
+        the distinct words' rows, whose gradient is one sparse row per distinct word."""
+        if not self.embedding.sparse:
+            return self.embedding(words)
+        rows, inverse = torch.unique(words, return_inverse=True)
+        return F.embedding(inverse, SparseRows.apply(self.embedding.weight, rows, PAD_INDEX))
 
     def _embed_folded(self, words: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
         """:meth:`embed` with the folded vocabulary: known words are one lookup (any n-gram ids
@@ -368,6 +383,34 @@ class TextClassifier(nn.Module):
             )
         pooled = out.amax(dim=1)
         return pooled if self.config.pooling == "max" else torch.cat([last, pooled], dim=1)
+
+
+class SparseRows(torch.autograd.Function):
+    """``table[rows]`` for distinct, sorted ``rows``, whose gradient for ``table`` is a coalesced
+    sparse tensor holding those rows only (zero for ``padding_row``, as ``nn.Embedding``'s
+    ``padding_idx`` keeps it).
+
+    A dense table gradient costs the whole table on every batch (zeroing it, adding into it,
+    an optimizer pass over it); this one costs the rows the batch read, and needs no coalescing,
+    since ``torch.unique`` already merged the repeats.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, rows: torch.Tensor, padding_row: int | None = None) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        ctx.table_shape = table.shape
+        ctx.padding_row = padding_row
+        return table.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (rows,) = ctx.saved_tensors
+        if ctx.padding_row is not None:
+            grad = grad.masked_fill((rows == ctx.padding_row).unsqueeze(1), 0.0)
+        sparse = torch.sparse_coo_tensor(
+            rows.unsqueeze(0), grad, ctx.table_shape, is_coalesced=True, check_invariants=False
+        )
+        return sparse, None, None
 
 
 def bigram_buckets(words: torch.Tensor, buckets: int) -> torch.Tensor:

@@ -50,9 +50,165 @@ def features(ids: torch.Tensor, token_table: torch.Tensor | None) -> torch.Tenso
     return ids if token_table is None else token_table[ids]
 
 
+def sparse_tables(model: nn.Module) -> list[nn.Embedding]:
+    """The embedding tables whose gradients can be sparse: the word and n-gram tables (not the
+    wide head's, whose learning rate is its own)."""
+    tables = [getattr(model, name, None) for name in ("embedding", "subword_embedding")]
+    return [t for t in tables if isinstance(t, nn.Embedding)]
+
+
+class LazyAdamW(torch.optim.Optimizer):
+    """Adam with decoupled weight decay for sparse gradients, updating only the rows a batch read.
+
+    ``torch.optim.SparseAdam`` does the same arithmetic through sparse-tensor operations, which
+    on the CPU cost more than the dense AdamW step they replace; here each step is a gather of
+    the read rows' moments, the Adam update of those rows and a scatter back. A row's moments
+    and weight decay move only when a batch reads it (the "lazy" Adam of large embedding
+    tables): a row nobody read keeps its weight, where dense AdamW would still move it by its
+    old momentum and decay it.
+    """
+
+    def __init__(
+        self,
+        params: list[nn.Parameter] | list[dict[str, Any]],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise ValueError("LazyAdamW steps sparse gradients only")
+                grad = p.grad.coalesce()
+                rows, values = grad._indices()[0], grad._values()
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                # Adam on the read rows only: gather them, step them with the fused kernel AdamW
+                # uses for dense weights, scatter them back.
+                weights = p.index_select(0, rows)
+                exp_avg = state["exp_avg"].index_select(0, rows)
+                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows)
+                torch._fused_adamw_(
+                    [weights], [values], [exp_avg], [exp_avg_sq], [],
+                    [torch.tensor(float(state["step"]))],
+                    lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                    eps=group["eps"], amsgrad=False, maximize=False,
+                )  # fmt: skip
+                p.index_copy_(0, rows, weights)
+                state["exp_avg"].index_copy_(0, rows, exp_avg)
+                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+
+
+class Optimizers:
+    """AdamW for the dense weights and, with sparse embedding tables, :class:`LazyAdamW` for those.
+
+    A dense gradient of a table and an AdamW step over it cost the whole table on every batch,
+    however few of its rows the batch reads; the lazy step updates only the rows a batch read.
+    Each optimizer keeps its own plateau scheduler, stepped on the same validation loss, so both
+    learning rates move together. Weight decay is AdamW's decoupled ``lr * weight_decay`` for both,
+    applied to a table row only in the steps that read it.
+    """
+
+    def __init__(self, model: nn.Module, config: FitConfig, sparse: bool, fused: bool) -> None:
+        tables = sparse_tables(model) if sparse else []
+        for table in tables:
+            table.sparse = True
+        sparse_ids = {id(t.weight) for t in tables}
+        head = [p for name, p in model.named_parameters() if name.startswith("head_")]
+        rest = [p for name, p in model.named_parameters() if not name.startswith("head_") and id(p) not in sparse_ids]
+        groups: list[dict[str, Any]] = [{"params": rest, "lr_scale": 1.0}]
+        if head:
+            groups.append({"params": head, "lr": config.lr * config.head_lr_scale, "lr_scale": config.head_lr_scale})
+        # The fused kernel updates all parameters in one pass: on CPU the default per-tensor loop
+        # over the embeddings took more time than forward and backward together.
+        self.all: list[torch.optim.Optimizer] = [
+            torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+        ]
+        if tables:
+            sparse_group = {"params": [t.weight for t in tables], "lr_scale": 1.0}
+            self.all.append(LazyAdamW([sparse_group], lr=config.lr, weight_decay=config.weight_decay))
+        self.schedulers = [
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=config.lr_factor, patience=config.lr_patience
+            )
+            for opt in self.all
+        ]
+        self.params = [p for opt in self.all for group in opt.param_groups for p in group["params"]]
+
+    def zero_grad(self) -> None:
+        for opt in self.all:
+            opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for opt in self.all:
+            opt.step()
+
+    def plateau_step(self, val_loss: float) -> None:
+        """One ReduceLROnPlateau step for every optimizer, on the same validation loss."""
+        for scheduler in self.schedulers:
+            scheduler.step(val_loss)
+
+    def set_lr(self, lr: float) -> None:
+        """Every group's learning rate to ``lr`` times its scale (a replayed schedule)."""
+        for opt in self.all:
+            for group in opt.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+
+    @property
+    def lr(self) -> float:
+        return float(self.all[0].param_groups[0]["lr"])
+
+
+def clip_gradients_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale every gradient by one factor so that their joint L2 norm is at most ``max_norm``, as
+    ``clip_grad_norm_`` does, sparse gradients included (torch's own refuses them).
+
+    A sparse gradient is coalesced first (an n-gram read twice in a batch has two entries until
+    then), and stays coalesced for the optimizer. Returns the norm before clipping, as a tensor on
+    the gradients' device, so that a GPU step does not wait for it.
+    """
+    dense: list[torch.Tensor] = []
+    sparse: list[torch.Tensor] = []
+    for p in params:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+            sparse.append(p.grad)
+        else:
+            dense.append(p.grad)
+    norms = [g._values().float().norm() for g in sparse]
+    if dense:
+        norms.append(nn.utils.get_total_norm(dense, foreach=True))
+    if not norms:
+        return torch.zeros(())
+    # Dense gradients alone: exactly clip_grad_norm_'s arithmetic.
+    total = (
+        norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+    )
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    if dense:
+        torch._foreach_mul_(dense, coef.to(dense[0].device))
+    for g in sparse:
+        g._values().mul_(coef.to(g.device))
+    return total
+
+
 def train_step(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Optimizers,
     loss_fn: nn.Module,
     ids: torch.Tensor,
     lengths: torch.Tensor,
@@ -62,12 +218,15 @@ def train_step(
 ) -> float:
     """One optimisation step on one batch; returns the batch's mean loss."""
     model.train()
-    optimizer.zero_grad(set_to_none=True)
+    if isinstance(optimizer, Optimizers):
+        optimizer.zero_grad()
+    else:
+        optimizer.zero_grad(set_to_none=True)
     logits = model(apply_word_dropout(ids, word_dropout), lengths)
     loss = loss_fn(logits, targets)
     loss.backward()
     if grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+        clip_gradients_(list(model.parameters()), grad_clip)
     optimizer.step()
     return float(loss.detach())
 
@@ -198,18 +357,10 @@ def fit(
     dist = dist or DistContext()
     device = dist.device
     net = dist.wrap(model)
-    # The fused kernel updates all parameters in one pass: on CPU the default per-tensor loop
-    # over the 1.5M-weight embedding took more time than forward and backward together.
-    head = [p for name, p in model.named_parameters() if name.startswith("head_")]
-    rest = [p for name, p in model.named_parameters() if not name.startswith("head_")]
-    groups = [{"params": rest, "lr_scale": 1.0}]
-    if head:
-        groups.append({"params": head, "lr": config.lr * config.head_lr_scale, "lr_scale": config.head_lr_scale})
-    optimizer = torch.optim.AdamW(
-        groups, lr=config.lr, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda")
-    )
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
+    # Sparse table gradients under DDP would need their own all-reduce; several processes keep
+    # the dense ones.
+    optimizer = Optimizers(
+        model, config, sparse=config.sparse_embeddings and not dist.enabled, fused=device.type in ("cpu", "cuda")
     )
     weight = class_weights.to(device) if class_weights is not None else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
@@ -236,8 +387,7 @@ def fit(
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         if lr_schedule is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_schedule[epoch - 1] * group["lr_scale"]
+            optimizer.set_lr(lr_schedule[epoch - 1])
         batcher.set_epoch(epoch)
         batches = batcher.batches()
         bar = _progress(len(batches), f"epoch {epoch}/{epochs}", progress)
@@ -263,7 +413,7 @@ def fit(
             scored, val.ids, val.lengths, val.targets, device, val_loss_fn, token_table=token_table
         )
         val_loss, val_f1 = dist.all_reduce_mean([val_loss, val_f1])
-        lr_now = optimizer.param_groups[0]["lr"]
+        lr_now = optimizer.lr
         seconds = time.perf_counter() - t0
         record = {
             "epoch": epoch,
@@ -279,9 +429,11 @@ def fit(
         if lr_schedule is not None:
             stopper.best_epoch = epoch
             continue
-        scheduler.step(val_loss)
+        optimizer.plateau_step(val_loss)
         if stopper.step(val_loss if config.early_stopping_metric == "val_loss" else val_f1, epoch, scored):
             break
+    for table in sparse_tables(model):
+        table.sparse = False  # the model leaves as it was built
     if lr_schedule is None:
         stopper.restore(model)
     elif scored is not model:  # refit with EMA: keep the averaged weights, as a normal run does

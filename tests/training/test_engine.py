@@ -76,8 +76,8 @@ def _toy_split(n: int, seed: int):
     return texts, y.astype(np.int64)
 
 
-@pytest.mark.parametrize("ema_decay", [None, 0.9])
-def test_fit_learns_and_restores_the_best_epoch(ema_decay):
+@pytest.mark.parametrize(("ema_decay", "sparse"), [(None, False), (0.9, False), (None, True)])
+def test_fit_learns_and_restores_the_best_epoch(ema_decay, sparse):
     train_texts, train_y = _toy_split(300, 0)
     val_texts, val_y = _toy_split(100, 1)
     vocab = Vocabulary.fit(train_texts)
@@ -87,11 +87,12 @@ def test_fit_learns_and_restores_the_best_epoch(ema_decay):
     model = TextClassifier(ModelConfig(len(vocab), 3, embedding_dim=8, hidden_dim=8, fc_dim=8, pooling="last_max"))
     config = FitConfig(
         epochs=6, batch_size=32, lr=0.01, weight_decay=0.0, label_smoothing=0.0, word_dropout=0.1, grad_clip=1.0,
-        patience=10, lr_patience=1, lr_factor=0.5, seed=0, ema_decay=ema_decay,
+        patience=10, lr_patience=1, lr_factor=0.5, seed=0, ema_decay=ema_decay, sparse_embeddings=sparse,
     )  # fmt: skip
     result = fit(
         model, EncodedRows(tr_ids, tr_len, train_y), EncodedRows(va_ids, va_len, val_y), config, dist=DistContext()
     )
+    assert not model.embedding.sparse  # the model leaves as it was built
     assert [h["epoch"] for h in result.history] == list(range(1, 7))
     best = min(result.history, key=lambda h: h["val_loss"])
     assert result.best_epoch == best["epoch"]
