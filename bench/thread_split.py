@@ -43,7 +43,7 @@ def _schedstat(task: Path) -> tuple[int, int, int] | None:
 
 
 # The server's threads as the OS names them (service/inference/threads.py: name_os_thread).
-_ROLES = {"hc-model": "model thread"}
+_ROLES = {"hc-model": "model thread", "hc-log": "logging thread"}
 
 
 def _threads(pid: int, label: str, main: str) -> dict[str, tuple[int, int, int]]:

@@ -22,6 +22,8 @@ from typing import Any, TextIO
 
 import msgspec
 
+from service.inference.threads import name_os_thread
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
 _encode = msgspec.json.Encoder(enc_hook=str).encode
 
@@ -244,6 +246,10 @@ class _Listener(logging.handlers.QueueListener):
             return
         super().handle(record)
         self._access.written_bytes += getattr(record, "_hc_size", 0)
+
+    def _monitor(self) -> None:  # the thread's body (QueueListener.start runs it)
+        name_os_thread("hc-log")
+        super()._monitor()  # type: ignore[misc]  # not in the stubs
 
     def stop(self) -> None:
         self._access.flush()  # the loop has stopped: what its timer did not hand over yet

@@ -215,3 +215,18 @@ def test_every_record_shares_the_one_backlog_bound_and_its_drops_are_counted_and
     assert f"{dropped} records dropped" in report["message"]
     assert entries[-1]["message"] == "after the stall"
     assert len([e for e in entries if e["message"].startswith("request failed")]) + dropped == 2000
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from /proc (Linux)")
+def test_the_logging_thread_is_named_for_the_os(captured: io.StringIO) -> None:
+    """``top -H``, py-spy and bench.thread_split tell the logging thread apart by this name."""
+    listener = logs.setup_logging("info", captured)
+    try:
+        deadline = time.monotonic() + 5.0  # the thread names itself as it starts
+        while "hc-log" not in (names := {(t / "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()}):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+    finally:
+        listener.stop()
+    assert "hc-log" in names
