@@ -32,7 +32,7 @@ DEFAULT_DATA = Path(os.environ.get("NEWS_DATA", ROOT.parent / "shared" / "data" 
 # TrainConfig's defaults do.
 _WORDS = {
     "keep_parenthesised": False, "subword_buckets": 0, "word_dropout": 0.2, "linear_head": False,
-    "batch_size": 128, "lr": 2e-3,
+    "batch_size": 128, "lr": 2e-3, "label_smoothing": 0.1, "linear_gram_factor": 1,
 }  # fmt: skip
 _HEAD = {**_WORDS, "subword_buckets": 20000, "subword_embeddings": False, "subword_head": True}
 _WD35 = {**_WORDS, "subword_buckets": 20000, "keep_parenthesised": True, "word_dropout": 0.35}
@@ -59,6 +59,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "linear_bg64k_b256_n2": {**_BG64K, "batch_size": 256, "subword_min_n": 2},
     "linear_bg64k_b256_lr3": {**_BG64K, "batch_size": 256, "lr": 3e-3},
     "linear_bg64k_b256_lr3_n2": {**_BG64K, "batch_size": 256, "lr": 3e-3, "subword_min_n": 2},
+    "linear_bg64k_b256_lr3_g80k": {**_BG64K, "batch_size": 256, "lr": 3e-3, "linear_gram_factor": 4},
+    "linear_bg64k_b256_lr3_ls0": {**_BG64K, "batch_size": 256, "lr": 3e-3, "label_smoothing": 0.0},
+    "linear_bg64k_b256_lr3_ls0_g80k": {
+        **_BG64K,
+        "batch_size": 256,
+        "lr": 3e-3,
+        "label_smoothing": 0.0,
+        "linear_gram_factor": 4,
+    },
 }
 
 

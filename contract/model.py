@@ -60,6 +60,12 @@ class ModelConfig:
     # validation rows. 0 bigram buckets: no bigrams.
     linear_head: bool = False
     linear_bigram_buckets: int = 0
+    # The linear head's own n-gram buckets, a multiple of ``subword_buckets`` (0: it shares the
+    # embeddings' buckets, the format of artifacts written before the field). A token's n-gram
+    # ids are then hashed into this many buckets and the embeddings read each id modulo
+    # ``subword_buckets``: the same CRC-32 bucket as before, so one id list serves both tables.
+    # (Training's recurrent model, fitted before its head, reads the same ids.)
+    linear_gram_buckets: int = 0
     rnn_scale: float = 1.0
     linear_scale: float = 1.0
     # Logits are divided by this before the softmax; fitted on the validation split after
@@ -81,14 +87,28 @@ class ModelConfig:
             raise ValueError("linear_head needs subword_buckets > 0 and no subword_head")
         if self.linear_bigram_buckets < 0:
             raise ValueError("linear_bigram_buckets must be >= 0")
+        if self.linear_gram_buckets and not (
+            self.subword_buckets
+            and self.linear_gram_buckets > 0
+            and self.linear_gram_buckets % self.subword_buckets == 0
+        ):
+            raise ValueError("linear_gram_buckets must be a positive multiple of subword_buckets (or 0)")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
-    def subword_hasher(self) -> SubwordHasher | None:
-        """The tokenizer half of the subword embeddings (None when they are off)."""
+    @property
+    def gram_buckets(self) -> int:
+        """How many n-gram ids a token's features can hold: the linear head's buckets, else the embeddings'."""
+        return self.linear_gram_buckets or self.subword_buckets
+
+    def subword_hasher(self, buckets: int | None = None) -> SubwordHasher | None:
+        """The tokenizer half of the n-gram features, ids in ``1..gram_buckets`` (or ``1..buckets``);
+        None when the model reads no n-grams."""
         if not self.subword_buckets:
             return None
-        return SubwordHasher(self.subword_buckets, self.subword_min_n, self.subword_max_n, self.subword_max_per_token)
+        return SubwordHasher(
+            buckets or self.gram_buckets, self.subword_min_n, self.subword_max_n, self.subword_max_per_token
+        )
 
     @property
     def bidirectional(self) -> bool:
@@ -138,7 +158,7 @@ class TextClassifier(nn.Module):
         if config.linear_head:
             width = config.num_classes + 1
             self.linear_words = nn.Embedding(config.vocab_size, width, padding_idx=PAD_INDEX)
-            self.linear_grams = nn.Embedding(config.subword_buckets + 1, width, padding_idx=0)
+            self.linear_grams = nn.Embedding(config.gram_buckets + 1, width, padding_idx=0)
             if config.linear_bigram_buckets:
                 self.linear_bigrams = nn.Embedding(config.linear_bigram_buckets + 1, width, padding_idx=0)
             self.linear_bias = nn.Parameter(torch.zeros(config.num_classes))
@@ -188,12 +208,19 @@ class TextClassifier(nn.Module):
         flat = torch.tensor([g for word in grams for g in word], dtype=torch.long, device=device)
         offsets = torch.tensor(np.cumsum([0, *map(len, grams[:-1])]), dtype=torch.long, device=device)
         if self.subword_embedding is not None:
-            pieces = F.embedding_bag(flat, self.subword_embedding.weight, offsets, mode="mean")
+            pieces = F.embedding_bag(self.embedding_grams(flat), self.subword_embedding.weight, offsets, mode="mean")
             self.folded = self.embedding.weight + pieces
         if self.linear_words is not None and self.linear_grams is not None:
             # Per word: its own row, then the sum of its n-grams' rows (the bag's character part).
             char_part = F.embedding_bag(flat, self.linear_grams.weight, offsets, mode="sum")
             self.folded_linear = torch.cat([self.linear_words.weight, char_part], dim=1)
+
+    def embedding_grams(self, grams: torch.Tensor) -> torch.Tensor:
+        """The embedding buckets of n-gram ids hashed into ``gram_buckets`` (0 stays padding)."""
+        buckets = self.config.subword_buckets
+        if self.config.gram_buckets == buckets:
+            return grams
+        return torch.fmod(grams - 1, buckets) + 1  # fmod keeps the sign: padding's -1 gives 0 again
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token vectors ``[B, T, E]``: the word's vector plus the mean of its n-gram vectors.
@@ -229,7 +256,7 @@ class TextClassifier(nn.Module):
         counts = real.sum(dim=1)
         offsets = torch.cumsum(counts, dim=0) - counts
         table = self.subword_embedding.weight
-        grams_read = flat[real]
+        grams_read = self.embedding_grams(flat[real])
         if self.subword_embedding.sparse:
             # Training with sparse table gradients: the bags read a gathered copy of the rows the
             # batch uses, so backward yields one gradient row per distinct n-gram (see SparseRows).
@@ -268,7 +295,10 @@ class TextClassifier(nn.Module):
         rows = ((flat_words == UNK_INDEX) & (flat_grams[:, 0] != 0)).nonzero().squeeze(1)
         if rows.numel() == 0:
             return None
-        return rows, F.embedding_bag(flat_grams[rows], self.subword_embedding.weight, mode="mean", padding_idx=0)
+        pieces = F.embedding_bag(
+            self.embedding_grams(flat_grams[rows]), self.subword_embedding.weight, mode="mean", padding_idx=0
+        )
+        return rows, pieces
 
     @torch.no_grad()
     def fuse_recurrence(self) -> None:

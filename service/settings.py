@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     versions: str | None = Field(
         None,
         pattern=r"^[^\s]*$",
-        description="More versions to serve beside --version, comma-separated (e.g. `latest,20261203T175111Z-7c8cd4`); "
+        description="More versions to serve beside --version, comma-separated (e.g. `latest,20261203T195818Z-d29ff4`); "
         "a request picks one by name (X-Model-Version on /predict, the path on /v2), else it gets --version.",
     )
     canary: str | None = Field(

@@ -86,6 +86,8 @@ class TrainConfig:
     # artifacts written before it (ModelConfig.linear_head).
     linear_head: bool = True
     linear_bigram_buckets: int = 65536
+    # The head's own n-gram buckets, this many times --subword-buckets (1: it shares the embeddings').
+    linear_gram_factor: int = 4
     # Optimisation
     epochs: int = FitConfig.epochs
     batch_size: int = FitConfig.batch_size
@@ -139,6 +141,11 @@ class TrainConfig:
             subword_head=self.subword_head,
             linear_head=self.linear_head,
             linear_bigram_buckets=self.linear_bigram_buckets if self.linear_head else 0,
+            linear_gram_buckets=(
+                self.linear_gram_factor * self.subword_buckets
+                if self.linear_head and self.linear_gram_factor > 1
+                else 0
+            ),
         )
 
     @property
@@ -200,6 +207,11 @@ class TrainConfig:
             raise ConfigError("--temperature-fit crossfit needs --no-linear-head (its models have no fitted scales)")
         if self.linear_bigram_buckets < 0:
             raise ConfigError("--linear-bigram-buckets must be >= 0 (0: no bigrams)")
+        if self.linear_gram_factor < 1:
+            raise ConfigError(
+                f"--linear-gram-factor must be at least 1 (1: share the embeddings' buckets), "
+                f"got {self.linear_gram_factor}"
+            )
         val, test = self.val_fraction, self.test_fraction
         if not 0 < val < 1 or not 0 < test < 1 or val + test >= 1:
             raise ConfigError("val and test fractions must be in (0, 1) and sum to less than 1")
@@ -322,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.linear_bigram_buckets,
         help="hashed word bigram buckets of the linear head (0: no bigrams)",
+    )
+    g.add_argument(
+        "--linear-gram-factor",
+        type=int,
+        default=d.linear_gram_factor,
+        help="the linear head's own character n-gram buckets, this many times --subword-buckets (1: share those)",
     )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")

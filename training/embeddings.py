@@ -91,7 +91,7 @@ def init_lsa_(
 ) -> None:
     """Overwrite the word (and, when shared, n-gram) embeddings with LSA vectors of ``token_lists``."""
     vectors = lsa_embeddings(token_lists, vocab, model.config.embedding_dim, std, seed)
-    hasher = model.config.subword_hasher()
+    hasher = model.config.subword_hasher(model.config.subword_buckets)  # the embeddings' own buckets
     subword_vectors = None
     if hasher is not None and share_with_subwords and model.subword_embedding is not None:
         vectors, subword_vectors = split_subword_vectors(vectors, vocab, hasher)

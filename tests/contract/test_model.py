@@ -142,8 +142,8 @@ def test_wide_head_adds_a_normalised_bag_of_the_titles_words_and_ngrams():
         assert torch.allclose(logits[i], model(*pad_batch([one]))[0], atol=1e-5), i
 
 
-def _linear_model(bigrams: int = 31) -> TextClassifier:
-    model = _model(subword_buckets=97, linear_head=True, linear_bigram_buckets=bigrams)
+def _linear_model(bigrams: int = 31, grams: int = 0) -> TextClassifier:
+    model = _model(subword_buckets=97, linear_head=True, linear_bigram_buckets=bigrams, linear_gram_buckets=grams)
     assert model.linear_words is not None and model.linear_grams is not None and model.linear_bias is not None
     with torch.no_grad():  # a fitted head: weights, then a positive idf squared in the last column
         for table in (model.linear_words, model.linear_grams, model.linear_bigrams):
@@ -155,10 +155,11 @@ def _linear_model(bigrams: int = 31) -> TextClassifier:
     return model
 
 
-def test_linear_head_adds_two_normalised_tfidf_bags_scaled_beside_the_recurrent_logits():
+@pytest.mark.parametrize("grams", [0, 4 * 97])
+def test_linear_head_adds_two_normalised_tfidf_bags_scaled_beside_the_recurrent_logits(grams):
     """Words and bigrams over their own norm, n-grams over theirs; the scales weigh the two parts."""
     vocab = Vocabulary(["<PAD>", "<UNK>", *WORDS])
-    model = _linear_model()
+    model = _linear_model(grams=grams)
     encoder = TextEncoder(PreprocessSettings(), vocab, model.config.subword_hasher())
     encoded = encoder.encode_many(["Oil prices fall", "Microsofts shares rally today", "zzzz", ""])
     ids, lengths = pad_batch(encoded)
@@ -188,10 +189,11 @@ def test_linear_head_adds_two_normalised_tfidf_bags_scaled_beside_the_recurrent_
         assert torch.allclose(linear[i], model.linear_logits(pad_batch([one])[0])[0], atol=1e-5), i
 
 
-def test_folded_linear_head_answers_what_the_full_encoding_answers():
+@pytest.mark.parametrize("grams", [0, 4 * 97])
+def test_folded_linear_head_answers_what_the_full_encoding_answers(grams):
     """Serving folds each known word's n-gram weights into one row; unknown words carry theirs."""
     vocab = Vocabulary(["<PAD>", "<UNK>", *WORDS])
-    model = _linear_model()
+    model = _linear_model(grams=grams)
     full, short = _full_and_short_encoders(model, vocab)
     texts = ["Oil prices fall", "Microsofts shares rally today", "zzzz oil", "", "team wins wins"]
     with torch.inference_mode():
@@ -200,6 +202,32 @@ def test_folded_linear_head_answers_what_the_full_encoding_answers():
         assert model.folded_linear is not None and model.folded_linear.shape == (len(vocab), 8)
         assert torch.allclose(model(*pad_batch(short.encode_many(texts))), expected, atol=1e-5)
         assert torch.allclose(model(*pad_batch(full.encode_many(texts))), expected, atol=1e-5)
+
+
+def test_a_head_with_its_own_gram_buckets_leaves_the_embeddings_reading_their_own():
+    """Ids hashed into 4 x 97 buckets: the head reads them as they are, the embeddings modulo 97,
+    which is the bucket the shared hashing gives, so the recurrent part answers as before."""
+    vocab = Vocabulary(["<PAD>", "<UNK>", *WORDS])
+    shared, own = _linear_model(), _linear_model(grams=4 * 97)
+    assert own.linear_grams is not None and own.linear_grams.num_embeddings == 4 * 97 + 1
+    own.load_state_dict({k: v for k, v in shared.state_dict().items() if k != "linear_grams.weight"}, strict=False)
+    texts = ["Oil prices fall", "Microsofts shares rally today", "zzzz oil", ""]
+    ids_shared = pad_batch(_full_and_short_encoders(shared, vocab)[0].encode_many(texts))[0]
+    ids_own = pad_batch(_full_and_short_encoders(own, vocab)[0].encode_many(texts))[0]
+    assert int(ids_own[..., 1:].max()) > 97  # the head's ids do go past the embeddings' buckets
+    assert torch.equal(own.embedding_grams(ids_own[..., 1:]), ids_shared[..., 1:])
+    with torch.inference_mode():
+        assert torch.equal(own.embed(ids_own), shared.embed(ids_shared))
+        for model in (shared, own):
+            model.fold_word_ngrams(vocab)
+        assert own.folded is not None and shared.folded is not None
+        assert torch.equal(own.folded, shared.folded)
+
+
+@pytest.mark.parametrize("bad", [{"linear_gram_buckets": 100}, {"linear_gram_buckets": -97}, {"subword_buckets": 0}])
+def test_the_heads_gram_buckets_must_be_a_multiple_of_the_embeddings(bad):
+    with pytest.raises(ValueError, match="linear_gram_buckets"):
+        ModelConfig(10, 2, **{"subword_buckets": 97, "linear_gram_buckets": 194, **bad})
 
 
 def test_temperature_rescales_probabilities_but_never_the_prediction():

@@ -479,6 +479,7 @@ def test_serving_defaults_are_what_training_ships() -> None:
     trained = ModelConfig(
         100, 4, subword_buckets=TrainConfig.subword_buckets, linear_head=TrainConfig.linear_head,
         linear_bigram_buckets=TrainConfig.linear_bigram_buckets,
+        linear_gram_buckets=TrainConfig.linear_gram_factor * TrainConfig.subword_buckets,
     )  # fmt: skip
     assert TrainConfig().model_config(100, 4) == trained
     assert (ModelConfig(100, 4).hidden_dim, ModelConfig(100, 4).pooling) == (64, "last_max")

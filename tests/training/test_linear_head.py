@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from contract.model import ModelConfig, TextClassifier
@@ -29,21 +30,23 @@ def _corpus(n: int = 150) -> tuple[list[list[str]], np.ndarray]:
     return tokens, np.asarray(targets)
 
 
-def test_the_models_linear_logits_are_the_fitted_svms_scores():
+@pytest.mark.parametrize("own_grams", [0, 3 * 53])
+def test_the_models_linear_logits_are_the_fitted_svms_scores(own_grams):
+    """Also with the head's own n-gram buckets (``own_grams``), which the token table then holds."""
     tokens, targets = _corpus()
     fit_rows, val_rows = np.arange(0, 100), np.arange(100, 150)
     tokens[120] = [*tokens[120], "opecs", "zzzz"]  # words the fit rows never saw, their n-grams known or not
     vocab = Vocabulary.fit(tokens[i] for i in fit_rows)
-    hasher = SubwordHasher(53)
-    extended, table = subword_table(vocab, tokens, hasher)
+    grams = own_grams or 53
+    extended, table = subword_table(vocab, tokens, SubwordHasher(grams))
     ids, _ = encode_matrix(tokens, extended)
-    bags = count_bags(ids, table, len(vocab), grams=53, bigrams=17)
+    bags = count_bags(ids, table, len(vocab), grams=grams, bigrams=17)
     head = fit_linear_head(bags, targets, fit_rows, val_rows)
     assert head.c in (0.1, 0.3, 1.0) and head.val_f1 is not None and head.val_f1 > 0.8
 
     config = ModelConfig(
         len(vocab), 3, embedding_dim=8, hidden_dim=8, fc_dim=8, subword_buckets=53, linear_head=True,
-        linear_bigram_buckets=17,
+        linear_bigram_buckets=17, linear_gram_buckets=own_grams,
     )  # fmt: skip
     model = TextClassifier(config).eval()
     load_linear_head_(model, head, bags)

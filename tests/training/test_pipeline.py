@@ -58,6 +58,7 @@ def test_artifact_reproduces_the_in_memory_model(tiny_run):
     device = next(tiny_run.model.parameters()).device  # trained on CUDA when there is one
     # The loaded model has its vocabulary folded; the trained one reads every word's n-grams.
     assert loaded.model.folded is not None and not encoder.known_word_grams
+    assert loaded.config.linear_gram_buckets == 4 * 300  # the head's own n-gram buckets (the default)
     full = TextEncoder(loaded.preprocessing, loaded.vocab, loaded.config.subword_hasher())
     full_ids, full_lengths = pad_batch(full.encode_many(TITLES))
     expected = predict_proba(tiny_run.model, full_ids.to(device), full_lengths).cpu()
@@ -380,6 +381,7 @@ def test_a_bug_is_not_reported_as_a_user_error(monkeypatch, tmp_path):
         (["--max-vocab", "2"], "max-vocab must be at least 3"),
         (["--split", "time", "--val-fraction", "0.9"], "fractions"),
         (["--subword-buckets", "-1"], "subword buckets"),
+        (["--linear-gram-factor", "0"], "linear-gram-factor must be at least 1"),
     ],
 )
 def test_cli_reports_config_errors_in_one_line(tmp_path, capsys, argv, message):
