@@ -60,7 +60,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "linear_bg64k_b256_lr3": {**_BG64K, "batch_size": 256, "lr": 3e-3},
     "linear_bg64k_b256_lr3_n2": {**_BG64K, "batch_size": 256, "lr": 3e-3, "subword_min_n": 2},
     "linear_bg64k_b256_lr3_g80k": {**_BG64K, "batch_size": 256, "lr": 3e-3, "linear_gram_factor": 4},
-    "linear_bg64k_b256_lr3_ls0": {**_BG64K, "batch_size": 256, "lr": 3e-3, "label_smoothing": 0.0},
     "linear_bg64k_b256_lr3_ls0_g80k": {
         **_BG64K,
         "batch_size": 256,

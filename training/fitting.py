@@ -193,8 +193,7 @@ def with_linear_head(
     c: float | None,
 ) -> tuple[TextClassifier, LinearHead]:
     """The trained recurrent model plus a linear head fitted on the same rows (scales 1 and 1)."""
-    grams = config.model_config(len(vocab), model.config.num_classes).gram_buckets
-    bags = count_bags(ids, table.numpy(), len(vocab), grams, config.linear_bigram_buckets)
+    bags = count_bags(ids, table.numpy(), len(vocab), model.config.gram_buckets, config.linear_bigram_buckets)
     head = fit_linear_head(bags, targets, fit_idx, val_idx if c is None else None, c)
     combined = TextClassifier(config.model_config(len(vocab), model.config.num_classes)).to(model.fc2.weight.device)
     missing = combined.load_state_dict(model.state_dict(), strict=False).missing_keys
